@@ -1,0 +1,491 @@
+"""Every ``DOMAINGUARD_*`` config key: default, meaning, validation, and the typed settings.
+
+The table :data:`OPTIONS` is the single source of truth: :func:`apply_defaults` sets the
+defaults with ``setdefault``, :func:`load_settings` validates the app's values and turns them
+into a frozen :class:`Settings`, and the documentation test checks ``docs/`` against it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+PREFIX = "DOMAINGUARD_"
+
+#: Large mail providers whose domains never lapse; never looked up, always safe.
+DEFAULT_TRUSTED_DOMAINS: frozenset[str] = frozenset(
+    {
+        "aol.com",
+        "fastmail.com",
+        "gmail.com",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "googlemail.com",
+        "hey.com",
+        "hotmail.com",
+        "icloud.com",
+        "live.com",
+        "mac.com",
+        "mail.com",
+        "mail.ru",
+        "me.com",
+        "msn.com",
+        "outlook.com",
+        "pm.me",
+        "proton.me",
+        "protonmail.com",
+        "qq.com",
+        "tutanota.com",
+        "web.de",
+        "yahoo.com",
+        "yandex.ru",
+        "zoho.com",
+    }
+)
+
+#: Registries missing from the IANA RDAP bootstrap file, with their known RDAP base URLs.
+DEFAULT_RDAP_SERVERS: Mapping[str, str] = {
+    "de": "https://rdap.denic.de/",
+    "ch": "https://rdap.nic.ch/",
+    "li": "https://rdap.nic.ch/",
+}
+
+
+class ConfigError(ValueError):
+    """A ``DOMAINGUARD_*`` key is unknown or has a value of the wrong kind."""
+
+
+_RATE_RE = re.compile(
+    r"^\s*(\d+)\s*(?:per|/)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE
+)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``count`` attempts per ``window``, parsed from text such as ``"5 per 5 minutes"``."""
+
+    count: int
+    window: timedelta
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        match = _RATE_RE.match(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not a rate such as '5 per 5 minutes' or '20 per hour'")
+        count, amount, unit = match.groups()
+        seconds = int(amount or 1) * _UNIT_SECONDS[unit.lower()]
+        if int(count) < 1 or seconds < 1:
+            raise ValueError(f"{text!r} must allow at least one attempt in a positive window")
+        return cls(int(count), timedelta(seconds=seconds))
+
+
+# -- converters: each takes the raw config value and returns the typed one or raises -------
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    else:
+        raise TypeError("expected a datetime.timedelta or a number of seconds")
+    if result < timedelta(0):
+        raise ValueError("must not be negative")
+    return result
+
+
+def _positive_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_float(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError("expected a number")
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return float(value)
+
+
+def _non_negative_float(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError("expected a number")
+    if value < 0:
+        raise ValueError("must not be negative")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError("expected a non-empty string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("expected True or False")
+    return value
+
+
+def _domain_set(value: Any) -> frozenset[str]:
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise TypeError("expected a set or list of domain names, e.g. {'gmail.com'}")
+    names = frozenset(str(item).strip().lower().rstrip(".") for item in value)
+    if any(not name for name in names):
+        raise ValueError("contains an empty domain name")
+    return names
+
+
+def _string_map(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError("expected a dict mapping a TLD to an RDAP base URL")
+    result: dict[str, str] = {}
+    for key, url in value.items():
+        if not isinstance(key, str) or not isinstance(url, str):
+            raise TypeError("keys and values must be strings")
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"{url!r} for {key!r} is not an http(s) URL")
+        result[key.strip().lower().strip(".")] = url if url.endswith("/") else url + "/"
+    return result
+
+
+def _rate(value: Any) -> RateLimit:
+    if isinstance(value, RateLimit):
+        return value
+    if not isinstance(value, str):
+        raise TypeError("expected text such as '5 per 5 minutes'")
+    return RateLimit.parse(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}")
+        return str(value)
+
+    return convert
+
+
+def _optional_date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an ISO date such as '2024-01-01'") from None
+    raise TypeError("expected a datetime.date, an ISO date string, or None")
+
+
+def _key_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+        raise TypeError("expected a list of keys, newest first")
+    return tuple(value)
+
+
+def _optional_callable(value: Any) -> Callable[..., Any] | None:
+    if value is not None and not callable(value):
+        raise TypeError("expected a callable or None")
+    return value  # type: ignore[no-any-return]
+
+
+def _backend(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
+    if value not in {"rdap", "fastly", "domainr", "static"} and "." not in value:
+        raise ValueError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config key: its settings attribute, default, converter and one-line meaning."""
+
+    attr: str
+    default: Any
+    convert: Callable[[Any], Any]
+    help: str
+
+
+def _opt(attr: str, default: Any, convert: Callable[[Any], Any], help: str) -> Option:
+    return Option(attr, default, convert, help)
+
+
+OPTIONS: dict[str, Option] = {
+    # -- integration -------------------------------------------------------------------
+    "DOMAINGUARD_USER_EMAIL_ATTR": _opt(
+        "user_email_attr", "email", _text,
+        "Attribute of the host's user model holding its existing address (read by `adopt`).",
+    ),
+    "DOMAINGUARD_URL_PREFIX": _opt(
+        "url_prefix", "/domainguard", _text, "URL prefix of the extension's blueprint."
+    ),
+    "DOMAINGUARD_REGISTER_BLUEPRINT": _opt(
+        "register_blueprint", True, _bool, "Register the extension's views and templates."
+    ),
+    "DOMAINGUARD_MAIL_SENDER": _opt(
+        "mail_sender", None, _optional_text,
+        "From address of the extension's mail; None uses MAIL_DEFAULT_SENDER.",
+    ),
+    "DOMAINGUARD_TRUSTED_DOMAINS": _opt(
+        "trusted_domains", DEFAULT_TRUSTED_DOMAINS, _domain_set,
+        "Registrable domains of large mail providers: never looked up, always safe.",
+    ),
+    # -- status sources ----------------------------------------------------------------
+    "DOMAINGUARD_STATUS_BACKEND": _opt(
+        "status_backend", "rdap", _backend,
+        "Where domain status comes from: 'rdap', 'fastly', 'domainr', 'static' or a dotted class path.",
+    ),
+    "DOMAINGUARD_STATIC_STATUS_FILE": _opt(
+        "static_status_file", None, _optional_text,
+        "JSON file of domain statuses for the 'static' backend (demo and tests).",
+    ),
+    "DOMAINGUARD_RDAP_BOOTSTRAP_URL": _opt(
+        "rdap_bootstrap_url", "https://data.iana.org/rdap/dns.json", _text,
+        "IANA RDAP bootstrap file (RFC 9224) mapping TLDs to RDAP servers.",
+    ),
+    "DOMAINGUARD_RDAP_BOOTSTRAP_TTL": _opt(
+        "rdap_bootstrap_ttl", timedelta(days=1), _duration,
+        "How long the cached bootstrap file is used before it is fetched again.",
+    ),
+    "DOMAINGUARD_RDAP_BOOTSTRAP_FILE": _opt(
+        "rdap_bootstrap_file", None, _optional_text,
+        "Where the bootstrap file is cached; None means the app's instance folder.",
+    ),
+    "DOMAINGUARD_RDAP_SERVERS": _opt(
+        "rdap_servers", DEFAULT_RDAP_SERVERS, _string_map,
+        "RDAP base URLs by TLD, overriding or completing the bootstrap file.",
+    ),
+    "DOMAINGUARD_FASTLY_API_KEY": _opt(
+        "fastly_api_key", None, _optional_text, "Fastly API token for the 'fastly' backend."
+    ),
+    "DOMAINGUARD_FASTLY_URL": _opt(
+        "fastly_url", "https://api.fastly.com/domain-management/v1/tools/status", _text,
+        "Fastly domain status endpoint.",
+    ),
+    "DOMAINGUARD_DOMAINR_CLIENT_ID": _opt(
+        "domainr_client_id", None, _optional_text, "Client id for the legacy 'domainr' backend."
+    ),
+    "DOMAINGUARD_DOMAINR_URL": _opt(
+        "domainr_url", "https://api.domainr.com/v2/status", _text,
+        "Legacy Domainr status endpoint.",
+    ),
+    "DOMAINGUARD_HTTP_TIMEOUT": _opt(
+        "http_timeout", 10.0, _positive_float, "Seconds one status lookup may take."
+    ),
+    "DOMAINGUARD_MAX_RESPONSE_BYTES": _opt(
+        "max_response_bytes", 1024 * 1024, _positive_int,
+        "Larger status answers are errors, never read whole.",
+    ),
+    # -- lifecycle policy --------------------------------------------------------------
+    "DOMAINGUARD_GRACE": _opt(
+        "grace", timedelta(days=30), _duration,
+        "How long after a domain starts lapsing its addresses stay verified.",
+    ),
+    "DOMAINGUARD_WARN_WITHIN": _opt(
+        "warn_within", timedelta(days=30), _duration,
+        "Owners are warned when their domain expires within this window.",
+    ),
+    "DOMAINGUARD_CONFIRM_AFTER": _opt(
+        "confirm_after", timedelta(hours=6), _duration,
+        "An unsafe verdict unverifies only when seen again at least this long after the first.",
+    ),
+    # -- sweep -------------------------------------------------------------------------
+    "DOMAINGUARD_MAX_UNVERIFY": _opt(
+        "max_unverify", 50, _positive_int,
+        "A sweep that would unverify more addresses holds them all for review.",
+    ),
+    "DOMAINGUARD_RECHECK_AFTER": _opt(
+        "recheck_after", timedelta(days=7), _duration,
+        "Healthy domains are checked again after this long (spread with jitter).",
+    ),
+    "DOMAINGUARD_SWEEP_CONCURRENCY": _opt(
+        "sweep_concurrency", 32, _positive_int, "Lookups in flight at once during a sweep."
+    ),
+    "DOMAINGUARD_SWEEP_PER_SERVER": _opt(
+        "sweep_per_server", 8, _positive_int, "Lookups in flight at once against one server."
+    ),
+    "DOMAINGUARD_SWEEP_RATE": _opt(
+        "sweep_rate", 0.0, _non_negative_float,
+        "Global lookups per second during a sweep; 0 means no limit beyond concurrency.",
+    ),
+    "DOMAINGUARD_SWEEP_RETRIES": _opt(
+        "sweep_retries", 3, _non_negative_int,
+        "Retries of a failed lookup within one sweep (exponential backoff with jitter).",
+    ),
+    "DOMAINGUARD_SWEEP_BATCH_SIZE": _opt(
+        "sweep_batch_size", 500, _positive_int,
+        "Domains claimed and committed together; a crash loses at most one batch.",
+    ),
+    "DOMAINGUARD_SWEEP_LEASE": _opt(
+        "sweep_lease", timedelta(minutes=15), _duration,
+        "How long a sweeper owns the domains it claimed before others may take them.",
+    ),
+    # -- verification and reset --------------------------------------------------------
+    "DOMAINGUARD_VERIFY_WITHIN": _opt(
+        "verify_within", timedelta(hours=24), _duration, "Lifetime of a verification link."
+    ),
+    "DOMAINGUARD_VERIFY_RESEND_LIMIT": _opt(
+        "verify_resend_limit", "3 per hour", _rate, "Verification mails per address."
+    ),
+    "DOMAINGUARD_RESET_WITHIN": _opt(
+        "reset_within", timedelta(hours=1), _duration, "Lifetime of a password-reset link."
+    ),
+    "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
+        "reset_live_check", "fallback", _choice("fallback", "required", "off"),
+        "Live domain lookup before a reset: 'fallback' uses stored state when it fails, "
+        "'required' refuses, 'off' never looks up.",
+    ),
+    "DOMAINGUARD_RESET_LIVE_CHECK_AFTER": _opt(
+        "reset_live_check_after", timedelta(days=1), _duration,
+        "A reset looks the domain up live when its last check is older than this.",
+    ),
+    "DOMAINGUARD_RESET_LIVE_TIMEOUT": _opt(
+        "reset_live_timeout", 3.0, _positive_float, "Seconds a live lookup at reset may take."
+    ),
+    "DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT": _opt(
+        "reset_limit_per_account", "3 per hour", _rate, "Reset requests per account."
+    ),
+    "DOMAINGUARD_RESET_LIMIT_PER_CLIENT": _opt(
+        "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
+    ),
+    # -- two-factor authentication -----------------------------------------------------
+    "DOMAINGUARD_TOTP_ISSUER": _opt(
+        "totp_issuer", None, _optional_text,
+        "Issuer shown in authenticator apps; None uses the app's name.",
+    ),
+    "DOMAINGUARD_TOTP_KEYS": _opt(
+        "totp_keys", (), _key_list,
+        "Fernet keys encrypting TOTP secrets, newest first; empty derives one from SECRET_KEY.",
+    ),
+    "DOMAINGUARD_2FA_REQUIRED_SINCE": _opt(
+        "twofactor_required_since", date(2024, 1, 1), _optional_date,
+        "Users who logged in on or after this date must enrol in 2FA; None disables the rule.",
+    ),
+    "DOMAINGUARD_2FA_GRACE_DAYS": _opt(
+        "twofactor_grace_days", 0, _non_negative_int,
+        "Days a user who must enrol may keep going with a banner before enrolment is forced.",
+    ),
+    "DOMAINGUARD_2FA_EXEMPT": _opt(
+        "twofactor_exempt", None, _optional_callable,
+        "Callable(user) -> bool exempting users (service accounts) from the 2FA requirement.",
+    ),
+    "DOMAINGUARD_2FA_LIMIT": _opt(
+        "twofactor_limit", "5 per 5 minutes", _rate,
+        "Failed 2FA attempts per user and per client address.",
+    ),
+    "DOMAINGUARD_TRUST_DEVICE_DAYS": _opt(
+        "trust_device_days", 30, _non_negative_int,
+        "Lifetime of the 'trust this device' cookie; 0 disables it.",
+    ),
+    "DOMAINGUARD_RECOVERY_CODES": _opt(
+        "recovery_codes", 10, _positive_int, "Recovery codes issued at enrolment."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, typed view of one app's ``DOMAINGUARD_*`` config (see :data:`OPTIONS`)."""
+
+    user_email_attr: str
+    url_prefix: str
+    register_blueprint: bool
+    mail_sender: str | None
+    trusted_domains: frozenset[str]
+    status_backend: str
+    static_status_file: str | None
+    rdap_bootstrap_url: str
+    rdap_bootstrap_ttl: timedelta
+    rdap_bootstrap_file: str | None
+    rdap_servers: Mapping[str, str]
+    fastly_api_key: str | None
+    fastly_url: str
+    domainr_client_id: str | None
+    domainr_url: str
+    http_timeout: float
+    max_response_bytes: int
+    grace: timedelta
+    warn_within: timedelta
+    confirm_after: timedelta
+    max_unverify: int
+    recheck_after: timedelta
+    sweep_concurrency: int
+    sweep_per_server: int
+    sweep_rate: float
+    sweep_retries: int
+    sweep_batch_size: int
+    sweep_lease: timedelta
+    verify_within: timedelta
+    verify_resend_limit: RateLimit
+    reset_within: timedelta
+    reset_live_check: str
+    reset_live_check_after: timedelta
+    reset_live_timeout: float
+    reset_limit_per_account: RateLimit
+    reset_limit_per_client: RateLimit
+    totp_issuer: str | None
+    totp_keys: tuple[str, ...]
+    twofactor_required_since: date | None
+    twofactor_grace_days: int
+    twofactor_exempt: Callable[..., Any] | None
+    twofactor_limit: RateLimit
+    trust_device_days: int
+    recovery_codes: int
+
+
+def apply_defaults(config: dict[str, Any]) -> None:
+    """Set every key's default with ``setdefault``, as Flask extensions do."""
+    for key, option in OPTIONS.items():
+        config.setdefault(key, option.default)
+
+
+def load_settings(config: Mapping[str, Any]) -> Settings:
+    """Validate the ``DOMAINGUARD_*`` keys of ``config`` and return typed settings.
+
+    :raises ConfigError: naming the key and how to fix it.
+    """
+    for key in config:
+        if key.startswith(PREFIX) and key not in OPTIONS:
+            close = difflib.get_close_matches(key, OPTIONS, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"Unknown config key {key}.{hint} The known keys are listed in docs/configuration.md."
+            )
+    values: dict[str, Any] = {}
+    for key, option in OPTIONS.items():
+        raw = config.get(key, option.default)
+        try:
+            values[option.attr] = option.convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{key} = {raw!r} is invalid: {exc}. The default is {option.default!r}."
+            ) from None
+    return Settings(**values)
