@@ -1,0 +1,38 @@
+"""flask-domainguard: stop account takeover by domain resurrection.
+
+A user's email domain lapses, an attacker registers it and asks for a password reset.
+DomainGuard sends resets only to verified addresses on safe domains, sweeps every
+registrable domain for its lifecycle, and requires 2FA of active users.
+"""
+
+from __future__ import annotations
+
+from .addresses import AddressError, AddressTaken, LastVerifiedAddress, UnknownAddress
+from .config import DEFAULT_TRUSTED_DOMAINS, ConfigError
+from .emails import Address, InvalidAddress, parse_address, registrable_domain
+from .extension import DomainGuard
+from .journal import EventKind
+from .models import UnverifyReason
+from .status.observation import Observation
+from .verdict import Policy, Verdict, VerdictKind, judge
+
+__all__ = [
+    "DEFAULT_TRUSTED_DOMAINS",
+    "Address",
+    "AddressError",
+    "AddressTaken",
+    "ConfigError",
+    "DomainGuard",
+    "EventKind",
+    "InvalidAddress",
+    "LastVerifiedAddress",
+    "Observation",
+    "Policy",
+    "UnknownAddress",
+    "UnverifyReason",
+    "Verdict",
+    "VerdictKind",
+    "judge",
+    "parse_address",
+    "registrable_domain",
+]

@@ -1,0 +1,170 @@
+"""The :class:`DomainGuard` extension object: configuration, models and wiring into an app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+
+from . import addresses
+from .config import Settings, apply_defaults, load_settings
+from .models import Models, define_models
+
+if TYPE_CHECKING:
+    from .models import EmailAddress
+    from .status.base import StatusBackend
+
+EXTENSION_KEY = "domainguard"
+
+#: ``password_setter(user, new_password)`` stores a new password the host's way.
+PasswordSetter = Callable[[Any, str], None]
+
+
+@dataclass
+class _AppState:
+    """What DomainGuard keeps per app (several apps may share one :class:`DomainGuard`)."""
+
+    guard: DomainGuard
+    settings: Settings
+    backends: dict[str, StatusBackend] = field(default_factory=dict)
+
+
+class DomainGuard:
+    """Guard a Flask app's password resets against resurrected email domains.
+
+    ::
+
+        db = SQLAlchemy(app)
+        guard = DomainGuard(app, db=db, user_model=User)
+
+    or, with an application factory, ``guard = DomainGuard(db=db, user_model=User)`` at module
+    level and ``guard.init_app(app)`` in the factory (after ``db.init_app(app)``).
+
+    :param app: the app to set up now, or ``None`` to call :meth:`init_app` later.
+    :param db: the host's ``flask_sqlalchemy.SQLAlchemy`` instance; our tables live in it.
+    :param user_model: the host's user model; its table is never changed.
+    """
+
+    def __init__(self, app: Flask | None = None, *, db: Any, user_model: type[Any]) -> None:
+        self.db = db
+        self.user_model = user_model
+        self.models: Models = define_models(db, user_model)
+        pk = self.models.user_pk
+        self._user_pk_attr: str = sa.inspect(user_model).get_property_by_column(pk).key
+        self.password_setter: PasswordSetter | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Validate ``DOMAINGUARD_*`` config and register models, CLI, views and hooks on ``app``.
+
+        :raises RuntimeError: when DomainGuard is already registered on ``app``, or ``db`` is not.
+        :raises flask_domainguard.config.ConfigError: for an unknown key or a bad value.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "DomainGuard is already registered on this app. Create one DomainGuard and "
+                "call init_app(app) once per app."
+            )
+        if app.extensions.get("sqlalchemy") is not self.db:
+            raise RuntimeError(
+                "The db passed to DomainGuard is not registered on this app. Call "
+                "db.init_app(app) before guard.init_app(app)."
+            )
+        apply_defaults(app.config)
+        settings = load_settings(app.config)
+        app.extensions[EXTENSION_KEY] = _AppState(guard=self, settings=settings)
+
+        if "mail" not in app.extensions:
+            from flask_mail import Mail
+
+            Mail(app)
+
+        from .cli import domainguard_cli
+
+        app.cli.add_command(domainguard_cli)
+
+        if settings.register_blueprint:
+            from .views import register_views
+
+            register_views(app, settings)
+
+    # -- per-app state -------------------------------------------------------------------
+
+    @staticmethod
+    def _state(app: Flask | None = None) -> _AppState:
+        app = app or current_app
+        try:
+            state: _AppState = app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError(
+                "DomainGuard is not registered on this app: call guard.init_app(app)."
+            ) from None
+        return state
+
+    @property
+    def settings(self) -> Settings:
+        """The current app's validated settings."""
+        return self._state().settings
+
+    def status_backend(self, name: str | None = None) -> StatusBackend:
+        """The current app's status backend (``DOMAINGUARD_STATUS_BACKEND`` unless ``name``)."""
+        from .status import create_backend
+
+        state = self._state()
+        key = name or state.settings.status_backend
+        backend = state.backends.get(key)
+        if backend is None:
+            backend = create_backend(
+                state.settings, name=key, instance_path=current_app.instance_path
+            )
+            state.backends[key] = backend
+        return backend
+
+    def set_password_setter(self, setter: PasswordSetter) -> PasswordSetter:
+        """Register how the host stores a new password (usable as a decorator)."""
+        self.password_setter = setter
+        return setter
+
+    # -- users ---------------------------------------------------------------------------
+
+    def user_id_of(self, user: Any) -> Any:
+        """The primary key of a host user object (or the key itself, passed through)."""
+        if isinstance(user, self.user_model):
+            return getattr(user, self._user_pk_attr)
+        return user
+
+    def get_user(self, user_id: Any) -> Any:
+        """Load a host user by primary key, or ``None``."""
+        return self.db.session.get(self.user_model, user_id)
+
+    # -- addresses (see :mod:`flask_domainguard.addresses`) ------------------------------
+
+    def add_address(
+        self, user: Any, address: str, *, primary: bool = False, verified: bool = False
+    ) -> EmailAddress:
+        """Add ``address`` to ``user``; see :func:`flask_domainguard.addresses.add_address`."""
+        return addresses.add_address(
+            self, user, address, primary=primary, verified=verified, actor="user"
+        )
+
+    def set_primary(self, address: EmailAddress | str) -> EmailAddress:
+        """Make a verified address its user's primary one."""
+        return addresses.set_primary(self, address)
+
+    def remove_address(self, address: EmailAddress | str) -> None:
+        """Remove an address; never the user's last verified one."""
+        addresses.remove_address(self, address)
+
+    def find_address(self, address: str) -> EmailAddress | None:
+        """The stored row for ``address`` (any spelling), or ``None``."""
+        return addresses.find_address(self, address)
+
+    def addresses_of(self, user: Any) -> list[EmailAddress]:
+        """A user's addresses, primary first, then oldest first."""
+        return addresses.addresses_of(self, user)

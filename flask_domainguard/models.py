@@ -1,0 +1,371 @@
+"""The extension's tables, created in the host's own Flask-SQLAlchemy ``db``.
+
+The host's user table is never changed: our tables point at its primary key, whatever its
+type (integer, string, UUID). Because that key's type is only known once the host hands us
+its ``user_model``, the mapped classes are built per ``db`` by :func:`define_models` from the
+typed mixins below; code and type checkers use the mixin names (``EmailAddress``, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+
+from .timeutil import as_utc
+
+PREFIX = "domainguard_"
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        # SQLite keeps no offset; store naive UTC so comparisons in SQL stay correct.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+class UnverifyReason(str, enum.Enum):
+    """Why an address lost its verified state."""
+
+    DOMAIN_RELEASED = "domain_released"
+    DOMAIN_EXPIRED = "domain_expired"
+    DOMAIN_REREGISTERED = "domain_reregistered"
+    MANUAL = "manual"
+    BOUNCE = "bounce"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
+    # Stored as the value strings with a CHECK-free VARCHAR so new members need no migration.
+    return sa.Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class EmailAddress:
+    """One address of one user; at most one primary per user (enforced by a partial index)."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(sa.String(320), unique=True)
+    """The normalised address (:attr:`flask_domainguard.emails.Address.normalized`)."""
+    host: Mapped[str] = mapped_column(sa.String(253))
+    """The A-label host part."""
+    primary: Mapped[bool] = mapped_column("is_primary", sa.Boolean, default=False, nullable=False)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    unverified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    unverify_reason: Mapped[UnverifyReason | None] = mapped_column(
+        _enum(UnverifyReason, "domainguard_unverify_reason"), nullable=True
+    )
+    expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """The expiry date the owner was last warned about (one warning per expiry date)."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    if TYPE_CHECKING:  # the columns are added by define_models
+        user_id: Mapped[Any]
+        registrable: Mapped[str]
+
+    @property
+    def verified(self) -> bool:
+        """Whether the address is verified now."""
+        return self.verified_at is not None
+
+    def __repr__(self) -> str:
+        state = "verified" if self.verified else "unverified"
+        return f"<EmailAddress {self.address} {state}{' primary' if self.primary else ''}>"
+
+
+class Domain:
+    """One registrable domain: the last observation, the verdict and the sweep schedule."""
+
+    name: Mapped[str] = mapped_column(sa.String(253), primary_key=True)
+    registered: Mapped[bool | None] = mapped_column(sa.Boolean, nullable=True)
+    statuses: Mapped[str] = mapped_column(sa.String(500), default="", nullable=False)
+    """Observed statuses, space separated with ``|`` between names (names contain spaces)."""
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    transferred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    source: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    verdict: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    verdict_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    verdict_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    unsafe_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When an unsafe verdict was first seen in the current run of unsafe checks."""
+    lapse_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0, nullable=False)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    @property
+    def status_set(self) -> frozenset[str]:
+        """The observed statuses as a set."""
+        return frozenset(s for s in self.statuses.split("|") if s)
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name} {self.verdict or 'unchecked'}>"
+
+
+class Event:
+    """The journal: one row per security-relevant state change, written in its transaction."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(64), index=True)
+    address: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, index=True)
+    """The address concerned, as text: it outlives a removed address row."""
+    details: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict, nullable=False)
+    actor: Mapped[str] = mapped_column(sa.String(120), nullable=False)
+    """Who caused it: ``user``, ``sweep``, ``admin:<name>``, ``system``, ``requester``."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+    if TYPE_CHECKING:  # added by define_models
+        user_id: Mapped[Any]
+        address_id: Mapped[int | None]
+
+    def __repr__(self) -> str:
+        return f"<Event {self.kind} {self.address or ''} by {self.actor}>"
+
+
+class UserState:
+    """Per-user facts the host's table does not hold: last login (for the 2FA rule)."""
+
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    twofactor_required_from: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the user was first told to enrol (start of the 2FA grace window)."""
+
+    if TYPE_CHECKING:  # added by define_models
+        user_id: Mapped[Any]
+
+
+class TOTPDevice:
+    """A user's TOTP secret, encrypted at rest; active once confirmed."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    secret_encrypted: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_step: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    """The last accepted time step: a code from it or earlier is a replay."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    if TYPE_CHECKING:  # added by define_models
+        user_id: Mapped[Any]
+
+
+class RecoveryCode:
+    """One single-use recovery code, stored hashed."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(128), nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    if TYPE_CHECKING:  # added by define_models
+        user_id: Mapped[Any]
+
+
+class RateCounter:
+    """A fixed-window attempt counter shared by every worker process through the database."""
+
+    key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+
+
+class UsedToken:
+    """Digests of single-use tokens already spent, kept until they would have expired."""
+
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class HeldAction:
+    """An unverification the circuit breaker held for a person to review."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    address_id: Mapped[int] = mapped_column(sa.Integer, nullable=False, index=True)
+    domain: Mapped[str] = mapped_column(sa.String(253), nullable=False)
+    reason: Mapped[UnverifyReason] = mapped_column(
+        _enum(UnverifyReason, "domainguard_held_reason"), nullable=False
+    )
+    verdict_reason: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolution: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The mapped classes bound to one host ``db``."""
+
+    EmailAddress: type[EmailAddress]
+    Domain: type[Domain]
+    Event: type[Event]
+    UserState: type[UserState]
+    TOTPDevice: type[TOTPDevice]
+    RecoveryCode: type[RecoveryCode]
+    RateCounter: type[RateCounter]
+    UsedToken: type[UsedToken]
+    HeldAction: type[HeldAction]
+    user_model: type[Any]
+    user_pk: sa.Column[Any]
+
+
+_registry: dict[int, Models] = {}
+
+
+def _user_pk_column(user_model: type[Any]) -> sa.Column[Any]:
+    mapper = sa.inspect(user_model, raiseerr=False)
+    if mapper is None:
+        raise TypeError(
+            f"user_model={user_model!r} is not a mapped SQLAlchemy model; pass the host's "
+            "User class (a db.Model subclass)."
+        )
+    keys = mapper.primary_key
+    if len(keys) != 1:
+        raise TypeError(
+            f"{user_model.__name__} has a composite primary key; DomainGuard needs a single "
+            "primary key column on the user model."
+        )
+    return cast("sa.Column[Any]", keys[0])
+
+
+def define_models(db: Any, user_model: type[Any]) -> Models:
+    """Build (once per ``db``) the extension's mapped classes in ``db``'s metadata.
+
+    :param db: the host's ``flask_sqlalchemy.SQLAlchemy`` instance.
+    :param user_model: the host's user model; our tables reference its primary key.
+    """
+    cached = _registry.get(id(db))
+    if cached is not None:
+        if cached.user_model is not user_model:
+            raise ValueError(
+                "DomainGuard models were already defined on this db for "
+                f"{cached.user_model.__name__}; one db serves one user model."
+            )
+        return cached
+
+    user_pk = _user_pk_column(user_model)
+    user_table = user_pk.table.name
+    fk_target = f"{user_table}.{user_pk.name}"
+
+    def user_fk(*, unique: bool = False, nullable: bool = False, ondelete: str = "CASCADE") -> Any:
+        return sa.Column(
+            "user_id",
+            user_pk.type.copy(),  # type: ignore[no-untyped-call]
+            sa.ForeignKey(fk_target, ondelete=ondelete),
+            nullable=nullable,
+            unique=unique,
+            index=not unique,
+        )
+
+    base = db.Model
+
+    class EmailAddressRow(EmailAddress, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "email_address"
+        user_id = user_fk()
+        registrable = sa.Column(
+            sa.String(253), sa.ForeignKey(PREFIX + "domain.name"), nullable=False, index=True
+        )
+
+        @declared_attr.directive
+        def __table_args__(cls) -> tuple[Any, ...]:
+            only_primary = sa.text("is_primary")
+            return (
+                # At most one primary address per user, enforced by the database.
+                sa.Index(
+                    PREFIX + "one_primary_per_user",
+                    "user_id",
+                    unique=True,
+                    sqlite_where=only_primary,
+                    postgresql_where=only_primary,
+                ),
+            )
+
+    class DomainRow(Domain, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "domain"
+        __table_args__ = (sa.Index(PREFIX + "domain_due", "next_check_at", "lease_until"),)
+
+    class EventRow(Event, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "event"
+        user_id = user_fk(nullable=True, ondelete="SET NULL")
+        address_id = sa.Column(
+            sa.Integer,
+            sa.ForeignKey(PREFIX + "email_address.id", ondelete="SET NULL"),
+            nullable=True,
+            index=True,
+        )
+
+    class UserStateRow(UserState, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "user_state"
+        user_id = sa.Column(
+            user_pk.type.copy(),  # type: ignore[no-untyped-call]
+            sa.ForeignKey(fk_target, ondelete="CASCADE"),
+            primary_key=True,
+        )
+
+    class TOTPDeviceRow(TOTPDevice, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "totp_device"
+        user_id = user_fk(unique=True)
+
+    class RecoveryCodeRow(RecoveryCode, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "recovery_code"
+        user_id = user_fk()
+
+    class RateCounterRow(RateCounter, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "rate_counter"
+
+    class UsedTokenRow(UsedToken, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "used_token"
+
+    class HeldActionRow(HeldAction, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "held_action"
+
+    for row, name in (
+        (EmailAddressRow, "EmailAddress"),
+        (DomainRow, "Domain"),
+        (EventRow, "Event"),
+        (UserStateRow, "UserState"),
+        (TOTPDeviceRow, "TOTPDevice"),
+        (RecoveryCodeRow, "RecoveryCode"),
+        (RateCounterRow, "RateCounter"),
+        (UsedTokenRow, "UsedToken"),
+        (HeldActionRow, "HeldAction"),
+    ):
+        row.__name__ = row.__qualname__ = name
+
+    models = Models(
+        EmailAddress=EmailAddressRow,
+        Domain=DomainRow,
+        Event=EventRow,
+        UserState=UserStateRow,
+        TOTPDevice=TOTPDeviceRow,
+        RecoveryCode=RecoveryCodeRow,
+        RateCounter=RateCounterRow,
+        UsedToken=UsedTokenRow,
+        HeldAction=HeldActionRow,
+        user_model=user_model,
+        user_pk=user_pk,
+    )
+    _registry[id(db)] = models
+    return models

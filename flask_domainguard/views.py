@@ -1,0 +1,15 @@
+"""The extension's blueprint: its templates (overridable under ``templates/domainguard/``)
+and the pages of the verification, reset and 2FA flows."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from .config import Settings
+
+bp = Blueprint("domainguard", __name__, template_folder="templates", static_folder="static")
+
+
+def register_views(app: Flask, settings: Settings) -> None:
+    """Register the blueprint on ``app`` under ``DOMAINGUARD_URL_PREFIX``."""
+    app.register_blueprint(bp, url_prefix=settings.url_prefix)

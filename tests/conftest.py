@@ -1,0 +1,206 @@
+"""Shared fixtures: the host app on SQLite (default) or a real PostgreSQL server, mail, users.
+
+Run the suite on PostgreSQL with ``pytest --db postgresql``: the run starts its own server
+with the PostgreSQL binaries on the machine and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from tests import hostapp
+from tests.pgserver import PostgresServer, find_pg_bin
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="database the suite runs against (postgresql starts a throwaway server)",
+    )
+
+
+@pytest.fixture(scope="session")
+def db_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--db"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(db_kind: str) -> Iterator[str | None]:
+    if db_kind != "postgresql":
+        yield None
+        return
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.fail("--db postgresql was asked for, but no PostgreSQL binaries are installed")
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A real PostgreSQL server for the tests that need one whatever ``--db`` says."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed on this machine")
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_url: str | None, tmp_path: Path) -> str:
+    return postgres_url or f"sqlite:///{tmp_path / 'host.sqlite'}"
+
+
+def settings_from_marker(request: pytest.FixtureRequest) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("settings"))):
+        config.update(marker.kwargs)
+    return config
+
+
+@pytest.fixture
+def app_config(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> dict[str, Any]:
+    """The test app's config: ``@pytest.mark.settings(KEY=value)`` adds to it."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "DOMAINGUARD_STATUS_BACKEND": "static",
+        "DOMAINGUARD_STATIC_STATUS_FILE": str(tmp_path / "status.json"),
+        **settings_from_marker(request),
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any], tmp_path: Path) -> Iterator[Flask]:
+    status_file = Path(app_config["DOMAINGUARD_STATIC_STATUS_FILE"])
+    if not status_file.exists():
+        status_file.write_text("{}")
+    app = hostapp.create_app(app_config)
+    app.instance_path = str(tmp_path / "instance")
+    with app.app_context():
+        hostapp.db.create_all()
+    with app.app_context():
+        yield app
+    with app.app_context():
+        hostapp.db.session.remove()
+        hostapp.db.drop_all()
+        hostapp.db.engine.dispose()
+
+
+@pytest.fixture
+def guard(app: Flask) -> Any:
+    return hostapp.guard
+
+
+@pytest.fixture
+def db(app: Flask) -> Any:
+    return hostapp.db
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+_user_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def make_user(app: Flask) -> Any:
+    """``make_user(email=None, password="pw")``: a committed host user."""
+
+    def make(email: str | None = None, password: str = "correct horse battery") -> Any:
+        user = hostapp.User(email=email)
+        user.set_password(password)
+        hostapp.db.session.add(user)
+        hostapp.db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def outbox(app: Flask) -> Iterator[list[Any]]:
+    """Messages Flask-Mail would have sent (recorded, not delivered)."""
+    with app.extensions["mail"].record_messages() as messages:
+        yield messages
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SMTPSink:
+    """A real SMTP server on 127.0.0.1 (aiosmtpd) keeping every message it receives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Message] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.port = _free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
+        return "250 OK"
+
+    def recipients(self) -> list[str]:
+        return [rcpt for _, rcpts in self.envelopes for rcpt in rcpts]
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SMTPSink]:
+    """A real SMTP server on 127.0.0.1; point the app at it with :func:`use_smtp`."""
+    sink = SMTPSink()
+    sink.controller.start()
+    try:
+        yield sink
+    finally:
+        sink.controller.stop()
+
+
+def use_smtp(config: dict[str, Any], sink: SMTPSink) -> None:
+    """Config for Flask-Mail to deliver to ``sink`` for real."""
+    config.update(
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=sink.port,
+        MAIL_USE_TLS=False,
+        MAIL_USE_SSL=False,
+        MAIL_SUPPRESS_SEND=False,
+    )
+
+
+@pytest.fixture
+def shared_reference() -> Path:
+    """``../shared/reference`` beside the checkout; tests skip when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"reference data not found at {SHARED} (it sits beside the checkout in CI)")
+    return SHARED
