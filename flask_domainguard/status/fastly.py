@@ -1,0 +1,405 @@
+"""Fastly domain status API and its predecessor, the legacy Domainr API.
+
+Both answer with space-separated flags such as ``"undelegated inactive"``; the rightmost flag
+is the most important. How the flags are read (:func:`classify_flags`), in this order:
+
+1. no flags at all: ``registered=None`` (nothing to go on);
+2. ``unknown`` anywhere: ``None`` (the registry did not answer the API);
+3. ``inactive`` rightmost: ``False`` (available to register);
+4. ``inactive`` without ``active``: ``False``, unless a restriction flag (below) is present,
+   then ``None``;
+5. ``active parked marketed expiring deleting priced transferable premium``: ``True`` (held
+   by someone; the verdict reads ``expiring`` and ``deleting``);
+6. ``disallowed reserved invalid suffix tld zone dpml claimed pending``: ``None``: not a name
+   anyone can freely register, so nothing an attacker could take over, but no lifecycle to
+   judge either;
+7. ``undelegated`` alone: ``None`` (the API also says it when an upstream times out);
+8. anything else: ``None`` (unrecognised).
+
+Only ``inactive`` ever gives ``registered=False``: a wrong "released" unverifies people's
+addresses, so every doubtful answer is "cannot tell" and is retried later. Every flag is kept
+in :attr:`Observation.statuses`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from ..config import ConfigError, Settings, load_settings
+from .base import to_alabel, user_agent
+from .http import FetchResult, fetch_json
+from .observation import Observation
+
+__all__ = [
+    "REGISTERED_FLAGS",
+    "RESTRICTED_FLAGS",
+    "DomainrBackend",
+    "FastlyBackend",
+    "classify_flags",
+    "parse_fastly_status",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Flags that only appear on a name somebody holds.
+REGISTERED_FLAGS = frozenset(
+    {"active", "parked", "marketed", "expiring", "deleting", "priced", "transferable", "premium"}
+)
+
+#: Flags of names that are not open to ordinary registration (or are no domain at all).
+RESTRICTED_FLAGS = frozenset(
+    {"disallowed", "reserved", "invalid", "suffix", "tld", "zone", "dpml", "claimed", "pending"}
+)
+
+
+def classify_flags(flags: Sequence[str]) -> tuple[bool | None, str | None]:
+    """Return ``(registered, error)`` for flags in API order (see the module table)."""
+    if not flags:
+        return None, "the status API gave no status flags"
+    present = set(flags)
+    if "unknown" in present:
+        return None, "status 'unknown': the registry did not answer the status API"
+    restricted = sorted(present & RESTRICTED_FLAGS)
+    if flags[-1] == "inactive":
+        return False, None
+    if "inactive" in present and "active" not in present:
+        if restricted:
+            return None, f"not open for registration ({' '.join(restricted)})"
+        return False, None
+    if present & REGISTERED_FLAGS:
+        return True, None
+    if restricted:
+        return None, f"not open for registration ({' '.join(restricted)})"
+    if present == {"undelegated"}:
+        return None, "status 'undelegated' alone: not in DNS, registration unknown"
+    return None, f"unrecognised status {' '.join(flags)!r}"
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _api_error(doc: Mapping[str, Any]) -> str | None:
+    """The first error an API body reports (Domainr ``errors[]``, Fastly ``msg``/``detail``)."""
+    errors = doc.get("errors")
+    if isinstance(errors, list):
+        for item in errors:
+            if isinstance(item, Mapping):
+                code = item.get("code", item.get("status"))
+                message = item.get("message", item.get("title"))
+                detail = item.get("detail")
+                parts = [f"error {code}" if isinstance(code, (int, str)) else "error"]
+                if isinstance(message, str) and message:
+                    parts.append(message)
+                if isinstance(detail, str) and detail and detail != message:
+                    parts.append(f"({detail})")
+                return _short(" ".join(parts))
+            if isinstance(item, str):
+                return _short(f"error {item}")
+    message = doc.get("msg", doc.get("message"))
+    if isinstance(message, str) and message:
+        detail = doc.get("detail")
+        suffix = f" ({detail})" if isinstance(detail, str) and detail else ""
+        return _short(f"error: {message}{suffix}")
+    return None
+
+
+def parse_fastly_status(doc: Mapping[str, Any], domain: str | None = None) -> Observation:
+    """Read a Fastly or legacy Domainr status body into an :class:`Observation`.
+
+    Accepts ``{"domain", "zone", "status": "flags", ...}`` (Fastly),
+    ``{"status": [{"domain", "zone", "status", "summary"}, ...]}`` (Domainr) and
+    ``{"status": [], "errors": [...]}``. Never raises: anything unreadable gives
+    ``registered=None`` with ``error`` set.
+
+    :param domain: the domain asked about. When given, the answer must be about it (a Domainr
+        list is searched for it); when omitted, the body's own (first) domain is used.
+    """
+    wanted = to_alabel(domain) if isinstance(domain, str) else None
+    fallback = wanted or (domain.strip().lower() if isinstance(domain, str) else "")
+    try:
+        return _parse(doc, wanted, fallback)
+    except Exception as exc:  # the contract is "never raises"
+        logger.warning("unexpected failure reading a status API body", exc_info=True)
+        return Observation.failed(
+            fallback, f"unreadable status API body ({type(exc).__name__})", source="fastly"
+        )
+
+
+def _parse(doc: Mapping[str, Any], wanted: str | None, fallback: str) -> Observation:
+    if not isinstance(doc, Mapping):
+        return Observation.failed(fallback, "status API body is not a JSON object", source="fastly")
+    raw = doc.get("status")
+    if isinstance(raw, list):
+        source = "domainr"
+        entry: Mapping[str, Any] | None = None
+        for item in raw:
+            if not isinstance(item, Mapping):
+                continue
+            name = item.get("domain")
+            item_domain = to_alabel(name) if isinstance(name, str) else None
+            if wanted is None or item_domain == wanted:
+                entry = item
+                break
+        if entry is None:
+            error = _api_error(doc)
+            if error is None:
+                error = f"no status for {wanted}" if wanted and raw else "empty status list"
+            return Observation.failed(fallback, f"Domainr {error}", source=source)
+        holder: Mapping[str, Any] = entry
+    elif isinstance(raw, str):
+        source = "fastly"
+        holder = doc
+    elif raw is None:
+        error = _api_error(doc) or "no status in the answer"
+        return Observation.failed(fallback, f"status API {error}", source="fastly")
+    else:
+        return Observation.failed(fallback, "status is neither text nor a list", source="fastly")
+
+    flags_text = holder.get("status")
+    if not isinstance(flags_text, str):
+        return Observation.failed(fallback, "status flags are not text", source=source)
+    name = holder.get("domain")
+    if name is not None and not isinstance(name, str):
+        return Observation.failed(fallback, "domain is not text", source=source)
+    answered = to_alabel(name) if name else None
+    if name and answered is None:
+        return Observation.failed(fallback, f"{_short(name, 60)!r} is not a domain", source=source)
+    if wanted is not None and answered is not None and answered != wanted:
+        return Observation.failed(
+            wanted, f"the answer is about {answered}, not {wanted}", source=source
+        )
+    flags = [flag for flag in re.split(r"\s+", flags_text.strip().lower()) if flag]
+    registered, error = classify_flags(flags)
+    return Observation(
+        domain=wanted or answered or fallback,
+        registered=registered,
+        statuses=frozenset(flags),
+        source=source,
+        error=error,
+    )
+
+
+# -- backends ------------------------------------------------------------------------------
+
+
+class _QueryKeyFilter(logging.Filter):
+    """Blank ``client_id=`` values out of httpx's request log lines (the Domainr key)."""
+
+    _pattern = re.compile(r"(client_id=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._pattern.sub(r"\1***", str(arg)) if "client_id=" in str(arg) else arg
+                for arg in record.args
+            )
+        if isinstance(record.msg, str) and "client_id=" in record.msg:
+            record.msg = self._pattern.sub(r"\1***", record.msg)
+        return True
+
+
+_KEY_FILTER = _QueryKeyFilter()
+
+
+class _StatusApiBackend:
+    """Shared HTTP handling of the Fastly and Domainr backends."""
+
+    name = "fastly"
+    key_setting = ""
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        url: str,
+        settings: Settings,
+        client: httpx.AsyncClient | None,
+        timeout: float | None,
+        max_response_bytes: int | None,
+    ) -> None:
+        self._key = key
+        self.url = url
+        self.timeout = timeout if timeout is not None else settings.http_timeout
+        self.max_response_bytes = max_response_bytes or settings.max_response_bytes
+        self._client = client
+        self._owned_client: httpx.AsyncClient | None = None
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"<{type(self).__name__} {self.url}>"
+
+    def server_key(self, domain: str) -> str:
+        """Every lookup goes to the one API host."""
+        return httpx.URL(self.url).netloc.decode("ascii", "replace")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client the backend created itself (never an injected one)."""
+        if self._owned_client is not None:
+            await self._owned_client.aclose()
+            self._owned_client = None
+
+    def _http(self, client: httpx.AsyncClient | None) -> httpx.AsyncClient:
+        if client is not None:
+            return client
+        if self._client is not None:
+            return self._client
+        if self._owned_client is None:
+            self._owned_client = httpx.AsyncClient()
+        return self._owned_client
+
+    def _request(self, domain: str) -> tuple[httpx.URL, dict[str, str]]:
+        raise NotImplementedError
+
+    async def observe(
+        self,
+        domain: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        timeout: float | None = None,
+    ) -> Observation:
+        """Look ``domain`` up; see the module docstring for how flags are read."""
+        asked = to_alabel(domain) if isinstance(domain, str) else None
+        if asked is None:
+            return Observation.failed(
+                str(domain).strip().lower(),
+                f"{str(domain)[:60]!r} is not a domain name",
+                source=self.name,
+            )
+        try:
+            url, secret_headers = self._request(asked)
+            result = await fetch_json(
+                self._http(client),
+                url,
+                headers=self._headers,
+                secret_headers=secret_headers,
+                secrets=[self._key],
+                max_bytes=self.max_response_bytes,
+                timeout=timeout or self.timeout,
+            )
+            obs = self._interpret(asked, result)
+        except Exception:
+            # A bug here must cost one lookup, not the sweep. The traceback could hold the
+            # key in a URL, so only the exception type is logged.
+            logger.error("%s lookup of %s failed unexpectedly", self.name, asked)
+            obs = Observation.failed(
+                asked, f"internal error in the {self.name} backend", source=self.name
+            )
+        if obs.error and self._key in obs.error:
+            obs = replace(obs, error=obs.error.replace(self._key, "***"))
+        logger.debug("%s %s: registered=%s error=%s", self.name, asked, obs.registered, obs.error)
+        return obs
+
+    def _interpret(self, asked: str, result: FetchResult) -> Observation:
+        host = result.host
+
+        def failed(error: str) -> Observation:
+            return Observation.failed(
+                asked, error, source=self.name, retry_after=result.retry_after
+            )
+
+        if result.error:
+            return failed(f"{self.name} lookup failed: {result.error}")
+        status = result.status
+        body = result.data if result.is_json and isinstance(result.data, Mapping) else None
+        if status == 429:
+            return failed(f"rate limited by {host} (HTTP 429)")
+        if status in (401, 403):
+            return failed(
+                f"{host} refused the credentials (HTTP {status}); check {self.key_setting}"
+            )
+        if status != 200:
+            detail = _api_error(body) if body is not None else None
+            return failed(f"HTTP {status} from {host}" + (f": {detail}" if detail else ""))
+        if body is None:
+            what = result.body_error or ("empty" if result.empty else "JSON but not an object")
+            return failed(f"answer of {host} is {what}")
+        obs = parse_fastly_status(body, asked)
+        return replace(obs, source=self.name, domain=asked)
+
+
+class FastlyBackend(_StatusApiBackend):
+    """Fastly's domain status API: ``GET {url}?domain=D`` with the ``Fastly-Key`` header."""
+
+    name = "fastly"
+    key_setting = "DOMAINGUARD_FASTLY_API_KEY"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        api_key: str | None = None,
+        url: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
+    ) -> None:
+        base = settings if settings is not None else load_settings({})
+        key = api_key or base.fastly_api_key
+        if not key:
+            raise ConfigError(
+                "The 'fastly' status backend needs an API token: set DOMAINGUARD_FASTLY_API_KEY "
+                "(a Fastly token allowed to read domain status)."
+            )
+        super().__init__(
+            key=key,
+            url=url or base.fastly_url,
+            settings=base,
+            client=client,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
+
+    def _request(self, domain: str) -> tuple[httpx.URL, dict[str, str]]:
+        return httpx.URL(self.url).copy_merge_params({"domain": domain}), {"Fastly-Key": self._key}
+
+
+class DomainrBackend(_StatusApiBackend):
+    """Legacy Domainr API: ``GET {url}?client_id=KEY&domain=D``.
+
+    The key travels in the query string, so httpx's request log lines get a filter that
+    blanks ``client_id=`` out, and the URL never appears in errors.
+    """
+
+    name = "domainr"
+    key_setting = "DOMAINGUARD_DOMAINR_CLIENT_ID"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client_id: str | None = None,
+        url: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
+    ) -> None:
+        base = settings if settings is not None else load_settings({})
+        key = client_id or base.domainr_client_id
+        if not key:
+            raise ConfigError(
+                "The 'domainr' status backend needs a client id: set "
+                "DOMAINGUARD_DOMAINR_CLIENT_ID (or use the 'fastly' backend, Domainr's successor)."
+            )
+        super().__init__(
+            key=key,
+            url=url or base.domainr_url,
+            settings=base,
+            client=client,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
+        httpx_logger = logging.getLogger("httpx")
+        if _KEY_FILTER not in httpx_logger.filters:
+            httpx_logger.addFilter(_KEY_FILTER)
+
+    def _request(self, domain: str) -> tuple[httpx.URL, dict[str, str]]:
+        url = httpx.URL(self.url).copy_merge_params({"client_id": self._key, "domain": domain})
+        return url, {}

@@ -1,0 +1,308 @@
+"""One bounded JSON fetch shared by every HTTP status backend.
+
+:func:`fetch_json` never raises for network trouble and never reads more than ``max_bytes``
+of a body: status servers are third parties, and a hostile or broken one must not be able to
+stall a sweep or fill memory. It reports facts (status code, decoded JSON, why it failed);
+the backends decide what those facts mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from ..timeutil import utcnow
+
+__all__ = ["MAX_REDIRECTS", "MAX_RETRY_AFTER", "FetchResult", "fetch_json", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+#: Redirect hops followed before giving up; RDAP servers redirect, but never in long chains.
+MAX_REDIRECTS = 5
+
+#: A ``Retry-After`` longer than a day is treated as a day: a server must not be able to
+#: park a domain's checks for months with one header.
+MAX_RETRY_AFTER = 86400.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchResult:
+    """What one GET returned.
+
+    :param url: the URL finally answered (after redirects). It may carry a query-string key
+        (Domainr), so it is never put into errors or logs.
+    :param status: HTTP status code, ``None`` when no HTTP answer was read.
+    :param error: why nothing usable came back (timeout, connection, TLS, redirects, size),
+        already free of secrets; ``None`` otherwise.
+    :param data: the decoded JSON body (any JSON value) when ``is_json``.
+    :param is_json: whether the body decoded as JSON.
+    :param empty: whether the body was empty (only whitespace).
+    :param body_error: why a non-empty body was not JSON (``"not JSON (text/html)"``).
+    :param retry_after: seconds from ``Retry-After`` on a 429 or 503, capped at a day.
+    :param hosts: the hosts contacted, first to last (``host`` or ``host:port``).
+    """
+
+    url: httpx.URL
+    status: int | None = None
+    error: str | None = None
+    data: Any = None
+    is_json: bool = False
+    empty: bool = False
+    body_error: str | None = None
+    retry_after: float | None = None
+    content_type: str = ""
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def host(self) -> str:
+        """The host that gave the final answer."""
+        return self.hosts[-1] if self.hosts else _netloc(self.url)
+
+
+def _netloc(url: httpx.URL) -> str:
+    return url.netloc.decode("ascii", "replace")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP-date).
+
+    Negative and past values become 0; absurd ones are capped at :data:`MAX_RETRY_AFTER`;
+    anything unreadable is ``None``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT by definition
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - utcnow()).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _describe(exc: BaseException, host: str) -> str:
+    """A short, secret-free sentence for a transport failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out waiting for {host}"
+    detail = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        # TLS failures surface as ConnectError too; the text says which (certificate, ...).
+        return f"could not connect to {host}: {detail}"
+    if isinstance(exc, httpx.DecodingError):
+        return f"could not decode the answer of {host}: {detail}"
+    return f"request to {host} failed ({type(exc).__name__}): {detail}"
+
+
+async def fetch_json(
+    client: httpx.AsyncClient,
+    url: str | httpx.URL,
+    *,
+    headers: Mapping[str, str],
+    max_bytes: int,
+    timeout: float,
+    secret_headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
+    max_redirects: int = MAX_REDIRECTS,
+) -> FetchResult:
+    """GET ``url`` and decode its JSON body, within ``timeout`` seconds and ``max_bytes``.
+
+    Redirects are followed here rather than by httpx so that the hop limit holds whatever the
+    injected client's settings, an ``https`` URL never redirects to plain ``http``, and
+    ``secret_headers`` (API keys) go to the first origin only.
+
+    :param headers: sent with every request.
+    :param secret_headers: sent only to the origin of ``url``.
+    :param secrets: strings to blank out of any error text (keys in query strings).
+    :param timeout: seconds for the whole exchange, body included (httpx's own timeouts are
+        per operation, so a server dripping one byte a second would never trip them).
+    """
+    start = httpx.URL(url)
+    secret_list = [s for s in secrets if s]
+    try:
+        return await asyncio.wait_for(
+            _fetch(
+                client,
+                start,
+                headers=headers,
+                secret_headers=secret_headers or {},
+                max_bytes=max_bytes,
+                timeout=timeout,
+                secrets=secret_list,
+                max_redirects=max_redirects,
+            ),
+            timeout,
+        )
+    except asyncio.TimeoutError:
+        return FetchResult(url=start, error=f"timed out after {timeout:g} s", hosts=())
+
+
+async def _fetch(
+    client: httpx.AsyncClient,
+    start: httpx.URL,
+    *,
+    headers: Mapping[str, str],
+    secret_headers: Mapping[str, str],
+    max_bytes: int,
+    timeout: float,
+    secrets: list[str],
+    max_redirects: int,
+) -> FetchResult:
+    current = start
+    hosts: list[str] = []
+    for _hop in range(max_redirects + 1):
+        host = _netloc(current)
+        hosts.append(host)
+        send_headers = dict(headers)
+        if current.scheme == start.scheme and current.netloc == start.netloc:
+            send_headers.update(secret_headers)
+        try:
+            request = client.build_request("GET", current, headers=send_headers, timeout=timeout)
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return FetchResult(
+                url=current, error=_redact(_describe(exc, host), secrets), hosts=tuple(hosts)
+            )
+        try:
+            location = response.headers.get("location")
+            if response.status_code in (301, 302, 303, 307, 308) and location:
+                try:
+                    target = current.join(location)
+                except (httpx.InvalidURL, ValueError):
+                    return FetchResult(
+                        url=current,
+                        status=response.status_code,
+                        error=f"{host} redirected to an invalid URL",
+                        hosts=tuple(hosts),
+                    )
+                if target.scheme not in ("http", "https"):
+                    return FetchResult(
+                        url=current,
+                        status=response.status_code,
+                        error=f"{host} redirected to a non-HTTP URL",
+                        hosts=tuple(hosts),
+                    )
+                if current.scheme == "https" and target.scheme == "http":
+                    # A downgrade would let anyone on the path forge the answer.
+                    return FetchResult(
+                        url=current,
+                        status=response.status_code,
+                        error=f"{host} redirected from https to plain http; not followed",
+                        hosts=tuple(hosts),
+                    )
+                current = target
+                continue
+            return await _read(response, current, max_bytes, secrets, tuple(hosts))
+        finally:
+            await response.aclose()
+    return FetchResult(
+        url=current,
+        error=f"more than {max_redirects} redirects, starting at {hosts[0]}",
+        hosts=tuple(hosts),
+    )
+
+
+async def _read(
+    response: httpx.Response,
+    url: httpx.URL,
+    max_bytes: int,
+    secrets: list[str],
+    hosts: tuple[str, ...],
+) -> FetchResult:
+    host = hosts[-1]
+    status = response.status_code
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    retry_after = (
+        parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+    )
+    too_big = f"answer of {host} is larger than {max_bytes} bytes; not read"
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > max_bytes:
+        return FetchResult(
+            url=url,
+            status=status,
+            error=too_big,
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        # aiter_bytes yields decompressed bytes, so a gzip bomb is cut off as well.
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                return FetchResult(
+                    url=url,
+                    status=status,
+                    error=too_big,
+                    retry_after=retry_after,
+                    content_type=content_type,
+                    hosts=hosts,
+                )
+            chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        return FetchResult(
+            url=url,
+            status=status,
+            error=_redact(_describe(exc, host), secrets),
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+        )
+    body = b"".join(chunks)
+    if not body.strip():
+        return FetchResult(
+            url=url,
+            status=status,
+            empty=True,
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad encodings and huge integers; RecursionError a
+        # hostile, deeply nested document.
+        return FetchResult(
+            url=url,
+            status=status,
+            body_error=f"not JSON ({content_type or 'no content type'})",
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+        )
+    return FetchResult(
+        url=url,
+        status=status,
+        data=data,
+        is_json=True,
+        retry_after=retry_after,
+        content_type=content_type,
+        hosts=hosts,
+    )
