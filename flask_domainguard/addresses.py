@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from . import signals
@@ -53,10 +55,7 @@ def ensure_domains(guard: DomainGuard, names: Iterable[str]) -> None:
         return
     dialect = db.session.get_bind(mapper=sa.inspect(Domain)).dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         db.session.execute(insert(Domain).on_conflict_do_nothing(), rows)
         return
     for values in rows:  # pragma: no cover - databases without ON CONFLICT
@@ -172,7 +171,9 @@ def _row(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
     return address
 
 
-def set_primary(guard: DomainGuard, address: EmailAddress | str, *, actor: str = "user") -> EmailAddress:
+def set_primary(
+    guard: DomainGuard, address: EmailAddress | str, *, actor: str = "user"
+) -> EmailAddress:
     """Make a verified address its user's primary address.
 
     :raises AddressError: when the address is not verified.
@@ -185,7 +186,9 @@ def set_primary(guard: DomainGuard, address: EmailAddress | str, *, actor: str =
             raise AddressError(f"Verify {row.address} before making it your primary address.")
         _clear_primary(guard, row.user_id)
         row.primary = True
-        tx.record(EventKind.PRIMARY_CHANGED, actor=actor, address=row, signal=signals.primary_changed)
+        tx.record(
+            EventKind.PRIMARY_CHANGED, actor=actor, address=row, signal=signals.primary_changed
+        )
     return row
 
 
@@ -238,9 +241,9 @@ def find_address(guard: DomainGuard, address: str) -> EmailAddress | None:
         normalized = parse_address(address).normalized
     except InvalidAddress:
         return None
-    EmailAddress = guard.models.EmailAddress
+    Row = guard.models.EmailAddress
     row: EmailAddress | None = guard.db.session.scalar(
-        sa.select(EmailAddress).where(EmailAddress.address == normalized)
+        sa.select(Row).where(Row.address == normalized)
     )
     return row
 

@@ -90,9 +90,7 @@ def adopt_addresses(
     return report
 
 
-def _adopt_batch(
-    guard: DomainGuard, batch: list[Any], verified: bool, report: AdoptReport
-) -> None:
+def _adopt_batch(guard: DomainGuard, batch: list[Any], verified: bool, report: AdoptReport) -> None:
     db = guard.db
     models = guard.models
     EmailAddress = models.EmailAddress

@@ -20,6 +20,7 @@ from flask.cli import with_appcontext
 
 from .adopt import adopt_addresses
 
+
 @click.group("domainguard")
 def domainguard_cli() -> None:
     """Guard password resets against resurrected email domains."""
@@ -36,6 +37,7 @@ def guard_for_app() -> Any:
 def progress(total: int | None, label: str) -> Iterator[Any]:
     """A progress bar on stderr when it is a terminal, silent otherwise (cron, CI, pipes)."""
     if sys.stderr.isatty():
+        bar: Any
         with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
             yield bar
     else:
@@ -103,5 +105,3 @@ def adopt_command(verified: bool | None, batch_size: int, as_json: bool) -> None
                 err=True,
             )
     sys.exit(1 if report.problems else 0)
-
-

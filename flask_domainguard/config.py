@@ -241,7 +241,9 @@ def _opt(attr: str, default: Any, convert: Callable[[Any], Any], help: str) -> O
 OPTIONS: dict[str, Option] = {
     # -- integration -------------------------------------------------------------------
     "DOMAINGUARD_USER_EMAIL_ATTR": _opt(
-        "user_email_attr", "email", _text,
+        "user_email_attr",
+        "email",
+        _text,
         "Attribute of the host's user model holding its existing address (read by `adopt`).",
     ),
     "DOMAINGUARD_URL_PREFIX": _opt(
@@ -251,79 +253,112 @@ OPTIONS: dict[str, Option] = {
         "register_blueprint", True, _bool, "Register the extension's views and templates."
     ),
     "DOMAINGUARD_MAIL_SENDER": _opt(
-        "mail_sender", None, _optional_text,
+        "mail_sender",
+        None,
+        _optional_text,
         "From address of the extension's mail; None uses MAIL_DEFAULT_SENDER.",
     ),
     "DOMAINGUARD_TRUSTED_DOMAINS": _opt(
-        "trusted_domains", DEFAULT_TRUSTED_DOMAINS, _domain_set,
+        "trusted_domains",
+        DEFAULT_TRUSTED_DOMAINS,
+        _domain_set,
         "Registrable domains of large mail providers: never looked up, always safe.",
     ),
     # -- status sources ----------------------------------------------------------------
     "DOMAINGUARD_STATUS_BACKEND": _opt(
-        "status_backend", "rdap", _backend,
-        "Where domain status comes from: 'rdap', 'fastly', 'domainr', 'static' or a dotted class path.",
+        "status_backend",
+        "rdap",
+        _backend,
+        "Where domain status comes from: 'rdap', 'fastly', 'domainr', 'static' "
+        "or a dotted class path.",
     ),
     "DOMAINGUARD_STATIC_STATUS_FILE": _opt(
-        "static_status_file", None, _optional_text,
+        "static_status_file",
+        None,
+        _optional_text,
         "JSON file of domain statuses for the 'static' backend (demo and tests).",
     ),
     "DOMAINGUARD_RDAP_BOOTSTRAP_URL": _opt(
-        "rdap_bootstrap_url", "https://data.iana.org/rdap/dns.json", _text,
+        "rdap_bootstrap_url",
+        "https://data.iana.org/rdap/dns.json",
+        _text,
         "IANA RDAP bootstrap file (RFC 9224) mapping TLDs to RDAP servers.",
     ),
     "DOMAINGUARD_RDAP_BOOTSTRAP_TTL": _opt(
-        "rdap_bootstrap_ttl", timedelta(days=1), _duration,
+        "rdap_bootstrap_ttl",
+        timedelta(days=1),
+        _duration,
         "How long the cached bootstrap file is used before it is fetched again.",
     ),
     "DOMAINGUARD_RDAP_BOOTSTRAP_FILE": _opt(
-        "rdap_bootstrap_file", None, _optional_text,
+        "rdap_bootstrap_file",
+        None,
+        _optional_text,
         "Where the bootstrap file is cached; None means the app's instance folder.",
     ),
     "DOMAINGUARD_RDAP_SERVERS": _opt(
-        "rdap_servers", DEFAULT_RDAP_SERVERS, _string_map,
+        "rdap_servers",
+        DEFAULT_RDAP_SERVERS,
+        _string_map,
         "RDAP base URLs by TLD, overriding or completing the bootstrap file.",
     ),
     "DOMAINGUARD_FASTLY_API_KEY": _opt(
         "fastly_api_key", None, _optional_text, "Fastly API token for the 'fastly' backend."
     ),
     "DOMAINGUARD_FASTLY_URL": _opt(
-        "fastly_url", "https://api.fastly.com/domain-management/v1/tools/status", _text,
+        "fastly_url",
+        "https://api.fastly.com/domain-management/v1/tools/status",
+        _text,
         "Fastly domain status endpoint.",
     ),
     "DOMAINGUARD_DOMAINR_CLIENT_ID": _opt(
         "domainr_client_id", None, _optional_text, "Client id for the legacy 'domainr' backend."
     ),
     "DOMAINGUARD_DOMAINR_URL": _opt(
-        "domainr_url", "https://api.domainr.com/v2/status", _text,
+        "domainr_url",
+        "https://api.domainr.com/v2/status",
+        _text,
         "Legacy Domainr status endpoint.",
     ),
     "DOMAINGUARD_HTTP_TIMEOUT": _opt(
         "http_timeout", 10.0, _positive_float, "Seconds one status lookup may take."
     ),
     "DOMAINGUARD_MAX_RESPONSE_BYTES": _opt(
-        "max_response_bytes", 1024 * 1024, _positive_int,
+        "max_response_bytes",
+        1024 * 1024,
+        _positive_int,
         "Larger status answers are errors, never read whole.",
     ),
     # -- lifecycle policy --------------------------------------------------------------
     "DOMAINGUARD_GRACE": _opt(
-        "grace", timedelta(days=30), _duration,
+        "grace",
+        timedelta(days=30),
+        _duration,
         "How long after a domain starts lapsing its addresses stay verified.",
     ),
     "DOMAINGUARD_WARN_WITHIN": _opt(
-        "warn_within", timedelta(days=30), _duration,
+        "warn_within",
+        timedelta(days=30),
+        _duration,
         "Owners are warned when their domain expires within this window.",
     ),
     "DOMAINGUARD_CONFIRM_AFTER": _opt(
-        "confirm_after", timedelta(hours=6), _duration,
+        "confirm_after",
+        timedelta(hours=6),
+        _duration,
         "An unsafe verdict unverifies only when seen again at least this long after the first.",
     ),
     # -- sweep -------------------------------------------------------------------------
     "DOMAINGUARD_MAX_UNVERIFY": _opt(
-        "max_unverify", 50, _positive_int,
+        "max_unverify",
+        50,
+        _positive_int,
         "A sweep that would unverify more addresses holds them all for review.",
     ),
     "DOMAINGUARD_RECHECK_AFTER": _opt(
-        "recheck_after", timedelta(days=7), _duration,
+        "recheck_after",
+        timedelta(days=7),
+        _duration,
         "Healthy domains are checked again after this long (spread with jitter).",
     ),
     "DOMAINGUARD_SWEEP_CONCURRENCY": _opt(
@@ -333,19 +368,27 @@ OPTIONS: dict[str, Option] = {
         "sweep_per_server", 8, _positive_int, "Lookups in flight at once against one server."
     ),
     "DOMAINGUARD_SWEEP_RATE": _opt(
-        "sweep_rate", 0.0, _non_negative_float,
+        "sweep_rate",
+        0.0,
+        _non_negative_float,
         "Global lookups per second during a sweep; 0 means no limit beyond concurrency.",
     ),
     "DOMAINGUARD_SWEEP_RETRIES": _opt(
-        "sweep_retries", 3, _non_negative_int,
+        "sweep_retries",
+        3,
+        _non_negative_int,
         "Retries of a failed lookup within one sweep (exponential backoff with jitter).",
     ),
     "DOMAINGUARD_SWEEP_BATCH_SIZE": _opt(
-        "sweep_batch_size", 500, _positive_int,
+        "sweep_batch_size",
+        500,
+        _positive_int,
         "Domains claimed and committed together; a crash loses at most one batch.",
     ),
     "DOMAINGUARD_SWEEP_LEASE": _opt(
-        "sweep_lease", timedelta(minutes=15), _duration,
+        "sweep_lease",
+        timedelta(minutes=15),
+        _duration,
         "How long a sweeper owns the domains it claimed before others may take them.",
     ),
     # -- verification and reset --------------------------------------------------------
@@ -359,12 +402,16 @@ OPTIONS: dict[str, Option] = {
         "reset_within", timedelta(hours=1), _duration, "Lifetime of a password-reset link."
     ),
     "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
-        "reset_live_check", "fallback", _choice("fallback", "required", "off"),
+        "reset_live_check",
+        "fallback",
+        _choice("fallback", "required", "off"),
         "Live domain lookup before a reset: 'fallback' uses stored state when it fails, "
         "'required' refuses, 'off' never looks up.",
     ),
     "DOMAINGUARD_RESET_LIVE_CHECK_AFTER": _opt(
-        "reset_live_check_after", timedelta(days=1), _duration,
+        "reset_live_check_after",
+        timedelta(days=1),
+        _duration,
         "A reset looks the domain up live when its last check is older than this.",
     ),
     "DOMAINGUARD_RESET_LIVE_TIMEOUT": _opt(
@@ -378,31 +425,45 @@ OPTIONS: dict[str, Option] = {
     ),
     # -- two-factor authentication -----------------------------------------------------
     "DOMAINGUARD_TOTP_ISSUER": _opt(
-        "totp_issuer", None, _optional_text,
+        "totp_issuer",
+        None,
+        _optional_text,
         "Issuer shown in authenticator apps; None uses the app's name.",
     ),
     "DOMAINGUARD_TOTP_KEYS": _opt(
-        "totp_keys", (), _key_list,
+        "totp_keys",
+        (),
+        _key_list,
         "Fernet keys encrypting TOTP secrets, newest first; empty derives one from SECRET_KEY.",
     ),
     "DOMAINGUARD_2FA_REQUIRED_SINCE": _opt(
-        "twofactor_required_since", date(2024, 1, 1), _optional_date,
+        "twofactor_required_since",
+        date(2024, 1, 1),
+        _optional_date,
         "Users who logged in on or after this date must enrol in 2FA; None disables the rule.",
     ),
     "DOMAINGUARD_2FA_GRACE_DAYS": _opt(
-        "twofactor_grace_days", 0, _non_negative_int,
+        "twofactor_grace_days",
+        0,
+        _non_negative_int,
         "Days a user who must enrol may keep going with a banner before enrolment is forced.",
     ),
     "DOMAINGUARD_2FA_EXEMPT": _opt(
-        "twofactor_exempt", None, _optional_callable,
+        "twofactor_exempt",
+        None,
+        _optional_callable,
         "Callable(user) -> bool exempting users (service accounts) from the 2FA requirement.",
     ),
     "DOMAINGUARD_2FA_LIMIT": _opt(
-        "twofactor_limit", "5 per 5 minutes", _rate,
+        "twofactor_limit",
+        "5 per 5 minutes",
+        _rate,
         "Failed 2FA attempts per user and per client address.",
     ),
     "DOMAINGUARD_TRUST_DEVICE_DAYS": _opt(
-        "trust_device_days", 30, _non_negative_int,
+        "trust_device_days",
+        30,
+        _non_negative_int,
         "Lifetime of the 'trust this device' cookie; 0 disables it.",
     ),
     "DOMAINGUARD_RECOVERY_CODES": _opt(
@@ -477,7 +538,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
             close = difflib.get_close_matches(key, OPTIONS, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             raise ConfigError(
-                f"Unknown config key {key}.{hint} The known keys are listed in docs/configuration.md."
+                f"Unknown config key {key}.{hint} "
+                "The known keys are listed in docs/configuration.md."
             )
     values: dict[str, Any] = {}
     for key, option in OPTIONS.items():

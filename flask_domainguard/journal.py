@@ -39,7 +39,7 @@ class EventKind(str, enum.Enum):
     UNSAFE_NOTICE_SENT = "unsafe_notice_sent"
     RESET_SENT = "reset_sent"
     RESET_REFUSED = "reset_refused"
-    PASSWORD_RESET = "password_reset"
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - an event name, not a password
     TWOFACTOR_ENROLLED = "twofactor_enrolled"
     TWOFACTOR_DISABLED = "twofactor_disabled"
     TWOFACTOR_SUCCEEDED = "twofactor_succeeded"

@@ -39,8 +39,13 @@ def send_mail(guard: DomainGuard, recipients: list[str], template: str, **contex
     except TemplateNotFound:
         html = None
     sender = guard.settings.mail_sender or current_app.config.get("MAIL_DEFAULT_SENDER")
-    message = Message(subject=subject, recipients=recipients, body=body.lstrip("\n"), html=html,
-                      sender=sender)
+    message = Message(
+        subject=subject,
+        recipients=list[str | tuple[str, str]](recipients),
+        body=body.lstrip("\n"),
+        html=html,
+        sender=sender,
+    )
     current_app.extensions["mail"].send(message)
     # Addresses are personal data and tokens are secrets: log the template and a count only.
     log.info("sent %s mail to %d recipient(s)", template, len(recipients))

@@ -61,7 +61,15 @@ def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
     )
 
 
-class EmailAddress:
+class _Row:
+    """Typing aid: the mapped subclasses accept their columns as keyword arguments."""
+
+    if TYPE_CHECKING:
+
+        def __init__(self, **columns: Any) -> None: ...
+
+
+class EmailAddress(_Row):
     """One address of one user; at most one primary per user (enforced by a partial index)."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -93,7 +101,7 @@ class EmailAddress:
         return f"<EmailAddress {self.address} {state}{' primary' if self.primary else ''}>"
 
 
-class Domain:
+class Domain(_Row):
     """One registrable domain: the last observation, the verdict and the sweep schedule."""
 
     name: Mapped[str] = mapped_column(sa.String(253), primary_key=True)
@@ -127,7 +135,7 @@ class Domain:
         return f"<Domain {self.name} {self.verdict or 'unchecked'}>"
 
 
-class Event:
+class Event(_Row):
     """The journal: one row per security-relevant state change, written in its transaction."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -147,7 +155,7 @@ class Event:
         return f"<Event {self.kind} {self.address or ''} by {self.actor}>"
 
 
-class UserState:
+class UserState(_Row):
     """Per-user facts the host's table does not hold: last login (for the 2FA rule)."""
 
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -158,7 +166,7 @@ class UserState:
         user_id: Mapped[Any]
 
 
-class TOTPDevice:
+class TOTPDevice(_Row):
     """A user's TOTP secret, encrypted at rest; active once confirmed."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -172,7 +180,7 @@ class TOTPDevice:
         user_id: Mapped[Any]
 
 
-class RecoveryCode:
+class RecoveryCode(_Row):
     """One single-use recovery code, stored hashed."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -184,7 +192,7 @@ class RecoveryCode:
         user_id: Mapped[Any]
 
 
-class RateCounter:
+class RateCounter(_Row):
     """A fixed-window attempt counter shared by every worker process through the database."""
 
     key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
@@ -192,14 +200,14 @@ class RateCounter:
     count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
 
 
-class UsedToken:
+class UsedToken(_Row):
     """Digests of single-use tokens already spent, kept until they would have expired."""
 
     digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
 
 
-class HeldAction:
+class HeldAction(_Row):
     """An unverification the circuit breaker held for a person to review."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -270,9 +278,9 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
     fk_target = f"{user_table}.{user_pk.name}"
 
     def user_fk(*, unique: bool = False, nullable: bool = False, ondelete: str = "CASCADE") -> Any:
-        return sa.Column(
+        return mapped_column(
             "user_id",
-            user_pk.type.copy(),  # type: ignore[no-untyped-call]
+            user_pk.type.copy(),
             sa.ForeignKey(fk_target, ondelete=ondelete),
             nullable=nullable,
             unique=unique,
@@ -283,8 +291,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     class EmailAddressRow(EmailAddress, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "email_address"
-        user_id = user_fk()
-        registrable = sa.Column(
+        user_id: Mapped[Any] = user_fk()
+        registrable: Mapped[str] = mapped_column(
             sa.String(253), sa.ForeignKey(PREFIX + "domain.name"), nullable=False, index=True
         )
 
@@ -308,8 +316,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     class EventRow(Event, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "event"
-        user_id = user_fk(nullable=True, ondelete="SET NULL")
-        address_id = sa.Column(
+        user_id: Mapped[Any] = user_fk(nullable=True, ondelete="SET NULL")
+        address_id: Mapped[int | None] = mapped_column(
             sa.Integer,
             sa.ForeignKey(PREFIX + "email_address.id", ondelete="SET NULL"),
             nullable=True,
@@ -318,19 +326,19 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     class UserStateRow(UserState, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "user_state"
-        user_id = sa.Column(
-            user_pk.type.copy(),  # type: ignore[no-untyped-call]
+        user_id: Mapped[Any] = mapped_column(
+            user_pk.type.copy(),
             sa.ForeignKey(fk_target, ondelete="CASCADE"),
             primary_key=True,
         )
 
     class TOTPDeviceRow(TOTPDevice, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "totp_device"
-        user_id = user_fk(unique=True)
+        user_id: Mapped[Any] = user_fk(unique=True)
 
     class RecoveryCodeRow(RecoveryCode, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "recovery_code"
-        user_id = user_fk()
+        user_id: Mapped[Any] = user_fk()
 
     class RateCounterRow(RateCounter, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "rate_counter"

@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .config import RateLimit
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
-
 
 
 def _digest(key: str) -> str:
@@ -69,12 +70,9 @@ class RateLimiter:
         start = _window_start(now, limit.window)
         digest = _digest(key)
         dialect = db.session.get_bind(mapper=sa.inspect(self.guard.models.RateCounter)).dialect
-        if dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:  # pragma: no cover - other databases are not supported for rate limits
+        if dialect.name not in ("sqlite", "postgresql"):  # pragma: no cover
             raise RuntimeError(f"rate limits need SQLite or PostgreSQL, not {dialect.name}")
+        insert = sqlite_insert if dialect.name == "sqlite" else postgresql_insert
         stmt = (
             insert(table)
             .values(key=digest, window_start=start, count=1)

@@ -48,8 +48,14 @@ class PostgresServer:
     def start(self) -> str:
         """Initialise and start the cluster; return a SQLAlchemy URL of a fresh database."""
         self._run(
-            str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--no-sync",
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
         )
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c fsync=off "
@@ -57,8 +63,17 @@ class PostgresServer:
             f"-c unix_socket_directories={self.root}"
         )
         self._run(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", opts,
-            "-l", str(self.root / "log"), "-w", "-t", "60", "start",
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
         deadline = time.monotonic() + 30
         while True:

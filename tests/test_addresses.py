@@ -56,28 +56,40 @@ def test_journal_row_and_signal_after_commit(guard: Any, make_user: Any) -> None
         # The signal comes after the commit: a fresh connection already sees the row.
         with hostapp.db.engine.connect() as conn:
             table = guard.models.EmailAddress.__table__
-            info["committed"] = conn.execute(
-                sa.select(table.c.id).where(table.c.address == info["address"])
-            ).first() is not None
+            info["committed"] = (
+                conn.execute(
+                    sa.select(table.c.id).where(table.c.address == info["address"])
+                ).first()
+                is not None
+            )
         seen.append(info)
 
     with signals.address_added.connected_to(receiver):
         row = guard.add_address(user, "bob@example.com", verified=True)
     assert seen == [
-        {"user_id": user.id, "address": "bob@example.com", "primary": True, "verified": True,
-         "committed": True}
+        {
+            "user_id": user.id,
+            "address": "bob@example.com",
+            "primary": True,
+            "verified": True,
+            "committed": True,
+        }
     ]
     (event,) = events(EventKind.ADDRESS_ADDED)
     assert event.address_id == row.id and event.user_id == user.id and event.actor == "user"
 
 
-def test_failed_change_writes_no_journal_row_and_sends_no_signal(guard: Any, make_user: Any) -> None:
+def test_failed_change_writes_no_journal_row_and_sends_no_signal(
+    guard: Any, make_user: Any
+) -> None:
     user = make_user()
     guard.add_address(user, "x@example.com")
     sent: list[Any] = []
-    with signals.address_added.connected_to(lambda app, **kw: sent.append(kw)):
-        with pytest.raises(AddressTaken):
-            guard.add_address(user, "x@example.com")
+    with (
+        signals.address_added.connected_to(lambda app, **kw: sent.append(kw)),
+        pytest.raises(AddressTaken),
+    ):
+        guard.add_address(user, "x@example.com")
     assert sent == []
     assert len(events(EventKind.ADDRESS_ADDED)) == 1
 
@@ -97,7 +109,7 @@ def test_unverified_address_cannot_become_primary(guard: Any, make_user: Any) ->
     user = make_user()
     guard.add_address(user, "a@example.com", verified=True)
     guard.add_address(user, "b@example.com")
-    with pytest.raises(AddressError, match="Verify b@example.com"):
+    with pytest.raises(AddressError, match=r"Verify b@example\.com"):
         guard.set_primary("b@example.com")
 
 
@@ -108,13 +120,17 @@ def test_database_refuses_a_second_primary(guard: Any, make_user: Any) -> None:
     EmailAddress = guard.models.EmailAddress
     with pytest.raises(IntegrityError):
         hostapp.db.session.execute(
-            sa.update(EmailAddress).where(EmailAddress.address == "b@example.com").values(primary=True)
+            sa.update(EmailAddress)
+            .where(EmailAddress.address == "b@example.com")
+            .values(primary=True)
         )
         hostapp.db.session.commit()
     hostapp.db.session.rollback()
 
 
-def test_one_primary_per_user_under_concurrent_writes(app: Flask, guard: Any, make_user: Any) -> None:
+def test_one_primary_per_user_under_concurrent_writes(
+    app: Flask, guard: Any, make_user: Any
+) -> None:
     user = make_user()
     user_id = user.id
     guard.add_address(user, "seed@example.com", verified=True)
@@ -139,7 +155,7 @@ def test_one_primary_per_user_under_concurrent_writes(app: Flask, guard: Any, ma
     hostapp.db.session.expire_all()
     rows = guard.addresses_of(user_id)
     assert sum(1 for r in rows if r.primary) == 1
-    # Each writer either succeeded or failed with a database error it can retry; none is lost silently.
+    # Each writer succeeded or failed with a database error it can retry: none lost silently.
     assert len(rows) + len(errors) == 7
     assert all(isinstance(e, (IntegrityError, sa.exc.OperationalError)) for e in errors), errors
 

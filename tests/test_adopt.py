@@ -48,7 +48,9 @@ def test_adopt_imports_as_primary_and_is_idempotent(runner: FlaskCliRunner, guar
     assert report["adopted"] == 0 and report["already_present"] == 2 and report["no_address"] == 2
     Event = guard.models.Event
     count = hostapp.db.session.scalar(
-        sa.select(sa.func.count()).select_from(Event).where(Event.kind == EventKind.ADDRESS_ADOPTED.value)
+        sa.select(sa.func.count())
+        .select_from(Event)
+        .where(Event.kind == EventKind.ADDRESS_ADOPTED.value)
     )
     assert count == 2, "one journal row per adopted address, none for the rerun"
 
@@ -60,8 +62,16 @@ def test_adopt_unverified_keeps_them_unverified(runner: FlaskCliRunner) -> None:
 
 
 def test_invalid_and_duplicate_addresses_are_listed_not_lost(runner: FlaskCliRunner) -> None:
-    ids = seed(["good@example.com", "bad address@example.com", "x@y@z.com", "dup@example.com",
-                "DUP@example.com", "evil@example.com\r\nBcc: a@b.c"])
+    ids = seed(
+        [
+            "good@example.com",
+            "bad address@example.com",
+            "x@y@z.com",
+            "dup@example.com",
+            "DUP@example.com",
+            "evil@example.com\r\nBcc: a@b.c",
+        ]
+    )
     result = runner.invoke(args=["domainguard", "adopt", "--verified", "--json"])
     assert result.exit_code == 1
     report = json.loads(result.output)

@@ -15,7 +15,7 @@ from tests import hostapp
 
 
 def test_defaults_are_set_with_setdefault(app: Flask) -> None:
-    for key, option in OPTIONS.items():
+    for key in OPTIONS:
         assert key in app.config
     assert app.config["DOMAINGUARD_GRACE"] == timedelta(days=30)
     settings = hostapp.guard.settings
@@ -32,7 +32,8 @@ def test_host_values_win_and_seconds_become_durations(app: Flask) -> None:
 
 
 def test_unknown_key_is_an_error_naming_the_key_and_a_fix(database_url: str) -> None:
-    with pytest.raises(ConfigError, match="DOMAINGUARD_MAX_UNVERIFIED.*Did you mean DOMAINGUARD_MAX_UNVERIFY\\?"):
+    expected = r"DOMAINGUARD_MAX_UNVERIFIED.*Did you mean DOMAINGUARD_MAX_UNVERIFY\?"
+    with pytest.raises(ConfigError, match=expected):
         hostapp.create_app(
             {"SQLALCHEMY_DATABASE_URI": database_url, "DOMAINGUARD_MAX_UNVERIFIED": 3}
         )
@@ -79,7 +80,9 @@ def test_db_must_be_initialised_first(database_url: str) -> None:
         hostapp.guard.init_app(app)
 
 
-def test_factory_pattern_serves_several_apps_in_one_process(database_url: str, tmp_path: Any) -> None:
+def test_factory_pattern_serves_several_apps_in_one_process(
+    database_url: str, tmp_path: Any
+) -> None:
     first = hostapp.create_app(
         {"SQLALCHEMY_DATABASE_URI": database_url, "DOMAINGUARD_MAX_UNVERIFY": 3}
     )
