@@ -206,11 +206,29 @@ def _host_to_alabel(host: str) -> str:
     for char in host:
         if unicodedata.category(char) in {"Zs", "Zl", "Zp", "Cc"}:
             raise _BadHost(f"The domain part {shown} contains a space or control character")
+    # This is idna.encode(host, uts46=True) spelt out label by label, so that
+    # structural and length problems get the same plain messages as ASCII hosts.
     try:
-        encoded = idna.encode(host, uts46=True).decode("ascii")
+        mapped = idna.uts46_remap(host, std3_rules=False)
     except (idna.IDNAError, ValueError) as exc:
-        # idna's own wording names the offending code point and position.
         raise _BadHost(f"The domain part {shown} is not a valid domain name ({exc})") from None
+    labels = mapped.split(".")  # UTS 46 has mapped the ideographic full stops to "."
+    for index, label in enumerate(labels):
+        if label.isascii():
+            continue  # empty or plain labels: checked with the result below
+        if label[0] == "-" or label[-1] == "-":
+            raise _BadHost(f"The domain part {shown} has a label that starts or ends with '-'")
+        try:
+            labels[index] = idna.alabel(label).decode("ascii")
+        except (idna.IDNAError, ValueError) as exc:
+            if len(label.encode("punycode")) + 4 > _MAX_LABEL:
+                raise _BadHost(
+                    f"The domain part {shown} has a label longer than {_MAX_LABEL} characters "
+                    "in its ASCII (punycode) form"
+                ) from None
+            # idna's own wording names the offending code point and position.
+            raise _BadHost(f"The domain part {shown} is not a valid domain name ({exc})") from None
+    encoded = ".".join(labels)
     return _check_ascii_host(encoded, shown, converted=True)
 
 
