@@ -38,6 +38,10 @@ two different addresses, so they are refused:
   so there is nothing that could lapse and be bought back, nor any safe way to
   check it.
 
+Nothing here looks anything up: a top-level domain unknown to the bundled PSL is
+accepted like any other (as the PSL's own rules do), and whether a domain exists
+is for the sweep to find out.
+
 There is no limit on the whole address beyond its parts: the local part may have
 64 octets (UTF-8) and the domain 253 characters in A-label form.
 """
