@@ -1,0 +1,74 @@
+"""An "existing" Flask app with its own users, login and password reset, with DomainGuard added.
+
+Every line that adding DomainGuard took is marked ``# DomainGuard``. Run the demo with
+``bash scripts/demo.sh`` from the repository root, or by hand::
+
+    flask --app example_app seed
+    flask --app example_app domainguard sweep
+    flask --app example_app run
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+from flask_domainguard import DomainGuard  # DomainGuard
+
+from .models import User, db
+
+login_manager = LoginManager()
+login_manager.login_view = "auth.login"
+csrf = CSRFProtect()
+guard = DomainGuard(db=db, user_model=User)  # DomainGuard
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    return db.session.get(User, int(user_id))
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The application factory."""
+    app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.config.update(
+        # A demo key, kept in the instance folder; a real deployment sets SECRET_KEY itself.
+        SECRET_KEY=_demo_secret(Path(app.instance_path) / "secret_key"),
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{Path(app.instance_path) / 'example.sqlite'}",
+        MAIL_DEFAULT_SENDER="Example App <no-reply@example-app.test>",
+        # The demo keeps mail on the /mailbox page instead of sending it.
+        MAIL_SUPPRESS_SEND=True,
+        DOMAINGUARD_STATUS_BACKEND="static",  # DomainGuard: offline demo status source
+        DOMAINGUARD_STATIC_STATUS_FILE=str(Path(app.instance_path) / "demo-status.json"),
+        DOMAINGUARD_TOTP_ISSUER="Example App",  # DomainGuard
+    )
+    app.config.from_prefixed_env("EXAMPLE")
+    if config:
+        app.config.update(config)
+
+    db.init_app(app)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    guard.init_app(app)  # DomainGuard
+
+    from . import demo, views
+
+    app.register_blueprint(views.bp)
+    demo.init_app(app)
+
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+def _demo_secret(path: Path) -> str:
+    if not path.exists():
+        path.write_text(os.urandom(32).hex())
+        path.chmod(0o600)
+    return path.read_text().strip()

@@ -1,0 +1,151 @@
+"""The example app's pages: register, log in and out, forgot and reset password, account."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+from flask_mail import Message
+from flask_wtf import FlaskForm
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
+from wtforms import BooleanField, EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, Email, EqualTo, Length
+
+from flask_domainguard import AddressTaken, InvalidAddress
+
+from . import guard
+from .models import User, db
+
+bp = Blueprint("auth", __name__)
+
+
+class RegisterForm(FlaskForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=80)])
+    email = EmailField("Email address", validators=[DataRequired(), Email()])
+    password = PasswordField("Password", validators=[DataRequired(), Length(min=10)])
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email address", validators=[DataRequired()])
+    password = PasswordField("Password", validators=[DataRequired()])
+    remember = BooleanField("Keep me logged in")
+
+
+class ForgotForm(FlaskForm):
+    email = EmailField("Email address", validators=[DataRequired()])
+
+
+class ResetForm(FlaskForm):
+    password = PasswordField("New password", validators=[DataRequired(), Length(min=10)])
+    confirm = PasswordField("Repeat it", validators=[EqualTo("password")])
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="example-reset")
+
+
+def _safe_next(target: str | None) -> str:
+    parts = urlsplit(target or "")
+    if not target or parts.scheme or parts.netloc or not target.startswith("/") or "\\" in target:
+        return url_for("auth.index")
+    return target
+
+
+@bp.route("/")
+def index() -> str:
+    return render_template("index.html")
+
+
+@bp.route("/register", methods=["GET", "POST"])
+def register() -> Any:
+    form = RegisterForm()
+    if form.validate_on_submit():
+        email = form.email.data.strip().lower()
+        if db.session.query(User).filter_by(email=email).first() is None:
+            user = User(email=email, name=form.name.data)
+            user.set_password(form.password.data)
+            db.session.add(user)
+            db.session.commit()
+            try:  # DomainGuard: track the address
+                guard.add_address(user, email, primary=True)
+            except (InvalidAddress, AddressTaken) as exc:
+                flash(str(exc), "error")
+            login_user(user)
+            flash("Welcome! Check your mail to verify your address.", "info")
+            return redirect(url_for("auth.account"))
+        form.email.errors.append("That address is already registered. Log in instead.")
+    return render_template("register.html", form=form)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    form = LoginForm()
+    if form.validate_on_submit():
+        user = db.session.query(User).filter_by(email=form.email.data.strip().lower()).first()
+        if user is not None and user.check_password(form.password.data):
+            login_user(user, remember=form.remember.data)
+            return redirect(_safe_next(request.args.get("next")))
+        flash("Wrong address or password.", "error")
+    return render_template("login.html", form=form)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Response:
+    logout_user()
+    return redirect(url_for("auth.index"))
+
+
+@bp.route("/forgot", methods=["GET", "POST"])
+def forgot() -> Any:
+    form = ForgotForm()
+    if form.validate_on_submit():
+        email = form.email.data.strip().lower()
+        user = db.session.query(User).filter_by(email=email).first()
+        if user is not None:
+            token = _serializer().dumps([user.id, user.password_hash[-16:]])
+            link = url_for("auth.reset", token=token, _external=True)
+            current_app.extensions["mail"].send(
+                Message(
+                    subject="Reset your Example App password",
+                    recipients=[email],
+                    body=f"Someone asked to reset your password. If it was you, open:\n\n{link}"
+                    "\n\nThe link works for one hour. If it was not you, ignore this mail.",
+                )
+            )
+        return _forgot_done()
+    return render_template("forgot.html", form=form)
+
+
+def _forgot_done() -> str:
+    # The same answer whatever happened: never tell who has an account.
+    return render_template("forgot_done.html")
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset(token: str) -> Any:
+    try:
+        user_id, fingerprint = _serializer().loads(token, max_age=3600)
+    except (BadSignature, SignatureExpired):
+        flash("That reset link is invalid or has expired. Ask for a new one.", "error")
+        return redirect(url_for("auth.forgot"))
+    user = db.session.get(User, user_id)
+    # Bound to the password hash: the link dies once the password changes.
+    if user is None or user.password_hash[-16:] != fingerprint:
+        flash("That reset link is invalid or has expired. Ask for a new one.", "error")
+        return redirect(url_for("auth.forgot"))
+    form = ResetForm()
+    if form.validate_on_submit():
+        user.set_password(form.password.data)
+        db.session.commit()
+        flash("Password changed. Log in with your new password.", "info")
+        return redirect(url_for("auth.login"))
+    return render_template("reset.html", form=form)
+
+
+@bp.route("/account")
+@login_required
+def account() -> str:
+    return render_template("account.html", addresses=guard.addresses_of(current_user))

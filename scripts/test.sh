@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up and run every check CI runs: ruff, mypy (strict), the docs build, the test suite on
+# SQLite and again on a real PostgreSQL server the run starts itself. Needs only Python 3.10+;
+# the PostgreSQL pass needs the PostgreSQL server binaries (skipped with a notice when absent,
+# except under CI, where their absence is a failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+
+echo "== ruff"
+.venv/bin/ruff check flask_domainguard example_app tests benchmarks
+.venv/bin/ruff format --check flask_domainguard example_app tests benchmarks
+echo "== mypy --strict"
+.venv/bin/mypy
+echo "== docs"
+.venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+
+echo "== tests on SQLite"
+.venv/bin/python -m pytest "$@"
+
+if .venv/bin/python -c "import sys; from tests.pgserver import find_pg_bin; sys.exit(find_pg_bin() is None)"; then
+  echo "== tests on PostgreSQL"
+  .venv/bin/python -m pytest --db postgresql "$@"
+elif [ "${CI:-}" = "true" ]; then
+  echo "PostgreSQL binaries not found, and CI must run the PostgreSQL pass" >&2
+  exit 1
+else
+  echo "== tests on PostgreSQL: skipped, no PostgreSQL server binaries on this machine"
+fi
