@@ -285,10 +285,12 @@ class _StatusApiBackend:
                 timeout=timeout or self.timeout,
             )
             obs = self._interpret(asked, result)
-        except Exception:
+        except Exception as exc:
             # A bug here must cost one lookup, not the sweep. The traceback could hold the
             # key in a URL, so only the exception type is logged.
-            logger.error("%s lookup of %s failed unexpectedly", self.name, asked)
+            logger.error(
+                "%s lookup of %s failed unexpectedly (%s)", self.name, asked, type(exc).__name__
+            )
             obs = Observation.failed(
                 asked, f"internal error in the {self.name} backend", source=self.name
             )
