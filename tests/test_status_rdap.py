@@ -843,3 +843,45 @@ def test_against_a_real_server(tmp_path: Path, rdap_server: str) -> None:
     assert broken.registered is None and broken.error is not None and "HTTP 500" in broken.error
     assert b.server_key("x.com") == rdap_server.removeprefix("http://")
     assert json.loads((tmp_path / "boot.json").read_text())["bootstrap"]["services"]
+
+
+def test_owned_client_survives_new_event_loops(tmp_path: Path, rdap_server: str) -> None:
+    """A backend lives as long as the app; each observe_sync call runs a new event loop."""
+    b = RdapBackend(
+        bootstrap_url=rdap_server + "/bootstrap.json",
+        bootstrap_file=tmp_path / "boot.json",
+        servers={},
+        timeout=2.0,
+    )
+    for _ in range(3):
+        assert run(b.observe("google.com")).registered is True
+        assert observe_sync(b, "free-name.com").registered is False
+    run(b.aclose())
+
+
+def test_lookups_do_not_queue_behind_a_stale_refresh(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.json"
+    cache.write_text(
+        json.dumps({"fetched_at": "2020-01-01T00:00:00Z", "url": BOOT_URL, "bootstrap": BOOT})
+    )
+    release = asyncio.Event()
+
+    async def slow_bootstrap(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, json=BOOT)
+
+    async def scenario() -> list[Observation]:
+        with respx.mock(assert_all_called=False) as router:
+            router.get(BOOT_URL).mock(side_effect=slow_bootstrap)
+            router.get(COM + "a.com").mock(return_value=rdap_response("a.com"))
+            b = backend(tmp_path, bootstrap_file=cache)
+            async with httpx.AsyncClient() as client:
+                refresh = asyncio.create_task(b.observe("a.com", client=client))
+                await asyncio.sleep(0.05)  # the first lookup now holds the refresh lock
+                quick = await asyncio.wait_for(b.observe("a.com", client=client), 2)
+                release.set()
+                return [quick, await refresh]
+
+    quick, first = run(scenario())
+    assert quick.registered is True and first.registered is True
+    assert json.loads(cache.read_text())["fetched_at"] != "2020-01-01T00:00:00Z"

@@ -21,6 +21,7 @@ from .observation import Observation
 __all__ = [
     "MAX_YEAR",
     "MIN_YEAR",
+    "LoopClient",
     "StatusBackend",
     "observe_sync",
     "parse_datetime",
@@ -87,6 +88,35 @@ def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = No
         return asyncio.run(run())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, run()).result()
+
+
+class LoopClient:
+    """The HTTP client a backend creates for itself when the caller passes none.
+
+    An :class:`httpx.AsyncClient` belongs to the event loop it first ran on, and a backend
+    lives as long as the app while :func:`observe_sync` runs a new loop per call; so a client
+    is kept per loop and replaced when the loop changes.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        """The client for the running loop, created on first use."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # The previous loop is gone or busy elsewhere; its client cannot be closed from here.
+            self._client = httpx.AsyncClient()
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client if it belongs to the running loop, and forget it either way."""
+        client, loop = self._client, self._loop
+        self._client = self._loop = None
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.aclose()
 
 
 def user_agent() -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from ..config import ConfigError, Settings, load_settings
-from .base import to_alabel, user_agent
+from .base import LoopClient, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
 
@@ -230,7 +230,7 @@ class _StatusApiBackend:
         self.timeout = timeout if timeout is not None else settings.http_timeout
         self.max_response_bytes = max_response_bytes or settings.max_response_bytes
         self._client = client
-        self._owned_client: httpx.AsyncClient | None = None
+        self._owned_client = LoopClient()
         self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
 
     def __repr__(self) -> str:  # never show the key
@@ -242,18 +242,14 @@ class _StatusApiBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
-        if self._owned_client is not None:
-            await self._owned_client.aclose()
-            self._owned_client = None
+        await self._owned_client.aclose()
 
     def _http(self, client: httpx.AsyncClient | None) -> httpx.AsyncClient:
         if client is not None:
             return client
         if self._client is not None:
             return self._client
-        if self._owned_client is None:
-            self._owned_client = httpx.AsyncClient()
-        return self._owned_client
+        return self._owned_client.get()
 
     def _request(self, domain: str) -> tuple[httpx.URL, dict[str, str]]:
         raise NotImplementedError

@@ -37,7 +37,7 @@ import httpx
 
 from ..config import DEFAULT_RDAP_SERVERS, Settings, load_settings
 from ..timeutil import utcnow
-from .base import parse_datetime, to_alabel, user_agent
+from .base import LoopClient, parse_datetime, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
 
@@ -329,7 +329,7 @@ class RdapBackend:
                 self._overrides[key] = url
 
         self._client = client
-        self._owned_client: httpx.AsyncClient | None = None
+        self._owned_client = LoopClient()
         self._headers = {"Accept": RDAP_ACCEPT, "User-Agent": user_agent()}
         self._bootstrap: _Bootstrap | None = None
         self._file_tried = False
@@ -386,9 +386,7 @@ class RdapBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
-        if self._owned_client is not None:
-            await self._owned_client.aclose()
-            self._owned_client = None
+        await self._owned_client.aclose()
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -397,9 +395,7 @@ class RdapBackend:
             return client
         if self._client is not None:
             return self._client
-        if self._owned_client is None:
-            self._owned_client = httpx.AsyncClient()
-        return self._owned_client
+        return self._owned_client.get()
 
     async def _observe(self, asked: str, http: httpx.AsyncClient, timeout: float) -> Observation:
         await self._services(http)
@@ -507,7 +503,10 @@ class RdapBackend:
             self._load_cache_file()
         if self._fresh(utcnow()):
             return
-        async with self._lock():
+        lock = self._lock()
+        if lock.locked() and self._bootstrap is not None:
+            return  # another task is refreshing; the stale copy serves meanwhile
+        async with lock:
             now = utcnow()
             if self._fresh(now) or (self._retry_at is not None and now < self._retry_at):
                 return  # refreshed by another task meanwhile, or a recent refresh failed
