@@ -220,6 +220,10 @@ class HeldAction(_Row):
     held_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     resolution: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    """``None`` while held for review; ``planned`` while a sweep run decides (see
+    :mod:`flask_domainguard.sweep`); then ``applied``, ``dismissed`` or ``obsolete``."""
+    run_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, index=True)
+    """The sweep run that planned it: the circuit breaker counts a run's actions by it."""
 
 
 @dataclass(frozen=True)
