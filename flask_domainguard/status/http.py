@@ -157,7 +157,8 @@ async def fetch_json(
             timeout,
         )
     except asyncio.TimeoutError:
-        return FetchResult(url=start, error=f"timed out after {timeout:g} s", hosts=())
+        error = f"timed out after {timeout:g} s waiting for {_netloc(start)}"
+        return FetchResult(url=start, error=error, hosts=())
 
 
 async def _fetch(

@@ -287,6 +287,10 @@ class RdapBackend:
 
     The server for a domain is the longest matching suffix among all sources; at equal length
     a configured override beats the bootstrap, which beats a built-in default.
+
+    ``timeout`` bounds one lookup, body included. Fetching the bootstrap (first use, then once
+    per TTL) has its own limit of ``max(timeout, 10)`` seconds; while a stale copy exists,
+    other lookups use it instead of waiting for the refresh.
     """
 
     name = SOURCE
