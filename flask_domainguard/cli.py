@@ -105,3 +105,82 @@ def adopt_command(verified: bool | None, batch_size: int, as_json: bool) -> None
                 err=True,
             )
     sys.exit(1 if report.problems else 0)
+
+
+def _user_from_argument(guard: Any, text: str) -> Any:
+    """The host user named by ``text``: one of their addresses, or their primary key."""
+    if "@" in text:
+        row = guard.find_address(text)
+        return None if row is None else guard.get_user(row.user_id)
+    try:
+        python_type = guard.models.user_pk.type.python_type
+    except NotImplementedError:  # pragma: no cover - exotic key types
+        python_type = str
+    try:
+        key = python_type(text)
+    except (TypeError, ValueError):
+        return None
+    return guard.get_user(key)
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
+
+
+@domainguard_cli.command("2fa-reset")
+@click.argument("user")
+@click.option("--reason", required=True, help="Why: kept in the journal (ticket, check done).")
+@click.option("--actor", default=None, help="Who does it; default the OS user name.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def twofactor_reset_command(user: str, reason: str, actor: str | None, as_json: bool) -> None:
+    """Remove USER's two-factor authentication for account recovery.
+
+    USER is a user id or one of the user's addresses. The TOTP device and recovery codes are
+    deleted, the journal records ``admin:<actor>`` and the reason, and the user's safe
+    addresses are told. The user must enrol again at the next login when 2FA is required.
+
+    Exit codes: 0 reset done; 1 no such user; 2 usage error; 3 the user had no 2FA.
+    """
+    from .twofactor import admin_reset
+
+    if not reason.strip():
+        raise click.UsageError("--reason must say why, for the journal.")
+    guard = guard_for_app()
+    target = _user_from_argument(guard, user)
+    if target is None:
+        click.echo(f"No user found for {user!r}.", err=True)
+        sys.exit(1)
+    who = actor or _os_user()
+    done = admin_reset(guard, target, actor=who, reason=reason.strip())
+    user_id = guard.user_id_of(target)
+    if as_json:
+        print_json({"user_id": user_id, "reset": done, "actor": f"admin:{who}"})
+    else:
+        print_table([("user", user_id), ("2fa removed", "yes" if done else "no (had none)")])
+    sys.exit(0 if done else 3)
+
+
+@domainguard_cli.command("2fa-rotate-keys")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def twofactor_rotate_keys_command(as_json: bool) -> None:
+    """Re-encrypt every TOTP secret with the first key of DOMAINGUARD_TOTP_KEYS.
+
+    Run it after putting a new key first; afterwards the older keys can be dropped.
+
+    Exit codes: 0 done; 1 some secrets open under no configured key; 2 usage error.
+    """
+    from .twofactor import rotate_keys
+
+    resealed, unreadable = rotate_keys(guard_for_app())
+    if as_json:
+        print_json({"resealed": resealed, "unreadable": unreadable})
+    else:
+        print_table([("re-encrypted", resealed), ("unreadable", unreadable)])
+    sys.exit(1 if unreadable else 0)

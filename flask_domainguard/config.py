@@ -231,6 +231,22 @@ def _optional_callable(value: Any) -> Callable[..., Any] | None:
     return value  # type: ignore[no-any-return]
 
 
+def _endpoint_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise TypeError("expected a list of endpoint names such as ['logout', 'auth.logout']")
+    return tuple(value)
+
+
+def _attr_or_callable(value: Any) -> str | Callable[[Any], str | None]:
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    return _text(value)
+
+
 def _backend(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
@@ -484,6 +500,18 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_RECOVERY_CODES": _opt(
         "recovery_codes", 10, _positive_int, "Recovery codes issued at enrolment."
     ),
+    "DOMAINGUARD_2FA_ALLOWED_ENDPOINTS": _opt(
+        "twofactor_allowed_endpoints", ("logout",), _endpoint_list,
+        "Endpoints a session waiting for its second factor may reach ('logout' also matches 'auth.logout').",
+    ),
+    "DOMAINGUARD_2FA_FRESH_WITHIN": _opt(
+        "twofactor_fresh_within", timedelta(minutes=10), _duration,
+        "How recent password + 2FA must be for security changes (require_fresh_2fa).",
+    ),
+    "DOMAINGUARD_PASSWORD_HASH_ATTR": _opt(
+        "password_hash_attr", "password_hash", _attr_or_callable,
+        "User attribute (or callable(user) -> str) holding the password hash; binds trusted devices.",
+    ),
 }
 
 
@@ -535,6 +563,9 @@ class Settings:
     twofactor_limit: RateLimit
     trust_device_days: int
     recovery_codes: int
+    twofactor_allowed_endpoints: tuple[str, ...]
+    twofactor_fresh_within: timedelta
+    password_hash_attr: str | Callable[[Any], str | None]
 
 
 def apply_defaults(config: dict[str, Any]) -> None:

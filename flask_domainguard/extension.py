@@ -14,6 +14,7 @@ from .config import Settings, apply_defaults, load_settings
 from .models import Models, define_models
 
 if TYPE_CHECKING:
+    from . import twofactor
     from .models import EmailAddress
     from .status.base import StatusBackend
 
@@ -21,6 +22,8 @@ EXTENSION_KEY = "domainguard"
 
 #: ``password_setter(user, new_password)`` stores a new password the host's way.
 PasswordSetter = Callable[[Any, str], None]
+#: ``password_checker(user, password) -> bool`` checks a password the host's way.
+PasswordChecker = Callable[[Any, str], bool]
 
 
 @dataclass
@@ -55,6 +58,7 @@ class DomainGuard:
         pk = self.models.user_pk
         self._user_pk_attr: str = sa.inspect(user_model).get_property_by_column(pk).key
         self.password_setter: PasswordSetter | None = None
+        self.password_checker: PasswordChecker | None = None
         if app is not None:
             self.init_app(app)
 
@@ -94,6 +98,10 @@ class DomainGuard:
 
             register_views(app, settings)
 
+        from . import twofactor_gate
+
+        twofactor_gate.init_app(app, self)
+
     # -- per-app state -------------------------------------------------------------------
 
     @staticmethod
@@ -130,6 +138,14 @@ class DomainGuard:
         """Register how the host stores a new password (usable as a decorator)."""
         self.password_setter = setter
         return setter
+
+    def set_password_checker(self, checker: PasswordChecker) -> PasswordChecker:
+        """Register how the host checks a password (usable as a decorator).
+
+        Without one, werkzeug's ``check_password_hash`` reads ``DOMAINGUARD_PASSWORD_HASH_ATTR``.
+        """
+        self.password_checker = checker
+        return checker
 
     # -- users ---------------------------------------------------------------------------
 
@@ -168,3 +184,50 @@ class DomainGuard:
     def addresses_of(self, user: Any) -> list[EmailAddress]:
         """A user's addresses, primary first, then oldest first."""
         return addresses.addresses_of(self, user)
+
+    # -- two-factor authentication (see :mod:`flask_domainguard.twofactor`) --------------
+
+    def twofactor_enabled(self, user: Any) -> bool:
+        """Whether ``user`` (or a user id) has confirmed TOTP 2FA."""
+        from . import twofactor
+
+        return twofactor.twofactor_enabled(self, user)
+
+    def is_second_factor_pending(self) -> bool:
+        """Whether the current session passed the password but not yet the 2FA step."""
+        from . import twofactor_gate
+
+        return twofactor_gate.is_second_factor_pending()
+
+    def twofactor_requirement(self, user: Any) -> twofactor.Requirement:
+        """Where ``user`` stands against ``DOMAINGUARD_2FA_REQUIRED_SINCE`` (nothing recorded)."""
+        from . import twofactor
+
+        return twofactor.requirement(self, user, tell=False)
+
+    def active_users_without_2fa(self) -> list[twofactor.UserWithout2FA]:
+        """Users who must enrol in 2FA and have not, oldest deadline first."""
+        from . import twofactor
+
+        return twofactor.active_users_without_2fa(self)
+
+    def check_password(self, user: Any, password: str) -> bool:
+        """Check ``password`` with :attr:`password_checker` or the stored password hash."""
+        from . import twofactor
+
+        return twofactor.check_password(self, user, password)
+
+    def reset_twofactor(self, user: Any, *, actor: str, reason: str) -> bool:
+        """Remove ``user``'s 2FA for account recovery, journalled as ``admin:<actor>``."""
+        from . import twofactor
+
+        return twofactor.admin_reset(self, user, actor=actor, reason=reason)
+
+    def require_fresh_2fa(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorate a view that changes security settings: password + fresh 2FA first.
+
+        See :func:`flask_domainguard.twofactor_gate.require_fresh_2fa`.
+        """
+        from .twofactor_gate import require_fresh_2fa
+
+        return require_fresh_2fa(view)

@@ -12,4 +12,5 @@ bp = Blueprint("domainguard", __name__, template_folder="templates", static_fold
 
 def register_views(app: Flask, settings: Settings) -> None:
     """Register the blueprint on ``app`` under ``DOMAINGUARD_URL_PREFIX``."""
+    from . import twofactor_views  # noqa: F401  (routes of the 2FA pages)
     app.register_blueprint(bp, url_prefix=settings.url_prefix)

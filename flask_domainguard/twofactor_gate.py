@@ -1,0 +1,449 @@
+"""The 2FA gate around the host's own login: Flask-Login signals, a ``before_request`` hook,
+the "trust this device" cookie, freshness for security changes and same-site redirects.
+
+The host's login view stays as it is. When it calls ``login_user`` (or Flask-Login restores a
+user from its remember cookie), the session is marked *pending* for users with 2FA; until a
+TOTP or recovery code succeeds, every endpoint but the 2FA pages, logout and static files
+redirects to the 2FA step (or answers 401 with JSON to clients that prefer JSON). Users who
+must enrol (``DOMAINGUARD_2FA_REQUIRED_SINCE``) are sent to enrolment the same way.
+
+Per-session state lives in the signed Flask session under :data:`SESSION_KEY`::
+
+    {"uid": "<user id>", "mode": "pending" | "done" | "none",
+     "tf_at": <when the 2FA step last succeeded>, "pw_at": <when the password was confirmed>}
+
+A session without that state, or with the state of another user, is treated as just logged in
+(fail closed). Users loaded by a Flask-Login ``request_loader`` (API tokens) are not gated:
+such a token is its own credential, not a password session.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from urllib.parse import urlsplit
+
+from flask import (
+    Flask,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user
+from flask_login.signals import (
+    user_loaded_from_cookie,
+    user_loaded_from_request,
+    user_logged_in,
+    user_logged_out,
+)
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from . import twofactor
+from .config import ConfigError
+from .timeutil import utcnow
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Response as BaseResponse
+
+    from .extension import DomainGuard
+
+SESSION_KEY = "_domainguard_2fa"
+TRUST_COOKIE = "domainguard_trusted_device"
+_TRUST_SALT = "domainguard.trusted-device"
+
+PENDING = "pending"
+DONE = "done"
+NONE = "none"
+
+#: Our pages a pending session must reach; they check the session state themselves.
+ALWAYS_ALLOWED = frozenset(
+    {
+        "domainguard.twofactor_verify",
+        "domainguard.twofactor_recovery",
+        "domainguard.twofactor_enroll",
+        "domainguard.static",
+    }
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def init_app(app: Flask, guard: DomainGuard) -> None:
+    """Connect the Flask-Login signals and put the gate before every other request hook."""
+    # Blinker keeps one connection per receiver, so several apps connect these only once;
+    # each handler finds its app's guard through the sender.
+    user_logged_in.connect(_on_login)
+    user_loaded_from_cookie.connect(_on_cookie_login)
+    user_loaded_from_request.connect(_on_request_login)
+    user_logged_out.connect(_on_logout)
+    # First, so no host hook can answer for a pending session before the gate has looked.
+    app.before_request_funcs.setdefault(None, []).insert(0, _gate)
+    app.context_processor(_template_context)
+    keys = guard._state(app).settings.totp_keys
+    if keys:
+        try:
+            twofactor.SecretBox(keys)
+        except ValueError as exc:  # a bad key fails at start-up, not at a user's login
+            raise ConfigError(f"DOMAINGUARD_TOTP_KEYS is invalid: {exc}") from None
+
+
+def _guard(app: Flask | None = None) -> DomainGuard | None:
+    state = (app or current_app).extensions.get("domainguard")
+    return None if state is None else cast("DomainGuard", state.guard)
+
+
+def _require_guard() -> DomainGuard:
+    guard = _guard()
+    if guard is None:
+        raise RuntimeError("DomainGuard is not registered on this app: call guard.init_app(app).")
+    return guard
+
+
+# -- session state ---------------------------------------------------------------------------
+
+
+def _state() -> dict[str, Any] | None:
+    state = session.get(SESSION_KEY)
+    return state if isinstance(state, dict) else None
+
+
+def _set_state(user_id: Any, mode: str, *, tf_at: float | None = None) -> None:
+    session[SESSION_KEY] = {"uid": str(user_id), "mode": mode, "tf_at": tf_at, "pw_at": None}
+
+
+def _start_session(guard: DomainGuard, user: Any) -> None:
+    """Mark a newly authenticated session: pending for 2FA users unless the device is trusted."""
+    user_id = guard.user_id_of(user)
+    if not twofactor.twofactor_enabled(guard, user_id):
+        _set_state(user_id, NONE)
+    elif trusted_device(guard, user):
+        _set_state(user_id, DONE)
+    else:
+        _set_state(user_id, PENDING)
+
+
+def _on_login(app: Flask, user: Any, **_: Any) -> None:
+    guard = _guard(app)
+    if guard is None:
+        return
+    twofactor.record_login(guard, user)
+    _start_session(guard, user)
+
+
+def _on_cookie_login(app: Flask, user: Any, **_: Any) -> None:
+    # A remembered user is a new session without a password: it passes the 2FA step again.
+    _on_login(app, user)
+
+
+def _on_request_login(app: Flask, user: Any, **_: Any) -> None:
+    if _guard(app) is not None:
+        g._domainguard_request_user = True
+
+
+def _on_logout(app: Flask, user: Any, **_: Any) -> None:
+    if _guard(app) is not None:
+        session.pop(SESSION_KEY, None)
+
+
+def _current_state(guard: DomainGuard) -> dict[str, Any]:
+    """The session's state for the current user, started afresh when missing or foreign."""
+    user_id = guard.user_id_of(current_user._get_current_object())
+    state = _state()
+    if state is None or state.get("uid") != str(user_id):
+        _start_session(guard, current_user._get_current_object())
+        state = cast("dict[str, Any]", session[SESSION_KEY])
+    return state
+
+
+def is_second_factor_pending() -> bool:
+    """Whether the current user passed the password but not yet the 2FA step."""
+    guard = _require_guard()
+    if not current_user.is_authenticated or g.get("_domainguard_request_user"):
+        return False
+    return bool(_current_state(guard)["mode"] == PENDING)
+
+
+def complete_second_factor(*, fresh: bool = True) -> None:
+    """Mark the current session as past its 2FA step (after a code, or a new enrolment)."""
+    guard = _require_guard()
+    user_id = guard.user_id_of(current_user._get_current_object())
+    state = dict(_current_state(guard))
+    state.update(uid=str(user_id), mode=DONE)
+    if fresh:
+        state["tf_at"] = utcnow().timestamp()
+    session[SESSION_KEY] = state
+
+
+def second_factor_removed() -> None:
+    """Mark the current session as having no second factor (after turning 2FA off)."""
+    guard = _require_guard()
+    state = dict(_current_state(guard))
+    state.update(mode=NONE, tf_at=None)
+    session[SESSION_KEY] = state
+
+
+# -- the gate --------------------------------------------------------------------------------
+
+
+def _allowed(endpoint: str, allowed: tuple[str, ...]) -> bool:
+    if endpoint in ALWAYS_ALLOWED or endpoint == "static" or endpoint.endswith(".static"):
+        return True
+    return any(endpoint == name or endpoint.endswith("." + name) for name in allowed)
+
+
+def wants_json() -> bool:
+    """Whether the client prefers JSON to HTML (API clients, fetch with Accept: JSON)."""
+    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
+    return best == "application/json" or (request.is_json and best != "text/html")
+
+
+def _here() -> str | None:
+    """Where to come back to after the 2FA step: this page, for GET requests only."""
+    if request.method != "GET":
+        return None
+    path = request.full_path
+    return path[:-1] if path.endswith("?") else path
+
+
+def _challenge(endpoint: str, error: str, message: str) -> BaseResponse:
+    if endpoint in current_app.view_functions:
+        location: str | None = url_for(endpoint, next=_here())
+    else:  # the host turned our blueprint off and serves its own pages
+        location = None
+    if wants_json() or location is None:
+        body: dict[str, Any] = {"error": error, "message": message}
+        if location is not None:
+            body["location"] = location
+        response = jsonify(body)
+        response.status_code = 401
+        return response
+    return redirect(location)
+
+
+def _gate() -> BaseResponse | None:
+    guard = _guard()
+    endpoint = request.endpoint
+    if guard is None or endpoint is None:  # no route: let Flask answer 404/405
+        return None
+    if _allowed(endpoint, guard.settings.twofactor_allowed_endpoints):
+        return None
+    if not current_user.is_authenticated or g.get("_domainguard_request_user"):
+        return None
+    state = _current_state(guard)
+    if state["mode"] == PENDING:
+        return _challenge(
+            "domainguard.twofactor_verify",
+            "second_factor_required",
+            "Enter the code from your authenticator app to finish signing in.",
+        )
+    if state["mode"] == NONE:
+        need = twofactor.requirement(guard, current_user._get_current_object())
+        if need.must_enrol_now:
+            return _challenge(
+                "domainguard.twofactor_enroll",
+                "twofactor_enrolment_required",
+                "Set up two-factor authentication to continue.",
+            )
+        if need.state is twofactor.RequirementState.GRACE:
+            g.domainguard_twofactor_notice = need
+            if not state.get("told"):
+                session[SESSION_KEY] = {**state, "told": True}
+                flash(_notice_text(need), "warning")
+    return None
+
+
+def _notice_text(need: twofactor.Requirement) -> str:
+    deadline = need.deadline.strftime("%Y-%m-%d %H:%M UTC") if need.deadline else "soon"
+    return f"Two-factor authentication will be required for your account from {deadline}."
+
+
+def _template_context() -> dict[str, Any]:
+    """``domainguard_twofactor_notice``: the grace-window requirement, for a banner."""
+    return {"domainguard_twofactor_notice": g.get("domainguard_twofactor_notice")}
+
+
+# -- trusted devices -------------------------------------------------------------------------
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key or "", salt=_TRUST_SALT)
+
+
+def trusted_device(guard: DomainGuard, user: Any) -> bool:
+    """Whether the request carries a live "trust this device" cookie for ``user``.
+
+    The cookie holds a keyed digest of the user id, the password hash and the TOTP secret:
+    a password reset or a new authenticator makes every trusted device ask again.
+    """
+    days = guard.settings.trust_device_days
+    cookie = request.cookies.get(TRUST_COOKIE)
+    if days == 0 or not cookie:
+        return False
+    try:
+        data = _serializer().loads(cookie, max_age=days * 86400)
+    except BadSignature:
+        return False
+    if not isinstance(data, dict) or data.get("u") != str(guard.user_id_of(user)):
+        return False
+    binding = twofactor.device_binding(guard, user)
+    given = data.get("b")
+    return binding is not None and isinstance(given, str) and hmac.compare_digest(binding, given)
+
+
+def trust_this_device(response: BaseResponse, guard: DomainGuard, user: Any) -> bool:
+    """Set the "trust this device" cookie on ``response``.
+
+    :returns: ``False`` when trusted devices are off or the user has no password hash to bind.
+    """
+    days = guard.settings.trust_device_days
+    binding = twofactor.device_binding(guard, user)
+    if days == 0 or binding is None:
+        return False
+    value = _serializer().dumps({"u": str(guard.user_id_of(user)), "b": binding})
+    response.set_cookie(
+        TRUST_COOKIE,
+        value,
+        max_age=days * 86400,
+        httponly=True,
+        secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure,
+        samesite="Lax",
+        path=current_app.config.get("APPLICATION_ROOT") or "/",
+    )
+    return True
+
+
+# -- freshness for security changes ----------------------------------------------------------
+
+
+def mark_password_confirmed() -> None:
+    """Record that the current user just re-entered their password."""
+    guard = _require_guard()
+    state = dict(_current_state(guard))
+    state["pw_at"] = utcnow().timestamp()
+    session[SESSION_KEY] = state
+
+
+def freshness(within: timedelta | None = None) -> tuple[bool, bool]:
+    """Whether the password and the 2FA step are each fresh (within ``within``).
+
+    A user without 2FA has nothing to prove there: their 2FA side counts as fresh.
+    """
+    guard = _require_guard()
+    within = within if within is not None else guard.settings.twofactor_fresh_within
+    state = _current_state(guard)
+    now = utcnow().timestamp()
+    limit = within.total_seconds()
+
+    def recent(stamp: Any) -> bool:
+        return isinstance(stamp, (int, float)) and 0 <= now - stamp <= limit
+
+    user = current_user._get_current_object()
+    has_2fa = twofactor.twofactor_enabled(guard, user)
+    return recent(state.get("pw_at")), (not has_2fa) or (
+        state["mode"] == DONE and recent(state.get("tf_at"))
+    )
+
+
+def is_fresh(within: timedelta | None = None) -> bool:
+    """Whether the current user confirmed password and 2FA within ``within``
+    (default ``DOMAINGUARD_2FA_FRESH_WITHIN``)."""
+    if not current_user.is_authenticated:
+        return False
+    password, second = freshness(within)
+    return password and second
+
+
+@overload
+def require_fresh_2fa(view: F, *, within: timedelta | None = None) -> F: ...
+
+
+@overload
+def require_fresh_2fa(
+    view: None = None, *, within: timedelta | None = None
+) -> Callable[[F], F]: ...
+
+
+def require_fresh_2fa(
+    view: F | None = None, *, within: timedelta | None = None
+) -> F | Callable[[F], F]:
+    """Decorate a view that changes security settings (2FA, addresses, passwords).
+
+    The user must have re-entered the password, and passed the 2FA step, within ``within``
+    (default ``DOMAINGUARD_2FA_FRESH_WITHIN``); otherwise HTML clients go to the confirmation
+    page and come back, JSON clients get 401 ``reauthentication_required``. Use it as
+    ``@require_fresh_2fa`` or ``@require_fresh_2fa(within=timedelta(minutes=5))``, below
+    the host's ``@login_required``.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.is_authenticated:
+                return current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
+            if not is_fresh(within):
+                return _challenge(
+                    "domainguard.twofactor_confirm",
+                    "reauthentication_required",
+                    "Confirm your password and a code from your authenticator app first.",
+                )
+            return func(*args, **kwargs)
+
+        return cast("F", wrapper)
+
+    return decorate(view) if view is not None else decorate
+
+
+# -- same-site redirects ---------------------------------------------------------------------
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` as a same-site path to redirect to, or ``None`` when it may lead elsewhere.
+
+    Accepts ``/path?query`` and absolute http(s) URLs on this very host (reduced to their
+    path). Refuses ``//evil``, ``https://evil``, backslashes (browsers read ``\\`` as ``/``),
+    control characters and whitespace (browsers drop them, turning ``/\\t/evil`` into
+    ``//evil``), and every other scheme (``javascript:``, ``data:``).
+    """
+    if not target or len(target) > 2048:
+        return None
+    if "\\" in target or any(ord(c) < 0x21 or c == "\x7f" for c in target):
+        return None
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https") or parts.netloc != request.host:
+            return None
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
+def redirect_next(target: str | None, default: str | None = None) -> BaseResponse:
+    """Redirect to ``target`` when it is same-site, else to ``default`` or the app's root."""
+    return redirect(safe_next(target) or default or (request.script_root or "") + "/")
+
+
+def logout_target() -> tuple[str, str] | None:
+    """The host's logout URL and method (``GET`` or ``POST``), for the 2FA pages' own button."""
+    guard = _require_guard()
+    names = guard.settings.twofactor_allowed_endpoints
+    for rule in current_app.url_map.iter_rules():
+        endpoint = rule.endpoint
+        if "logout" in endpoint and _allowed(endpoint, names) and not rule.arguments:
+            methods = rule.methods or set()
+            return url_for(endpoint), "GET" if "GET" in methods else "POST"
+    return None
