@@ -184,3 +184,150 @@ def twofactor_rotate_keys_command(as_json: bool) -> None:
     else:
         print_table([("re-encrypted", resealed), ("unreadable", unreadable)])
     sys.exit(1 if unreadable else 0)
+
+
+@domainguard_cli.command("sweep")
+@click.option("--dry-run", is_flag=True, help="Look up and report; change nothing.")
+@click.option("--limit", type=click.IntRange(1), help="Check at most this many domains.")
+@click.option("--domain", "domains", multiple=True, help="Check this domain now (repeatable).")
+@click.option("--backend", help="Status backend to use instead of DOMAINGUARD_STATUS_BACKEND.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), help="Lookups in flight at once.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--apply-held", is_flag=True, help="Re-check and apply held unverifications.")
+@click.option("--dismiss-held", is_flag=True, help="Dismiss every held unverification.")
+@with_appcontext
+def sweep_command(
+    dry_run: bool,
+    limit: int | None,
+    domains: tuple[str, ...],
+    backend: str | None,
+    concurrency: int | None,
+    as_json: bool,
+    apply_held: bool,
+    dismiss_held: bool,
+) -> None:
+    """Check every due registrable domain and unverify addresses on unsafe ones.
+
+    Run it from cron (hourly is fine: only due domains are looked up). Several sweeps may
+    run at once, on several machines: they share the work through leases.
+
+    Exit codes: 0 done; 1 done, but some lookups or mails failed (retried later);
+    3 the circuit breaker held the unverifications for review (more than
+    DOMAINGUARD_MAX_UNVERIFY; see `flask domainguard report --held`); 4 nothing checked,
+    because other sweeps hold the leases of every due domain; 2 usage error.
+    """
+    import sqlalchemy as sa
+
+    from .emails import registrable_domain
+    from .sweep import Sweep
+    from .sweep import apply_held as apply_held_actions
+    from .sweep import dismiss_held as dismiss_actions
+
+    guard = guard_for_app()
+    if apply_held and dismiss_held:
+        raise click.UsageError("Use --apply-held or --dismiss-held, not both.")
+    if apply_held or dismiss_held:
+        if apply_held:
+            outcome = apply_held_actions(guard, backend_name=backend)
+        else:
+            outcome = dismiss_actions(guard)
+        if as_json:
+            print_json(outcome.as_dict())
+        else:
+            print_table((name.replace("_", " "), n) for name, n in outcome.as_dict().items())
+        sys.exit(1 if outcome.errors else 0)
+    names: list[str] | None = None
+    unknown: list[str] = []
+    if domains:
+        names = []
+        for raw in domains:
+            name = registrable_domain(raw.strip())
+            if name is None:
+                raise click.BadParameter(
+                    f"{raw!r} is not a registrable domain", param_hint="--domain"
+                )
+            names.append(name)
+        Domain = guard.models.Domain
+        known = set(guard.db.session.scalars(sa.select(Domain.name).where(Domain.name.in_(names))))
+        unknown = [n for n in names if n not in known]
+        names = [n for n in dict.fromkeys(names) if n in known]
+    sweeper = Sweep(guard, backend_name=backend, dry_run=dry_run, concurrency=concurrency)
+    total = len(names) if names is not None else sweeper.count_due()
+    if limit is not None:
+        total = min(total, limit)
+    with progress(total, "Checking domains") as bar:
+        report = sweeper.run(limit=limit, names=names, on_progress=bar.update)
+    report.not_found = unknown
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        if dry_run:
+            click.echo("Dry run: nothing was changed.")
+        print_table(report.summary_rows())
+    if report.breaker_tripped:
+        click.echo(
+            f"Circuit breaker: {report.held} unverifications exceed DOMAINGUARD_MAX_UNVERIFY "
+            f"({guard.settings.max_unverify}){'' if dry_run else ' and are held'}. "
+            "Review them with "
+            "`flask domainguard report --held`, then apply them with "
+            "`flask domainguard sweep --apply-held` or drop them with "
+            "`flask domainguard sweep --dismiss-held`.",
+            err=True,
+        )
+        sys.exit(3)
+    if report.errors:
+        sys.exit(1)
+    if report.checked == 0 and report.leased_elsewhere:
+        click.echo(
+            f"{report.leased_elsewhere} due domains are leased by another sweep; nothing to do.",
+            err=True,
+        )
+        sys.exit(4)
+    sys.exit(0)
+
+
+@domainguard_cli.command("report")
+@click.option("--held", "held_only", is_flag=True, help="Only the held unverifications.")
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1), help="Rows per section."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def report_command(held_only: bool, limit: int, as_json: bool) -> None:
+    """What needs a person's attention: accounts with only a custom-domain address, domains
+    expiring or in grace, held unverifications, domains whose lookups keep failing.
+
+    Exit codes: 0 always (the report itself is the result); 2 usage error.
+    """
+    from .report import build_report, render_text
+
+    report = build_report(guard_for_app(), only=["held"] if held_only else None, limit=limit)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        for line in render_text(report):
+            click.echo(line)
+
+
+@domainguard_cli.command("check")
+@click.argument("target")
+@click.option("--backend", help="Status backend to use instead of DOMAINGUARD_STATUS_BACKEND.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def check_command(target: str, backend: str | None, as_json: bool) -> None:
+    """Look one domain (or an address's domain) up now and show the verdict; writes nothing.
+
+    Exit codes: 0 safe (ok, expiring soon, in grace); 3 unsafe (released, expired,
+    re-registered); 4 could not tell (the lookup failed); 2 usage error.
+    """
+    from .check import check_target
+
+    try:
+        result = check_target(guard_for_app(), target, backend_name=backend)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        print_table(result.rows())
+    sys.exit(result.exit_code)

@@ -1,0 +1,157 @@
+"""``flask domainguard check``: one live lookup of one domain, judged, nothing written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .emails import InvalidAddress, parse_address, registrable_domain
+from .lookups import LookupLimits, Lookups
+from .status.observation import Observation
+from .timeutil import utcnow
+from .verdict import Policy, Verdict, VerdictKind, is_lapse_signal, judge
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+
+__all__ = ["EXIT_SAFE", "EXIT_UNKNOWN", "EXIT_UNSAFE", "CheckResult", "check_target"]
+
+EXIT_SAFE = 0
+EXIT_UNSAFE = 3
+EXIT_UNKNOWN = 4
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one lookup saw and what it means."""
+
+    target: str
+    domain: str
+    trusted: bool
+    observation: Observation
+    verdict: Verdict
+    verified_at: datetime | None
+
+    @property
+    def exit_code(self) -> int:
+        """0 safe, 3 unsafe, 4 could not tell."""
+        if self.verdict.kind is VerdictKind.UNKNOWN:
+            return EXIT_UNKNOWN
+        return EXIT_UNSAFE if self.verdict.unsafe else EXIT_SAFE
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready data (``--json``)."""
+        obs = self.observation
+        return {
+            "target": self.target,
+            "domain": self.domain,
+            "trusted": self.trusted,
+            "observation": {
+                "registered": obs.registered,
+                "statuses": sorted(obs.statuses),
+                "expires_at": _iso(obs.expires_at),
+                "registered_at": _iso(obs.registered_at),
+                "transferred_at": _iso(obs.transferred_at),
+                "source": obs.source,
+                "error": obs.error,
+            },
+            "verdict": {
+                "kind": self.verdict.kind.value,
+                "unsafe": self.verdict.unsafe,
+                "until": _iso(self.verdict.until),
+                "reason": self.verdict.reason,
+            },
+            "verified_at": _iso(self.verified_at),
+        }
+
+    def rows(self) -> list[tuple[str, Any]]:
+        """Rows for a readable table."""
+        obs = self.observation
+        rows: list[tuple[str, Any]] = [("domain", self.domain)]
+        if self.trusted:
+            rows.append(("trusted", "yes (the sweep never looks it up)"))
+        rows += [
+            ("registered", {True: "yes", False: "no", None: "could not tell"}[obs.registered]),
+            ("statuses", ", ".join(sorted(obs.statuses)) or "-"),
+            ("expires", _iso(obs.expires_at) or "-"),
+            ("created", _iso(obs.registered_at) or "-"),
+            ("transferred", _iso(obs.transferred_at) or "-"),
+            ("source", obs.source or "-"),
+        ]
+        if obs.error:
+            rows.append(("error", obs.error))
+        if self.verified_at is not None:
+            rows.append(("address verified", _iso(self.verified_at)))
+        rows += [
+            ("verdict", self.verdict.kind.value + (" (UNSAFE)" if self.verdict.unsafe else "")),
+            ("until", _iso(self.verdict.until) or "-"),
+            ("reason", self.verdict.reason),
+        ]
+        return rows
+
+
+def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | None]:
+    text = target.strip()
+    if "@" in text:
+        try:
+            parsed = parse_address(text)
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+        if parsed.registrable is None:
+            raise ValueError(f"{parsed.domain} is not a domain anyone can register")
+        row = guard.find_address(parsed.normalized)
+        return parsed.registrable, row.verified_at if row is not None else None
+    name = registrable_domain(text)
+    if name is None:
+        raise ValueError(f"{target!r} is not a registrable domain or an email address")
+    return name, None
+
+
+def check_target(
+    guard: DomainGuard, target: str, *, backend_name: str | None = None
+) -> CheckResult:
+    """Look ``target`` (a domain or an address) up live and judge it; writes nothing.
+
+    The stored ``lapse_seen_at`` of the domain, and for a stored address its ``verified_at``,
+    are used so the verdict is the one the sweep would reach.
+
+    :raises ValueError: when ``target`` is neither a registrable domain nor an address.
+    """
+    import asyncio
+
+    domain, verified_at = _target_domain(guard, target)
+    settings = guard.settings
+    backend = guard.status_backend(backend_name)
+    limits = LookupLimits(concurrency=1, per_server=1, retries=0, timeout=settings.http_timeout)
+
+    async def look() -> Observation:
+        async with Lookups(backend, limits) as lookups:
+            return await lookups.observe(domain)
+
+    obs = asyncio.run(look())
+    stored = guard.db.session.get(guard.models.Domain, domain)
+    now = utcnow()
+    lapse = stored.lapse_seen_at if stored is not None else None
+    if is_lapse_signal(obs, now):
+        lapse = lapse or now
+    verdict = judge(
+        obs,
+        now=now,
+        verified_at=verified_at,
+        lapse_seen_at=lapse,
+        policy=Policy(grace=settings.grace, warn_within=settings.warn_within),
+    )
+    guard.db.session.rollback()
+    return CheckResult(
+        target=target,
+        domain=domain,
+        trusted=domain in settings.trusted_domains,
+        observation=obs,
+        verdict=verdict,
+        verified_at=verified_at,
+    )

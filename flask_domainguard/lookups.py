@@ -1,0 +1,314 @@
+"""Many status lookups at once, politely: the sweep's I/O half.
+
+:class:`Lookups` runs lookups through one status backend and one shared HTTP client with
+
+- a global concurrency limit and a per-server limit (``backend.server_key(domain)``),
+- a global rate limit (a token bucket; ``0`` turns it off),
+- a per-lookup timeout, and bounded retries with exponential backoff and jitter,
+- ``Retry-After`` honoured: a 429 pauses every lookup to that server, not just one domain.
+
+A lookup never raises: whatever goes wrong comes back as a failed
+:class:`~flask_domainguard.status.observation.Observation`, which the policy reads as
+"cannot tell" and never acts on.
+
+:class:`LookupThread` runs an event loop in a background thread so that the sweep's
+database work (synchronous, in the Flask app context) overlaps with the lookups in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import httpx
+
+from .fasthttp import FastTransport
+from .status.base import StatusBackend
+from .status.observation import Observation
+
+__all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LookupLimits:
+    """How hard the lookups may push.
+
+    :param concurrency: lookups in flight at once.
+    :param per_server: lookups in flight at once against one server.
+    :param rate: lookups started per second overall; ``0`` means no limit.
+    :param retries: extra attempts after a failed lookup.
+    :param timeout: seconds one attempt may take.
+    :param retry_base: first backoff delay in seconds (doubled per attempt, with jitter).
+    :param retry_cap: longest backoff delay in seconds.
+    :param max_retry_after: a longer ``Retry-After`` ends the retries for this run; the sweep
+        then schedules the domain's next check after it instead.
+    """
+
+    concurrency: int = 32
+    per_server: int = 8
+    rate: float = 0.0
+    retries: int = 3
+    timeout: float = 10.0
+    retry_base: float = 0.5
+    retry_cap: float = 30.0
+    max_retry_after: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry ``attempt`` (0-based): exponential, half of it random jitter."""
+        delay = min(self.retry_cap, self.retry_base * 2.0**attempt)
+        return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
+
+    def worst_case(self) -> float:
+        """Upper bound in seconds on one domain's lookups, retries and waits included."""
+        attempts = self.retries + 1
+        waits = sum(max(self.backoff_cap(a), self.max_retry_after) for a in range(self.retries))
+        return attempts * (self.timeout + 1.0) + waits
+
+    def backoff_cap(self, attempt: int) -> float:
+        """The longest delay :meth:`backoff` can return for ``attempt``."""
+        return min(self.retry_cap, self.retry_base * 2.0**attempt)
+
+
+class TokenBucket:
+    """At most ``rate`` takes per second on average, bursts of up to ``burst``.
+
+    Callers reserve a token and sleep until it is theirs, so waiting callers are served in
+    order without a lock (the event loop is single-threaded).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive; use no bucket for no limit")
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def reserve(self) -> float:
+        """Take a token now and return how many seconds to wait before using it."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    async def take(self) -> None:
+        """Wait for a token."""
+        wait = self.reserve()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def make_client(max_connections: int) -> httpx.AsyncClient:
+    """One HTTP client for a whole sweep, holding at most ``max_connections`` connections.
+
+    It uses :class:`~flask_domainguard.fasthttp.FastTransport` (measured: 0.35 ms of CPU per
+    lookup instead of 0.8-3 ms with httpx's own transport). With proxy variables in the
+    environment httpx's own transport is used, since only it applies them.
+    """
+    if any(key in ("http", "https", "all") for key in urllib.request.getproxies()):
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        return httpx.AsyncClient(limits=limits)
+    return httpx.AsyncClient(transport=FastTransport(max_connections))
+
+
+def _retryable(obs: Observation) -> bool:
+    return obs.registered is None and obs.error is not None
+
+
+class Lookups:
+    """Look domains up through ``backend`` within ``limits`` (see the module docstring).
+
+    Use inside a running event loop: ``async with Lookups(backend, limits) as lookups``.
+    A client passed in is used and left open; otherwise one is made and closed at the end.
+    """
+
+    def __init__(
+        self,
+        backend: StatusBackend,
+        limits: LookupLimits,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.backend = backend
+        self.limits = limits
+        self._client = client
+        self._own_client = client is None
+        self._slots: asyncio.Semaphore | None = None
+        self._servers: dict[str, asyncio.Semaphore] = {}
+        self._paused_until: dict[str, float] = {}
+        self._bucket = TokenBucket(limits.rate) if limits.rate > 0 else None
+        #: Attempts made, for reports and tests.
+        self.attempts = 0
+
+    async def __aenter__(self) -> Lookups:
+        self._slots = asyncio.Semaphore(self.limits.concurrency)
+        if self._client is None:
+            self._client = make_client(self.limits.concurrency)
+        ensure = getattr(self.backend, "ensure_bootstrap", None)
+        if ensure is not None:
+            # RDAP: know every domain's server up front, so the per-server limit applies to
+            # real servers rather than to top-level domains.
+            try:
+                await asyncio.wait_for(ensure(client=self._client), self.limits.timeout + 1.0)
+            except Exception as exc:
+                log.warning("RDAP bootstrap not loaded up front: %s", type(exc).__name__)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _server(self, key: str) -> asyncio.Semaphore:
+        slot = self._servers.get(key)
+        if slot is None:
+            slot = self._servers[key] = asyncio.Semaphore(self.limits.per_server)
+        return slot
+
+    async def _attempt(self, domain: str, server: str) -> Observation:
+        if self._slots is None:
+            raise RuntimeError("use Lookups as an async context manager")
+        # Wait out a server's Retry-After before taking a slot, so a paused server does not
+        # hold slots that lookups to other servers could use.
+        pause = self._paused_until.get(server, 0.0) - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        async with self._slots, self._server(server):
+            if self._bucket is not None:
+                await self._bucket.take()
+            self.attempts += 1
+            timeout = self.limits.timeout
+            try:
+                # The backend enforces the timeout itself; this outer bound only catches a
+                # backend (a host's own class) that does not.
+                return await asyncio.wait_for(
+                    self.backend.observe(domain, client=self._client, timeout=timeout),
+                    timeout + 1.0,
+                )
+            except asyncio.TimeoutError:
+                return Observation.failed(
+                    domain, f"timed out after {timeout:g} s", source=self.backend.name
+                )
+            except Exception as exc:  # a backend bug must cost one lookup, not the sweep
+                log.error("lookup of %s failed: %s", domain, type(exc).__name__)
+                return Observation.failed(
+                    domain,
+                    f"internal error in the {self.backend.name} backend ({type(exc).__name__})",
+                    source=self.backend.name,
+                )
+
+    async def observe(self, domain: str) -> Observation:
+        """Look ``domain`` up, retrying failures; never raises."""
+        try:
+            server = self.backend.server_key(domain)
+        except Exception:
+            server = "?"
+        attempt = 0
+        while True:
+            obs = await self._attempt(domain, server)
+            if not _retryable(obs) or attempt >= self.limits.retries:
+                return obs
+            delay = self.limits.backoff(attempt)
+            if obs.retry_after is not None:
+                if obs.retry_after > self.limits.max_retry_after:
+                    return obs  # the sweep schedules the next check after the server's wish
+                delay = max(delay, obs.retry_after)
+                until = time.monotonic() + obs.retry_after
+                self._paused_until[server] = max(self._paused_until.get(server, 0.0), until)
+            log.debug("retrying %s in %.2f s: %s", domain, delay, obs.error)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def observe_many(self, domains: Iterable[str]) -> dict[str, Observation]:
+        """Look every domain up at once (within the limits); results by domain."""
+        names = list(dict.fromkeys(domains))
+        results = await asyncio.gather(*(self.observe(name) for name in names))
+        return dict(zip(names, results, strict=True))
+
+
+class LookupThread:
+    """An event loop in a daemon thread running one :class:`Lookups` for a whole sweep.
+
+    ``submit(domains)`` returns a :class:`concurrent.futures.Future` of the observations, so
+    the caller can claim and apply other batches while these lookups run.
+    """
+
+    def __init__(self, backend: StatusBackend, limits: LookupLimits) -> None:
+        self._backend = backend
+        self._limits = limits
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._lookups: Lookups | None = None
+        self._thread = threading.Thread(target=self._run, name="domainguard-lookups", daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            async with Lookups(self._backend, self._limits) as lookups:
+                self._lookups = lookups
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # reported to the caller by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> LookupThread:
+        """Start the loop and its HTTP client."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise RuntimeError(f"could not start the lookups: {self._error}") from self._error
+        return self
+
+    @property
+    def attempts(self) -> int:
+        """Lookup attempts made so far (retries included)."""
+        return self._lookups.attempts if self._lookups is not None else 0
+
+    def submit(self, domains: Iterable[str]) -> concurrent.futures.Future[dict[str, Observation]]:
+        """Start looking ``domains`` up; the future holds their observations."""
+        if self._lookups is None:
+            raise RuntimeError("call start() first")
+        return asyncio.run_coroutine_threadsafe(
+            self._lookups.observe_many(list(domains)), self._loop
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the loop (waits for lookups in flight)."""
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def __enter__(self) -> LookupThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

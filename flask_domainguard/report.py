@@ -1,0 +1,251 @@
+"""What an operator should look at: ``flask domainguard report``.
+
+Read-only queries over the stored sweep results, each a section with a full count and the
+first ``limit`` rows:
+
+- ``custom_only``: accounts whose only verified address is on a custom (untrusted) domain:
+  if that domain lapses they can no longer receive a reset, so ask them to add another;
+- ``expiring``: domains expiring within ``DOMAINGUARD_WARN_WITHIN``;
+- ``in_grace``: lapsing domains, with the moment they count as expired;
+- ``held``: unverifications the circuit breaker held for review;
+- ``failing``: domains whose lookups keep failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .timeutil import utcnow
+from .verdict import VerdictKind
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+
+__all__ = ["FAILING_AFTER", "SECTIONS", "Report", "Section", "build_report", "render_text"]
+
+#: A domain counts as "keeps failing" after this many failed checks in a row.
+FAILING_AFTER = 3
+
+SECTIONS = ("custom_only", "expiring", "in_grace", "held", "failing")
+
+_TITLES = {
+    "custom_only": "Accounts whose only verified address is on a custom domain",
+    "expiring": "Domains expiring within the warning window",
+    "in_grace": "Domains in grace (lapsing)",
+    "held": "Held unverifications (then: flask domainguard sweep --apply-held or --dismiss-held)",
+    "failing": f"Domains whose lookups failed {FAILING_AFTER} or more times in a row",
+}
+
+
+@dataclass
+class Section:
+    """One part of the report: how many there are, and the first rows."""
+
+    name: str
+    title: str
+    count: int
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "count": self.count, "rows": self.rows}
+
+
+@dataclass
+class Report:
+    """The report: sections by name, and when it was made."""
+
+    generated_at: datetime
+    sections: dict[str, Section]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready data (``--json``)."""
+        return {
+            "generated_at": self.generated_at.isoformat(),
+            **{name: section.as_dict() for name, section in self.sections.items()},
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _verified_counts(guard: DomainGuard) -> Any:
+    A = guard.models.EmailAddress
+    return (
+        sa.select(A.registrable.label("name"), sa.func.count().label("addresses"))
+        .where(A.verified_at.is_not(None))
+        .group_by(A.registrable)
+        .subquery()
+    )
+
+
+def _custom_only(guard: DomainGuard, limit: int) -> Section:
+    A = guard.models.EmailAddress
+    session = guard.db.session
+    trusted = sorted(guard.settings.trusted_domains)
+    is_trusted = sa.case((A.registrable.in_(trusted), 1), else_=0) if trusted else sa.literal(0)
+    users = (
+        sa.select(A.user_id)
+        .where(A.verified_at.is_not(None))
+        .group_by(A.user_id)
+        .having(sa.func.count() == 1, sa.func.sum(is_trusted) == 0)
+    )
+    count = int(session.scalar(sa.select(sa.func.count()).select_from(users.subquery())) or 0)
+    sample = list(session.scalars(users.order_by(A.user_id).limit(limit)))
+    rows = []
+    if sample:
+        query = (
+            sa.select(A.user_id, A.address, A.registrable)
+            .where(A.user_id.in_(sample), A.verified_at.is_not(None))
+            .order_by(A.user_id)
+        )
+        rows = [
+            {"user_id": user_id, "address": address, "domain": domain}
+            for user_id, address, domain in session.execute(query)
+        ]
+    return Section(
+        "custom_only", _TITLES["custom_only"], count, ["user_id", "address", "domain"], rows
+    )
+
+
+def _domains(
+    guard: DomainGuard,
+    name: str,
+    where: list[Any],
+    order: Any,
+    columns: list[str],
+    limit: int,
+) -> Section:
+    D = guard.models.Domain
+    session = guard.db.session
+    counts = _verified_counts(guard)
+    base = sa.select(D, sa.func.coalesce(counts.c.addresses, 0)).outerjoin(
+        counts, counts.c.name == D.name
+    )
+    count = int(session.scalar(sa.select(sa.func.count()).select_from(D).where(*where)) or 0)
+    rows = []
+    for domain, addresses in session.execute(base.where(*where).order_by(order).limit(limit)):
+        row: dict[str, Any] = {"domain": domain.name, "verified_addresses": int(addresses)}
+        for column in columns:
+            if column in row:
+                continue
+            value = getattr(domain, column)
+            row[column] = _iso(value) if isinstance(value, datetime) else value
+        rows.append(row)
+    return Section(name, _TITLES[name], count, ["domain", *columns], rows)
+
+
+def _held(guard: DomainGuard, limit: int) -> Section:
+    H = guard.models.HeldAction
+    A = guard.models.EmailAddress
+    session = guard.db.session
+    pending = [H.resolution.is_(None), H.resolved_at.is_(None)]
+    count = int(session.scalar(sa.select(sa.func.count()).select_from(H).where(*pending)) or 0)
+    query = (
+        sa.select(H, A.address, A.user_id)
+        .outerjoin(A, A.id == H.address_id)
+        .where(*pending)
+        .order_by(H.id)
+        .limit(limit)
+    )
+    rows = [
+        {
+            "id": action.id,
+            "address": address,
+            "user_id": user_id,
+            "domain": action.domain,
+            "reason": action.reason.value if hasattr(action.reason, "value") else action.reason,
+            "verdict_reason": action.verdict_reason,
+            "held_at": _iso(action.held_at),
+        }
+        for action, address, user_id in session.execute(query)
+    ]
+    columns = ["id", "address", "domain", "reason", "held_at"]
+    return Section("held", _TITLES["held"], count, columns, rows)
+
+
+def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: int = 50) -> Report:
+    """Run the report's queries (all sections, or those named in ``only``)."""
+    D = guard.models.Domain
+    now = utcnow()
+    wanted = only or list(SECTIONS)
+    settings = guard.settings
+    unsafe = [
+        k.value for k in (VerdictKind.EXPIRED, VerdictKind.RELEASED, VerdictKind.REREGISTERED)
+    ]
+    sections: dict[str, Section] = {}
+    for name in wanted:
+        if name == "custom_only":
+            sections[name] = _custom_only(guard, limit)
+        elif name == "expiring":
+            sections[name] = _domains(
+                guard,
+                name,
+                [
+                    D.expires_at > now,
+                    D.expires_at <= now + settings.warn_within,
+                    sa.or_(D.verdict.is_(None), D.verdict.not_in(unsafe)),
+                ],
+                D.expires_at,
+                ["expires_at", "verdict", "verified_addresses"],
+                limit,
+            )
+        elif name == "in_grace":
+            sections[name] = _domains(
+                guard,
+                name,
+                [D.verdict == VerdictKind.IN_GRACE.value],
+                D.verdict_until,
+                ["verdict_until", "verified_addresses", "verdict_reason"],
+                limit,
+            )
+        elif name == "held":
+            sections[name] = _held(guard, limit)
+        elif name == "failing":
+            sections[name] = _domains(
+                guard,
+                name,
+                [D.failures >= FAILING_AFTER],
+                D.failures.desc(),
+                ["failures", "last_error", "next_check_at", "verified_addresses"],
+                limit,
+            )
+        else:
+            raise ValueError(f"unknown report section {name!r}; known: {', '.join(SECTIONS)}")
+    return Report(generated_at=now, sections=sections)
+
+
+def render_text(report: Report) -> list[str]:
+    """The report as aligned text tables, one section after another."""
+    lines: list[str] = []
+    for section in report.sections.values():
+        lines.append(f"{section.title}: {section.count}")
+        if section.rows:
+            cells = [
+                ["" if row.get(c) is None else str(row.get(c)) for c in section.columns]
+                for row in section.rows
+            ]
+            widths = [
+                max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(section.columns)
+            ]
+            lines.append(
+                "  "
+                + "  ".join(
+                    c.ljust(w) for c, w in zip(section.columns, widths, strict=True)
+                ).rstrip()
+            )
+            lines += [
+                "  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                for r in cells
+            ]
+            if section.count > len(section.rows):
+                lines.append(
+                    f"  ... and {section.count - len(section.rows)} more (--limit, --json)"
+                )
+        lines.append("")
+    return lines

@@ -1,0 +1,1186 @@
+"""The sweep: look up every registrable domain that is due, judge it, act on the verdicts.
+
+One engine, in steps that can run separately (a task queue can give each chunk to a worker
+and call :meth:`Sweep.finish` once at the end, with the same ``run_id``):
+
+1. :meth:`Sweep.claim_batch` leases due domains to this run. A domain is due when at least
+   one verified address uses it, it is not trusted, its ``next_check_at`` has come and no live
+   sweeper holds its lease. On PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED``
+   inside one ``UPDATE``; on SQLite one ``UPDATE ... WHERE <lease free>``, which SQLite runs
+   under its write lock. Either way two sweepers never get the same domain.
+2. :meth:`Sweep.lookup_batch` looks the claimed domains up (one lookup per registrable
+   domain, however many addresses share it) within the limits of :mod:`.lookups`.
+3. :meth:`Sweep.apply_results` judges every verified address of each domain, stores the
+   observation, verdict and next check, journals verdict changes, mails expiry warnings and
+   *plans* the unverifications that passed the confirmation rule, all in one transaction per
+   batch (a crash loses at most the batch in flight; its leases expire and the next run
+   carries on).
+4. :meth:`Sweep.finish` applies the run's planned unverifications, unless there are more
+   than ``DOMAINGUARD_MAX_UNVERIFY``: then it applies none and holds them all for review
+   (:func:`apply_held`, :func:`dismiss_held`). The count lives in the database (planned
+   :class:`~flask_domainguard.models.HeldAction` rows of the run), so chunks on several
+   workers share one circuit breaker.
+
+Guard rails: an unsafe verdict acts only when a second check at least
+``DOMAINGUARD_CONFIRM_AFTER`` after the first still finds it unsafe; a safe verdict in between
+starts over. A failed lookup changes nothing but the schedule (backoff, capped at a day).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from . import signals
+from .addresses import unverify
+from .journal import EventKind, transaction
+from .lookups import LookupLimits, LookupThread
+from .mail import notify_user
+from .models import UnverifyReason
+from .status.observation import Observation
+from .timeutil import as_utc, utcnow
+from .verdict import Policy, Verdict, VerdictKind, is_lapse_signal, judge
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+    from .journal import Transaction
+    from .status.base import StatusBackend
+
+__all__ = [
+    "Claim",
+    "HeldOutcome",
+    "Sweep",
+    "SweepReport",
+    "apply_held",
+    "dismiss_held",
+    "next_check_after_failure",
+]
+
+log = logging.getLogger(__name__)
+
+#: Lapsing, expiring and in-grace domains (and confirmed unsafe ones) are checked daily.
+LAPSING_RECHECK = timedelta(days=1)
+#: First retry delay after a failed lookup; doubled per consecutive failure, capped at a day.
+FAILURE_BACKOFF = timedelta(minutes=30)
+FAILURE_BACKOFF_CAP = timedelta(days=1)
+#: Healthy domains are rechecked after DOMAINGUARD_RECHECK_AFTER, spread by this fraction
+#: either way so that a first sweep's domains do not all come due at the same moment again.
+RECHECK_JITTER = 0.1
+
+PLANNED = "planned"
+APPLIED = "applied"
+DISMISSED = "dismissed"
+OBSOLETE = "obsolete"
+
+_REASONS = {
+    VerdictKind.RELEASED: UnverifyReason.DOMAIN_RELEASED,
+    VerdictKind.EXPIRED: UnverifyReason.DOMAIN_EXPIRED,
+    VerdictKind.REREGISTERED: UnverifyReason.DOMAIN_REREGISTERED,
+}
+# Which verdict a domain shows when its addresses differ (only REREGISTERED depends on the
+# address): the most severe one.
+_SEVERITY = {
+    VerdictKind.UNKNOWN: 0,
+    VerdictKind.OK: 1,
+    VerdictKind.EXPIRING_SOON: 2,
+    VerdictKind.IN_GRACE: 3,
+    VerdictKind.EXPIRED: 4,
+    VerdictKind.RELEASED: 5,
+    VerdictKind.REREGISTERED: 6,
+}
+_WARN_KINDS = frozenset({VerdictKind.EXPIRING_SOON, VerdictKind.IN_GRACE})
+
+
+def _jitter(delta: timedelta, fraction: float) -> timedelta:
+    return delta * random.uniform(1 - fraction, 1 + fraction)  # noqa: S311 - load spreading
+
+
+def next_check_after_failure(failures: int, retry_after: float | None = None) -> timedelta:
+    """Delay before the next check after ``failures`` failed checks in a row (at least 1).
+
+    Exponential from :data:`FAILURE_BACKOFF`, capped at :data:`FAILURE_BACKOFF_CAP`, with
+    jitter; never sooner than the server's ``Retry-After``.
+    """
+    exponent = min(max(failures, 1) - 1, 16)
+    delay = min(FAILURE_BACKOFF * (2**exponent), FAILURE_BACKOFF_CAP)
+    delay = min(_jitter(delay, RECHECK_JITTER), FAILURE_BACKOFF_CAP)
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(timedelta(seconds=retry_after), FAILURE_BACKOFF_CAP))
+    return delay
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A domain leased to this run, with the state its judgement needs."""
+
+    name: str
+    verdict: str | None
+    unsafe_since: datetime | None
+    lapse_seen_at: datetime | None
+    failures: int
+
+
+@dataclass
+class SweepReport:
+    """What a run did (or, with ``dry_run``, would do)."""
+
+    run_id: str = ""
+    dry_run: bool = False
+    checked: int = 0
+    skipped_trusted: int = 0
+    errors: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    unsafe_first_seen: int = 0
+    planned: int = 0
+    unverified: int = 0
+    held: int = 0
+    breaker_tripped: bool = False
+    warnings_sent: int = 0
+    notices_sent: int = 0
+    lost_leases: int = 0
+    leased_elsewhere: int = 0
+    not_found: list[str] = field(default_factory=list)
+    lookups: int = 0
+    seconds: float = 0.0
+
+    def count_verdict(self, kind: VerdictKind | str) -> None:
+        key = kind.value if isinstance(kind, VerdictKind) else kind
+        self.verdicts[key] = self.verdicts.get(key, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``--json``)."""
+        data = asdict(self)
+        data["verdicts"] = {kind.value: self.verdicts.get(kind.value, 0) for kind in VerdictKind}
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+    def summary_rows(self) -> list[tuple[str, Any]]:
+        """Rows for the command's summary table."""
+        would = "would be " if self.dry_run else ""
+        rows: list[tuple[str, Any]] = [
+            ("domains checked", self.checked),
+            ("trusted domains skipped", self.skipped_trusted),
+            ("lookup errors", self.errors),
+        ]
+        rows += [(f"  {kind}", count) for kind, count in sorted(self.verdicts.items()) if count]
+        rows += [
+            ("unsafe, awaiting confirmation", self.unsafe_first_seen),
+            (f"addresses {would}unverified", self.unverified),
+            (f"addresses {would}held for review", self.held),
+            ("expiry warnings sent", self.warnings_sent),
+            ("notices to other addresses", self.notices_sent),
+        ]
+        if self.leased_elsewhere:
+            rows.append(("due but leased by another sweep", self.leased_elsewhere))
+        if self.lost_leases:
+            rows.append(("results dropped (lease lost)", self.lost_leases))
+        if self.not_found:
+            rows.append(("unknown domains", ", ".join(self.not_found)))
+        rows.append(("seconds", f"{self.seconds:.1f}"))
+        return rows
+
+
+@dataclass(frozen=True)
+class _AddressRow:
+    id: int
+    user_id: Any
+    address: str
+    registrable: str
+    verified_at: datetime
+    expiry_warned_for: datetime | None
+
+
+@dataclass
+class _Warning:
+    user_id: Any
+    domain: str
+    kind: VerdictKind
+    until: datetime
+    reason: str
+    rows: list[_AddressRow]
+
+
+@dataclass
+class _Notice:
+    user_id: Any
+    exclude_id: int
+    address: str
+    domain: str
+    reason: UnverifyReason
+    verdict_reason: str
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _dialect(guard: DomainGuard) -> str:
+    bind = guard.db.session.get_bind(mapper=sa.inspect(guard.models.Domain))
+    return str(bind.dialect.name)
+
+
+def _table(model: type[Any]) -> sa.Table:
+    table: sa.Table = model.__table__
+    return table
+
+
+class Sweep:
+    """One sweep run (see the module docstring); use inside the app context.
+
+    :param guard: the extension.
+    :param backend: a status backend; default ``guard.status_backend(backend_name)``.
+    :param backend_name: ``--backend``; ``None`` uses ``DOMAINGUARD_STATUS_BACKEND``.
+    :param run_id: the run's name, also its lease owner; chunks of one run share it.
+    :param cutoff: domains due at or before this moment belong to the run (default now);
+        chunks of one run share it, so that no domain is checked twice in a run.
+    :param dry_run: look up and report, write nothing (no leases either).
+    :param concurrency: lookups in flight at once (``DOMAINGUARD_SWEEP_CONCURRENCY``).
+    :param retry_base: first retry delay in seconds within the run.
+    """
+
+    def __init__(
+        self,
+        guard: DomainGuard,
+        *,
+        backend: StatusBackend | None = None,
+        backend_name: str | None = None,
+        run_id: str | None = None,
+        cutoff: datetime | None = None,
+        dry_run: bool = False,
+        concurrency: int | None = None,
+        retry_base: float = 0.5,
+    ) -> None:
+        self.guard = guard
+        self.settings = settings = guard.settings
+        self.backend = backend if backend is not None else guard.status_backend(backend_name)
+        self.run_id = (
+            run_id or (f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}")[:64]
+        )
+        self.cutoff = as_utc(cutoff) if cutoff is not None else utcnow()
+        self.dry_run = dry_run
+        self.policy = Policy(grace=settings.grace, warn_within=settings.warn_within)
+        concurrency = concurrency or settings.sweep_concurrency
+        self.limits = LookupLimits(
+            concurrency=concurrency,
+            per_server=min(settings.sweep_per_server, concurrency),
+            rate=settings.sweep_rate,
+            retries=settings.sweep_retries,
+            timeout=settings.http_timeout,
+            retry_base=retry_base,
+        )
+        self.report = SweepReport(run_id=self.run_id, dry_run=dry_run)
+        self._dialect = _dialect(guard)
+        self._after: str | None = None  # dry-run keyset position
+        self._thread: LookupThread | None = None
+        self._planned_any = False
+        m = guard.models
+        self._D = _table(m.Domain)
+        self._A = _table(m.EmailAddress)
+        self._H = _table(m.HeldAction)
+
+    # -- 1. what is due ----------------------------------------------------------------------
+
+    def _lease_free(self, now: datetime) -> sa.ColumnElement[bool]:
+        D = self._D
+        return sa.or_(D.c.lease_until.is_(None), D.c.lease_until < now)
+
+    def _due(self, now: datetime, *, leased_ok: bool = False) -> list[sa.ColumnElement[bool]]:
+        D, A = self._D, self._A
+        clauses: list[sa.ColumnElement[bool]] = [
+            D.c.next_check_at <= self.cutoff,
+            # Checked during this run already (a second check due at once, as with
+            # CONFIRM_AFTER = 0): that one belongs to the next run.
+            sa.or_(D.c.checked_at.is_(None), D.c.checked_at < self.cutoff),
+            sa.exists().where(A.c.registrable == D.c.name, A.c.verified_at.is_not(None)),
+        ]
+        trusted = sorted(self.settings.trusted_domains)
+        if trusted:
+            clauses.append(D.c.name.not_in(trusted))
+        if not leased_ok:
+            clauses.append(self._lease_free(now))
+        return clauses
+
+    def count_due(self) -> int:
+        """Domains due in this run now (for a progress bar)."""
+        D = self._D
+        query = sa.select(sa.func.count()).select_from(D).where(*self._due(utcnow()))
+        return int(self.guard.db.session.scalar(query) or 0)
+
+    def count_trusted(self) -> int:
+        """Trusted registrable domains with verified addresses: never looked up."""
+        D, A = self._D, self._A
+        trusted = sorted(self.settings.trusted_domains)
+        if not trusted:
+            return 0
+        query = (
+            sa.select(sa.func.count())
+            .select_from(D)
+            .where(
+                D.c.name.in_(trusted),
+                sa.exists().where(A.c.registrable == D.c.name, A.c.verified_at.is_not(None)),
+            )
+        )
+        return int(self.guard.db.session.scalar(query) or 0)
+
+    def count_leased_elsewhere(self) -> int:
+        """Due domains whose lease another live sweeper holds."""
+        D = self._D
+        now = utcnow()
+        query = (
+            sa.select(sa.func.count())
+            .select_from(D)
+            .where(
+                *self._due(now, leased_ok=True),
+                D.c.lease_until >= now,
+                D.c.lease_owner != self.run_id,
+            )
+        )
+        return int(self.guard.db.session.scalar(query) or 0)
+
+    def claim_batch(
+        self, size: int | None = None, *, names: Sequence[str] | None = None
+    ) -> list[Claim]:
+        """Lease up to ``size`` due domains (or the given ``names``, due or not) to this run.
+
+        Commits. With ``dry_run`` nothing is leased: the due domains are read in name order.
+        """
+        size = size or self.settings.sweep_batch_size
+        db = self.guard.db
+        D = self._D
+        now = utcnow()
+        columns = (D.c.name, D.c.verdict, D.c.unsafe_since, D.c.lapse_seen_at, D.c.failures)
+        if names is not None:
+            where: list[sa.ColumnElement[bool]] = [D.c.name.in_(list(names))]
+            trusted = sorted(self.settings.trusted_domains)
+            if trusted:
+                where.append(D.c.name.not_in(trusted))
+        else:
+            where = self._due(now)
+        if self.dry_run:
+            query = sa.select(*columns).where(*where).order_by(D.c.name).limit(size)
+            if self._after is not None and names is None:
+                query = query.where(D.c.name > self._after)
+            rows = db.session.execute(query).all()
+            db.session.rollback()
+            if rows and names is None:
+                self._after = rows[-1][0]
+        else:
+            pick = sa.select(D.c.name).where(*where, self._lease_free(now))
+            if names is None:
+                pick = pick.order_by(D.c.next_check_at, D.c.name)
+            pick = pick.limit(size)
+            if self._dialect == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            claim = (
+                sa.update(D)
+                .where(D.c.name.in_(pick), self._lease_free(now))
+                .values(lease_owner=self.run_id, lease_until=now + self.settings.sweep_lease)
+                .returning(*columns)
+            )
+            try:
+                rows = db.session.execute(claim).all()
+                db.session.commit()
+            except BaseException:
+                db.session.rollback()
+                raise
+        return [
+            Claim(
+                name=row[0],
+                verdict=row[1],
+                unsafe_since=_aware(row[2]),
+                lapse_seen_at=_aware(row[3]),
+                failures=int(row[4] or 0),
+            )
+            for row in rows
+        ]
+
+    def release(self, names: Iterable[str] | None = None) -> None:
+        """Give back this run's leases (all of them, or on ``names``) without checking."""
+        if self.dry_run:
+            return
+        D = self._D
+        stmt = sa.update(D).where(D.c.lease_owner == self.run_id)
+        if names is not None:
+            stmt = stmt.where(D.c.name.in_(list(names)))
+        db = self.guard.db
+        try:
+            db.session.execute(stmt.values(lease_owner=None, lease_until=None))
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.warning(
+                "could not release the leases of run %s; they expire by themselves", self.run_id
+            )
+
+    # -- 2. lookups --------------------------------------------------------------------------
+
+    def _lookups(self) -> LookupThread:
+        if self._thread is None:
+            self._thread = LookupThread(self.backend, self.limits).start()
+        return self._thread
+
+    def submit_lookups(self, names: Iterable[str]) -> Any:
+        """Start looking ``names`` up in the background; a future of the observations."""
+        return self._lookups().submit(names)
+
+    def lookup_batch(self, names: Iterable[str]) -> dict[str, Observation]:
+        """Look ``names`` up (concurrently, within the limits) and return the observations."""
+        result: dict[str, Observation] = self.submit_lookups(names).result()
+        return result
+
+    def close(self) -> None:
+        """Stop the lookup thread and its HTTP client."""
+        if self._thread is not None:
+            self.report.lookups = self._thread.attempts
+            self._thread.close()
+            self._thread = None
+
+    # -- 3. acting on the results ---------------------------------------------------------------
+
+    def _confirm_leases(self, names: list[str], now: datetime) -> set[str]:
+        """Re-assert this run's leases in the current transaction; the names still ours.
+
+        The UPDATE takes the write lock (SQLite) or the rows' locks (PostgreSQL) first, so
+        nothing another sweeper does can interleave with this batch's changes.
+        """
+        D = self._D
+        stmt = (
+            sa.update(D)
+            .where(D.c.name.in_(names), D.c.lease_owner == self.run_id)
+            .values(lease_until=now + self.settings.sweep_lease)
+            .returning(D.c.name)
+        )
+        return set(self.guard.db.session.scalars(stmt))
+
+    def _load_addresses(self, names: Iterable[str]) -> dict[str, list[_AddressRow]]:
+        A = self._A
+        wanted = list(names)
+        found: dict[str, list[_AddressRow]] = {name: [] for name in wanted}
+        if not wanted:
+            return found
+        query = sa.select(
+            A.c.id,
+            A.c.user_id,
+            A.c.address,
+            A.c.registrable,
+            A.c.verified_at,
+            A.c.expiry_warned_for,
+        ).where(A.c.registrable.in_(wanted), A.c.verified_at.is_not(None))
+        for row in self.guard.db.session.execute(query):
+            found[row[3]].append(
+                _AddressRow(row[0], row[1], row[2], row[3], as_utc(row[4]), _aware(row[5]))
+            )
+        return found
+
+    def _judge_address(
+        self,
+        obs: Observation,
+        base: Verdict,
+        row: _AddressRow,
+        now: datetime,
+        lapse: datetime | None,
+    ) -> Verdict:
+        # judge() differs between addresses only through verified_at, and only when the
+        # domain was registered after it (REREGISTERED): everything else shares one verdict.
+        registered_at = _aware(obs.registered_at)
+        if (
+            base.kind not in (VerdictKind.UNKNOWN, VerdictKind.RELEASED)
+            and registered_at is not None
+            and registered_at > row.verified_at
+        ):
+            return judge(
+                obs, now=now, verified_at=row.verified_at, lapse_seen_at=lapse, policy=self.policy
+            )
+        return base
+
+    def apply_results(
+        self, claims: Sequence[Claim], observations: dict[str, Observation]
+    ) -> SweepReport:
+        """Judge, store and schedule a batch of looked-up domains; plan unverifications.
+
+        One transaction for the batch; verdict-change signals after its commit, expiry
+        warnings mailed after that. Results for domains whose lease this run lost are
+        dropped (the other sweeper acts on its own lookup). Returns the run's report.
+        """
+        if not claims:
+            return self.report
+        guard, db, report = self.guard, self.guard.db, self.report
+        now = utcnow()
+        names = [claim.name for claim in claims]
+        warnings: list[_Warning] = []
+        with transaction(db, guard.models) as tx:
+            ours = set(names) if self.dry_run else self._confirm_leases(names, now)
+            report.lost_leases += len(names) - len(ours)
+            work: list[tuple[Claim, Observation, datetime | None, Verdict]] = []
+            for claim in claims:
+                if claim.name not in ours:
+                    continue
+                obs = observations.get(claim.name) or Observation.failed(
+                    claim.name, "no lookup result", source=getattr(self.backend, "name", "")
+                )
+                try:
+                    lapse = claim.lapse_seen_at
+                    if is_lapse_signal(obs, now):
+                        lapse = lapse or now
+                    elif obs.error is None and obs.registered is not None:
+                        lapse = None  # a working lookup without a lapse: the owner renewed
+                    base = judge(obs, now=now, lapse_seen_at=lapse, policy=self.policy)
+                except Exception:
+                    log.exception("judging %s failed", claim.name)
+                    obs = Observation.failed(
+                        claim.name, "internal error judging the answer", source=obs.source
+                    )
+                    lapse, base = claim.lapse_seen_at, judge(obs, now=now, policy=self.policy)
+                work.append((claim, obs, lapse, base))
+            need = [
+                claim.name
+                for claim, obs, _, base in work
+                if base.kind is not VerdictKind.UNKNOWN
+                and (base.kind is not VerdictKind.OK or obs.registered_at is not None)
+            ]
+            addresses = self._load_addresses(need)
+            done: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
+            planned: list[tuple[_AddressRow, Verdict]] = []
+            for claim, obs, lapse, base in work:
+                report.checked += 1
+                if base.kind is VerdictKind.UNKNOWN:
+                    report.errors += 1
+                    report.count_verdict(VerdictKind.UNKNOWN)
+                    failed.append(self._failure_values(claim, obs, base, now))
+                    continue
+                judged = [
+                    (row, self._judge_address(obs, base, row, now, lapse))
+                    for row in addresses.get(claim.name, ())
+                ]
+                verdict = max([base, *(v for _, v in judged)], key=lambda v: _SEVERITY[v.kind])
+                report.count_verdict(verdict.kind)
+                values, confirmed = self._success_values(claim, obs, lapse, verdict, now)
+                done.append(values)
+                if confirmed:
+                    planned.extend((row, v) for row, v in judged if v.unsafe)
+                warnings.extend(self._warnings_for(claim.name, judged))
+                if (
+                    not self.dry_run
+                    and claim.verdict != verdict.kind.value
+                    and not (claim.verdict is None and verdict.kind is VerdictKind.OK)
+                ):
+                    # The first "ok" of a new domain is not news; every other change is.
+                    tx.record(
+                        EventKind.DOMAIN_VERDICT,
+                        actor="sweep",
+                        signal=signals.domain_verdict_changed,
+                        domain=claim.name,
+                        verdict=verdict.kind.value,
+                        previous=claim.verdict,
+                        reason=verdict.reason,
+                    )
+            if self.dry_run:
+                report.planned += len(planned)
+                report.warnings_sent += len(warnings)
+                db.session.rollback()
+                return report
+            self._write_domains(done, failed)
+            self._plan(planned, now)
+            self._claim_warnings(warnings)
+        self._send_warnings(warnings)
+        return report
+
+    def _failure_values(
+        self, claim: Claim, obs: Observation, base: Verdict, now: datetime
+    ) -> dict[str, Any]:
+        # The verdict, observation and unsafe_since stay as they were: failing proves nothing.
+        failures = claim.failures + 1
+        error = obs.error or base.reason
+        return {
+            "b_name": claim.name,
+            "failures": failures,
+            "last_error": error[:500],
+            "next_check_at": now + next_check_after_failure(failures, obs.retry_after),
+        }
+
+    def _success_values(
+        self,
+        claim: Claim,
+        obs: Observation,
+        lapse: datetime | None,
+        verdict: Verdict,
+        now: datetime,
+    ) -> tuple[dict[str, Any], bool]:
+        settings = self.settings
+        confirmed = False
+        unsafe_since: datetime | None = None
+        if verdict.unsafe:
+            if claim.unsafe_since is None:
+                unsafe_since = now
+                next_check = now + settings.confirm_after
+                self.report.unsafe_first_seen += 1
+            else:
+                unsafe_since = claim.unsafe_since
+                confirm_at = claim.unsafe_since + settings.confirm_after
+                confirmed = now >= confirm_at
+                next_check = now + LAPSING_RECHECK if confirmed else confirm_at
+        elif verdict.kind is VerdictKind.OK:
+            next_check = now + _jitter(settings.recheck_after, RECHECK_JITTER)
+        else:  # expiring soon or in grace: daily, and exactly when the stage ends if sooner
+            next_check = now + LAPSING_RECHECK
+            if verdict.until is not None and now < verdict.until < next_check:
+                next_check = verdict.until
+        values = {
+            "b_name": claim.name,
+            "registered": obs.registered,
+            "statuses": "|".join(sorted(obs.statuses))[:500],
+            "expires_at": _aware(obs.expires_at),
+            "registered_at": _aware(obs.registered_at),
+            "transferred_at": _aware(obs.transferred_at),
+            "source": (obs.source or "")[:32] or None,
+            "checked_at": now,
+            "verdict": verdict.kind.value,
+            "verdict_until": verdict.until,
+            "verdict_reason": verdict.reason,
+            "unsafe_since": unsafe_since,
+            "lapse_seen_at": lapse,
+            "next_check_at": next_check,
+            "failures": 0,
+            "last_error": None,
+        }
+        return values, confirmed
+
+    def _write_domains(self, done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+        D = self._D
+        session = self.guard.db.session
+        for rows in (done, failed):
+            if not rows:
+                continue
+            columns = [key for key in rows[0] if key != "b_name"]
+            # Bind names must differ from column names in an UPDATE's SET clause.
+            values: dict[str, Any] = {column: sa.bindparam(f"v_{column}") for column in columns}
+            values.update(lease_owner=None, lease_until=None)
+            stmt = sa.update(D).where(D.c.name == sa.bindparam("b_name")).values(values)
+            params = [
+                {"b_name": row["b_name"], **{f"v_{c}": row[c] for c in columns}} for row in rows
+            ]
+            session.execute(stmt, params)
+
+    def _plan(self, planned: list[tuple[_AddressRow, Verdict]], now: datetime) -> None:
+        H = self._H
+        session = self.guard.db.session
+        if self._planned_any:
+            # Heartbeat: a live run's planned actions are never adopted by another run.
+            session.execute(
+                sa.update(H)
+                .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
+                .values(held_at=now)
+            )
+        if not planned:
+            return
+        ids = [row.id for row, _ in planned]
+        pending = set(
+            session.scalars(
+                sa.select(H.c.address_id).where(
+                    H.c.address_id.in_(ids),
+                    H.c.resolved_at.is_(None),
+                    sa.or_(H.c.resolution.is_(None), H.c.resolution == PLANNED),
+                )
+            )
+        )
+        rows = [
+            {
+                "address_id": row.id,
+                "domain": row.registrable,
+                "reason": _REASONS[verdict.kind],
+                "verdict_reason": verdict.reason,
+                "held_at": now,
+                "resolution": PLANNED,
+                "run_id": self.run_id,
+            }
+            for row, verdict in planned
+            if row.id not in pending
+        ]
+        if rows:
+            session.execute(sa.insert(H), rows)
+            self._planned_any = True
+            self.report.planned += len(rows)
+
+    def _warnings_for(
+        self, domain: str, judged: list[tuple[_AddressRow, Verdict]]
+    ) -> list[_Warning]:
+        by_user: dict[Any, _Warning] = {}
+        for row, verdict in judged:
+            if verdict.kind not in _WARN_KINDS or verdict.until is None:
+                continue
+            if row.expiry_warned_for == verdict.until:
+                continue  # one warning per expiry date
+            warning = by_user.get(row.user_id)
+            if warning is None:
+                warning = by_user[row.user_id] = _Warning(
+                    row.user_id, domain, verdict.kind, verdict.until, verdict.reason, []
+                )
+            warning.rows.append(row)
+        return list(by_user.values())
+
+    def _claim_warnings(self, warnings: list[_Warning]) -> None:
+        # Marked before sending (in the batch's transaction): a crash after the commit loses
+        # a warning rather than repeating it; a failed send puts the old value back.
+        A = self._A
+        updates = [
+            {"b_id": row.id, "warned": warning.until}
+            for warning in warnings
+            for row in warning.rows
+        ]
+        if updates:
+            stmt = (
+                sa.update(A)
+                .where(A.c.id == sa.bindparam("b_id"))
+                .values(expiry_warned_for=sa.bindparam("warned"))
+            )
+            self.guard.db.session.execute(stmt, updates)
+
+    def _send_warnings(self, warnings: list[_Warning]) -> None:
+        guard, db = self.guard, self.guard.db
+        sent: list[tuple[_Warning, int]] = []
+        undo: list[dict[str, Any]] = []
+        for warning in warnings:
+            try:
+                recipients = notify_user(
+                    guard,
+                    warning.user_id,
+                    "domain_expiring",
+                    app_name=current_app.name,
+                    domain=warning.domain,
+                    stage=warning.kind.value,
+                    until=warning.until,
+                    reason=warning.reason,
+                    addresses=[row.address for row in warning.rows],
+                )
+            except Exception as exc:
+                log.error("expiry warning for %s not sent: %s", warning.domain, type(exc).__name__)
+                self.report.errors += 1
+                undo += [{"b_id": row.id, "warned": row.expiry_warned_for} for row in warning.rows]
+                continue
+            if recipients:
+                sent.append((warning, len(recipients)))
+        if undo:
+            A = self._A
+            stmt = (
+                sa.update(A)
+                .where(A.c.id == sa.bindparam("b_id"))
+                .values(expiry_warned_for=sa.bindparam("warned"))
+            )
+            db.session.execute(stmt, undo)
+            db.session.commit()
+        if sent:
+            with transaction(db, guard.models) as tx:
+                for warning, count in sent:
+                    for row in warning.rows:
+                        tx.record(
+                            EventKind.EXPIRY_WARNING_SENT,
+                            actor="sweep",
+                            user_id=row.user_id,
+                            address=row.address,
+                            signal=signals.expiry_warning_sent,
+                            domain=warning.domain,
+                            until=warning.until.isoformat(),
+                            stage=warning.kind.value,
+                            recipients=count,
+                        )
+            self.report.warnings_sent += len(sent)
+
+    # -- 4. the circuit breaker ------------------------------------------------------------------
+
+    def finish(self) -> SweepReport:
+        """Apply the run's planned unverifications, or hold them all when there are too many.
+
+        Planned actions of runs that died (no heartbeat for a lease period) are adopted first.
+        """
+        report, settings = self.report, self.settings
+        if self.dry_run:
+            if report.planned > settings.max_unverify:
+                report.held, report.breaker_tripped = report.planned, True
+            else:
+                report.unverified = report.planned
+            return report
+        db, H = self.guard.db, self._H
+        now = utcnow()
+        db.session.execute(
+            sa.update(H)
+            .where(
+                H.c.resolution == PLANNED,
+                H.c.run_id != self.run_id,
+                H.c.held_at < now - settings.sweep_lease,
+            )
+            .values(run_id=self.run_id, held_at=now)
+        )
+        db.session.commit()
+        count = int(
+            db.session.scalar(
+                sa.select(sa.func.count())
+                .select_from(H)
+                .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
+            )
+            or 0
+        )
+        if count > settings.max_unverify:
+            self._hold_all(count)
+        elif count:
+            self._apply_planned()
+        return report
+
+    def _hold_all(self, count: int) -> None:
+        guard, db, H = self.guard, self.guard.db, self._H
+        log.warning(
+            "circuit breaker: this run would unverify %d addresses (more than "
+            "DOMAINGUARD_MAX_UNVERIFY = %d); all are held for review",
+            count,
+            self.settings.max_unverify,
+        )
+        EmailAddress = guard.models.EmailAddress
+        with transaction(db, guard.models) as tx:
+            rows = db.session.execute(
+                sa.update(H)
+                .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
+                .values(resolution=None)
+                .returning(H.c.id, H.c.address_id, H.c.domain, H.c.reason)
+            ).all()
+            by_id = {
+                a.id: a
+                for a in db.session.scalars(
+                    sa.select(EmailAddress).where(EmailAddress.id.in_([r[1] for r in rows]))
+                )
+            }
+            for held_id, address_id, domain, reason in rows:
+                address = by_id.get(address_id)
+                tx.record(
+                    EventKind.UNVERIFY_HELD,
+                    actor="sweep",
+                    address=address,
+                    signal=signals.unverify_held,
+                    held_action=held_id,
+                    domain=domain,
+                    reason=UnverifyReason(reason).value,
+                    run=self.run_id,
+                )
+        self.report.held += len(rows)
+        self.report.breaker_tripped = True
+
+    def _apply_planned(self) -> None:
+        guard, db, H = self.guard, self.guard.db, self._H
+        HeldAction = guard.models.HeldAction
+        while True:
+            actions = list(
+                db.session.scalars(
+                    sa.select(HeldAction)
+                    .where(HeldAction.run_id == self.run_id, HeldAction.resolution == PLANNED)
+                    .order_by(HeldAction.id)
+                    .limit(200)
+                )
+            )
+            if not actions:
+                return
+            notices: list[_Notice] = []
+            with transaction(db, guard.models) as tx:
+                for action in actions:
+                    # Taking the action row first makes the transition happen once, whatever
+                    # other run (adopting orphans) looks at it at the same time.
+                    taken = db.session.execute(
+                        sa.update(H)
+                        .where(
+                            H.c.id == action.id,
+                            H.c.run_id == self.run_id,
+                            H.c.resolution == PLANNED,
+                        )
+                        .values(resolution=APPLIED, resolved_at=utcnow())
+                    )
+                    if taken.rowcount != 1:
+                        continue
+                    notice = _unverify_for(guard, tx, action, actor="sweep", run=self.run_id)
+                    if notice is None:
+                        db.session.execute(
+                            sa.update(H).where(H.c.id == action.id).values(resolution=OBSOLETE)
+                        )
+                    else:
+                        notices.append(notice)
+            db.session.expire_all()
+            self.report.unverified += len(notices)
+            self.report.notices_sent += _send_notices(guard, notices, self.report)
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        limit: int | None = None,
+        names: Sequence[str] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> SweepReport:
+        """Claim, look up and apply batch after batch until nothing is due, then finish.
+
+        Two batches are in flight at once so the lookups never wait for the database.
+        :param limit: check at most this many domains.
+        :param names: check these registrable domains (due or not) instead of the due ones.
+        """
+        started = time.monotonic()
+        report = self.report
+        report.skipped_trusted = self.count_trusted() if names is None else 0
+        if names is not None:
+            trusted = self.settings.trusted_domains
+            report.skipped_trusted = sum(1 for name in names if name in trusted)
+        batch_size = self.settings.sweep_batch_size
+        remaining = limit
+        pending_names = list(names) if names is not None else None
+        in_flight: deque[tuple[list[Claim], Any]] = deque()
+        exhausted = False
+        try:
+            while True:
+                while len(in_flight) < 2 and not exhausted:
+                    size = batch_size if remaining is None else min(batch_size, remaining)
+                    if size <= 0:
+                        exhausted = True
+                        break
+                    if pending_names is not None:
+                        chunk, pending_names = pending_names[:size], pending_names[size:]
+                        claims = self.claim_batch(size, names=chunk) if chunk else []
+                        exhausted = not pending_names
+                    else:
+                        claims = self.claim_batch(size)
+                        exhausted = not claims
+                    if claims:
+                        if remaining is not None:
+                            remaining -= len(claims)
+                        in_flight.append((claims, self.submit_lookups(c.name for c in claims)))
+                if not in_flight:
+                    break
+                claims, future = in_flight.popleft()
+                self.apply_results(claims, future.result())
+                if on_progress is not None:
+                    on_progress(len(claims))
+        except BaseException:
+            # Leases of unfinished batches would expire anyway; giving them back now lets
+            # the next run start at once.
+            self.close()
+            self.release(c.name for claims, _ in in_flight for c in claims)
+            raise
+        self.close()
+        if names is None and report.checked == 0:
+            report.leased_elsewhere = self.count_leased_elsewhere()
+        self.finish()
+        report.seconds = time.monotonic() - started
+        return report
+
+
+# -- acting on one address (shared by the sweep and apply_held) ------------------------------
+
+
+def _unverify_for(
+    guard: DomainGuard, tx: Transaction, action: Any, *, actor: str, **details: Any
+) -> _Notice | None:
+    EmailAddress = guard.models.EmailAddress
+    query = sa.select(EmailAddress).where(EmailAddress.id == action.address_id)
+    if _dialect(guard) == "postgresql":
+        query = query.with_for_update()
+    row = guard.db.session.scalar(query)
+    if row is None or row.verified_at is None:
+        return None
+    reason = UnverifyReason(action.reason)
+    unverify(
+        tx,
+        row,
+        reason,
+        actor=actor,
+        domain=action.domain,
+        verdict_reason=action.verdict_reason,
+        held_action=action.id,
+        **details,
+    )
+    return _Notice(row.user_id, row.id, row.address, action.domain, reason, action.verdict_reason)
+
+
+def _send_notices(guard: DomainGuard, notices: list[_Notice], report: SweepReport) -> int:
+    """Tell each user, at their other safe addresses, which addresses were unverified."""
+    by_user: dict[Any, list[_Notice]] = {}
+    for notice in notices:
+        by_user.setdefault(notice.user_id, []).append(notice)
+    sent = 0
+    for user_id, items in by_user.items():
+        try:
+            recipients = notify_user(
+                guard,
+                user_id,
+                "address_unverified",
+                exclude_id=items[0].exclude_id,
+                app_name=current_app.name,
+                items=[
+                    {
+                        "address": n.address,
+                        "domain": n.domain,
+                        "reason": n.reason.value,
+                        "explanation": n.verdict_reason,
+                    }
+                    for n in items
+                ],
+            )
+        except Exception as exc:
+            log.error("unverify notice not sent: %s", type(exc).__name__)
+            report.errors += 1
+            continue
+        if not recipients:
+            continue  # no safe address left: the report lists such accounts
+        sent += 1
+        with transaction(guard.db, guard.models) as tx:
+            for n in items:
+                tx.record(
+                    EventKind.UNSAFE_NOTICE_SENT,
+                    actor="sweep",
+                    user_id=user_id,
+                    address=n.address,
+                    domain=n.domain,
+                    recipients=len(recipients),
+                )
+    return sent
+
+
+# -- held actions --------------------------------------------------------------------------
+
+
+@dataclass
+class HeldOutcome:
+    """What ``--apply-held`` or ``--dismiss-held`` did."""
+
+    applied: int = 0
+    dismissed: int = 0
+    obsolete: int = 0
+    still_held: int = 0
+    errors: int = 0
+    notices_sent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _held_query(guard: DomainGuard) -> sa.Select[Any]:
+    HeldAction = guard.models.HeldAction
+    return (
+        sa.select(HeldAction)
+        .where(HeldAction.resolution.is_(None), HeldAction.resolved_at.is_(None))
+        .order_by(HeldAction.id)
+    )
+
+
+def apply_held(
+    guard: DomainGuard, *, backend_name: str | None = None, actor: str = "admin:cli"
+) -> HeldOutcome:
+    """Apply every held action whose domain a fresh lookup still finds unsafe for it.
+
+    An action whose address is gone, unverified already, or now judged safe becomes
+    ``obsolete``; one whose lookup fails stays held.
+    """
+    db, settings = guard.db, guard.settings
+    policy = Policy(grace=settings.grace, warn_within=settings.warn_within)
+    outcome = HeldOutcome()
+    actions = list(db.session.scalars(_held_query(guard)))
+    if not actions:
+        return outcome
+    sweep = Sweep(guard, backend_name=backend_name)
+    try:
+        observations = sweep.lookup_batch({a.domain for a in actions})
+    finally:
+        sweep.close()
+    Domain, EmailAddress = guard.models.Domain, guard.models.EmailAddress
+    report = SweepReport()
+    notices: list[_Notice] = []
+    now = utcnow()
+    with transaction(db, guard.models) as tx:
+        for action in actions:
+            address = db.session.get(EmailAddress, action.address_id)
+            domain = db.session.get(Domain, action.domain)
+            obs = observations[action.domain]
+            lapse = domain.lapse_seen_at if domain is not None else None
+            if is_lapse_signal(obs, now):
+                lapse = lapse or now
+            verdict = judge(
+                obs,
+                now=now,
+                verified_at=address.verified_at if address is not None else None,
+                lapse_seen_at=lapse,
+                policy=policy,
+            )
+            if verdict.kind is VerdictKind.UNKNOWN:
+                outcome.still_held += 1
+                outcome.errors += 1
+                continue
+            action.resolved_at = now
+            if address is None or address.verified_at is None or not verdict.unsafe:
+                action.resolution = OBSOLETE
+                outcome.obsolete += 1
+                why = (
+                    "no longer verified"
+                    if address is None or address.verified_at is None
+                    else verdict.reason
+                )
+                tx.record(
+                    EventKind.HELD_DISMISSED,
+                    actor=actor,
+                    user_id=address.user_id if address is not None else None,
+                    address=address,
+                    held_action=action.id,
+                    resolution=OBSOLETE,
+                    why=why,
+                )
+                continue
+            # The fresh verdict may name another reason (released, then re-registered).
+            action.reason = _REASONS[verdict.kind]
+            action.verdict_reason = verdict.reason
+            action.resolution = APPLIED
+            notice = _unverify_for(guard, tx, action, actor=actor)
+            if notice is not None:
+                notices.append(notice)
+                outcome.applied += 1
+            tx.record(EventKind.HELD_APPLIED, actor=actor, address=address, held_action=action.id)
+    outcome.notices_sent = _send_notices(guard, notices, report)
+    outcome.errors += report.errors
+    return outcome
+
+
+def dismiss_held(guard: DomainGuard, *, actor: str = "admin:cli") -> HeldOutcome:
+    """Dismiss every held action. Their domains' ``unsafe_since`` is cleared, so acting on
+    them again takes two new unsafe checks ``DOMAINGUARD_CONFIRM_AFTER`` apart."""
+    db = guard.db
+    outcome = HeldOutcome()
+    EmailAddress, Domain = guard.models.EmailAddress, guard.models.Domain
+    now = utcnow()
+    with transaction(db, guard.models) as tx:
+        actions = list(db.session.scalars(_held_query(guard)))
+        for action in actions:
+            action.resolution = DISMISSED
+            action.resolved_at = now
+            address = db.session.get(EmailAddress, action.address_id)
+            tx.record(
+                EventKind.HELD_DISMISSED,
+                actor=actor,
+                user_id=address.user_id if address is not None else None,
+                address=address if address is not None else None,
+                held_action=action.id,
+                domain=action.domain,
+                resolution=DISMISSED,
+            )
+        names = sorted({a.domain for a in actions})
+        if names:
+            db.session.execute(
+                sa.update(_table(Domain))
+                .where(_table(Domain).c.name.in_(names))
+                .values(unsafe_since=None)
+            )
+        outcome.dismissed = len(actions)
+    return outcome
