@@ -63,7 +63,9 @@ def _sample(rule: Any, arg: str) -> Any:
     return "x"
 
 
-def crawl(app: Flask, client: Any, headers: dict[str, str] | None = None) -> list[tuple[str, str, Any]]:
+def crawl(
+    app: Flask, client: Any, headers: dict[str, str] | None = None
+) -> list[tuple[str, str, Any]]:
     """Request every route with every method; the host's logout goes last (it ends the session)."""
     adapter = app.url_map.bind("localhost")
     rules = sorted(app.url_map.iter_rules(), key=lambda r: (r.endpoint == "logout", r.rule))
@@ -243,7 +245,7 @@ def test_trusted_device_expires(site: Flask) -> None:
 
 def test_trusted_device_of_another_user_is_ignored(site: Flask) -> None:
     _, secret_a, _ = add_site_user(site, "a@example.com")
-    _, secret_b, _ = add_site_user(site, "b@example.com")
+    add_site_user(site, "b@example.com")
     client = site.test_client()
     site_login_as(client, "a@example.com")
     pass_second_factor(client, secret_a, trust=True)
@@ -383,12 +385,23 @@ def test_require_fresh_2fa_asks_password_and_a_fresh_code(site: Flask) -> None:
         assert gated.location == "/domainguard/2fa/confirm?next=/security/email"
         page = client.get(gated.location)
         assert 'name="code"' not in page.get_data(as_text=True), "the 2FA step is still fresh"
-        wrong = client.post(gated.location, data={
-            "csrf_token": csrf_token(page.data), "password": "nope", "next": "/security/email"})
+        wrong = client.post(
+            gated.location,
+            data={
+                "csrf_token": csrf_token(page.data),
+                "password": "nope",
+                "next": "/security/email",
+            },
+        )
         assert wrong.status_code == 400
-        ok = client.post(gated.location, data={
-            "csrf_token": csrf_token(page.data), "password": "correct horse",
-            "next": "/security/email"})
+        ok = client.post(
+            gated.location,
+            data={
+                "csrf_token": csrf_token(page.data),
+                "password": "correct horse",
+                "next": "/security/email",
+            },
+        )
         assert ok.location == "/security/email"
         assert PROTECTED in client.get("/security/email").get_data(as_text=True)
         json = client.get("/security/email", headers={"Accept": "application/json"})
@@ -398,12 +411,20 @@ def test_require_fresh_2fa_asks_password_and_a_fresh_code(site: Flask) -> None:
         assert json.status_code == 401 and json.json["error"] == "reauthentication_required"
         page = client.get("/domainguard/2fa/confirm?next=/security/email")
         assert 'name="code"' in page.get_data(as_text=True), "the 2FA step is stale now"
-        no_code = client.post("/domainguard/2fa/confirm", data={
-            "csrf_token": csrf_token(page.data), "password": "correct horse"})
+        no_code = client.post(
+            "/domainguard/2fa/confirm",
+            data={"csrf_token": csrf_token(page.data), "password": "correct horse"},
+        )
         assert no_code.status_code == 400
-        ok = client.post("/domainguard/2fa/confirm", data={
-            "csrf_token": csrf_token(page.data), "password": "correct horse",
-            "code": code_at(secret), "next": "/security/email"})
+        ok = client.post(
+            "/domainguard/2fa/confirm",
+            data={
+                "csrf_token": csrf_token(page.data),
+                "password": "correct horse",
+                "code": code_at(secret),
+                "next": "/security/email",
+            },
+        )
         assert ok.location == "/security/email"
         assert PROTECTED in client.get("/security/email").get_data(as_text=True)
 
