@@ -8,7 +8,8 @@ first ``limit`` rows:
 - ``expiring``: domains expiring within ``DOMAINGUARD_WARN_WITHIN``;
 - ``in_grace``: lapsing domains, with the moment they count as expired;
 - ``held``: unverifications the circuit breaker held for review;
-- ``failing``: domains whose lookups keep failing.
+- ``failing``: domains whose lookups keep failing;
+- ``without_2fa``: users active since ``DOMAINGUARD_2FA_REQUIRED_SINCE`` who have not enrolled.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["FAILING_AFTER", "SECTIONS", "Report", "Section", "build_report", "re
 #: A domain counts as "keeps failing" after this many failed checks in a row.
 FAILING_AFTER = 3
 
-SECTIONS = ("custom_only", "expiring", "in_grace", "held", "failing")
+SECTIONS = ("custom_only", "expiring", "in_grace", "held", "failing", "without_2fa")
 
 _TITLES = {
     "custom_only": "Accounts whose only verified address is on a custom domain",
@@ -38,6 +39,7 @@ _TITLES = {
     "in_grace": "Domains in grace (lapsing)",
     "held": "Held unverifications (then: flask domainguard sweep --apply-held or --dismiss-held)",
     "failing": f"Domains whose lookups failed {FAILING_AFTER} or more times in a row",
+    "without_2fa": "Active users without 2FA (DOMAINGUARD_2FA_REQUIRED_SINCE; exempt left out)",
 }
 
 
@@ -169,6 +171,22 @@ def _held(guard: DomainGuard, limit: int) -> Section:
     return Section("held", _TITLES["held"], count, columns, rows)
 
 
+def _without_2fa(guard: DomainGuard, limit: int) -> Section:
+    from .twofactor import active_users_without_2fa
+
+    users = active_users_without_2fa(guard)
+    rows = [
+        {
+            "user_id": user.user_id,
+            "last_login_at": _iso(user.last_login_at),
+            "deadline": _iso(user.deadline),
+        }
+        for user in users[:limit]
+    ]
+    columns = ["user_id", "last_login_at", "deadline"]
+    return Section("without_2fa", _TITLES["without_2fa"], len(users), columns, rows)
+
+
 def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: int = 50) -> Report:
     """Run the report's queries (all sections, or those named in ``only``)."""
     D = guard.models.Domain
@@ -215,6 +233,8 @@ def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: in
                 ["failures", "last_error", "next_check_at", "verified_addresses"],
                 limit,
             )
+        elif name == "without_2fa":
+            sections[name] = _without_2fa(guard, limit)
         else:
             raise ValueError(f"unknown report section {name!r}; known: {', '.join(SECTIONS)}")
     return Report(generated_at=now, sections=sections)

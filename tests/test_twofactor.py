@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -577,3 +578,20 @@ def test_admin_reset_command_errors(runner: Any, make_user: Any) -> None:
     )
     assert runner.invoke(args=["domainguard", "2fa-reset", "1"]).exit_code == 2
     assert runner.invoke(args=["domainguard", "2fa-reset", "1", "--reason", " "]).exit_code == 2
+
+
+@pytest.mark.settings(DOMAINGUARD_2FA_REQUIRED_SINCE=date(2024, 1, 1))
+def test_report_lists_active_users_without_2fa(runner: Any, guard: Any, make_user: Any) -> None:
+    active, enrolled = make_user(), make_user()
+    for user in (active, enrolled):
+        _login_at(guard, user, datetime(2024, 3, 1, tzinfo=timezone.utc))
+    enrol(guard, enrolled)
+    result = runner.invoke(args=["domainguard", "report", "--json"])
+    assert result.exit_code == 0, result.output
+    section = json.loads(result.output)["without_2fa"]
+    assert section["count"] == 1
+    assert section["rows"] == [
+        {"user_id": active.id, "last_login_at": "2024-03-01T00:00:00+00:00", "deadline": None}
+    ]
+    text = runner.invoke(args=["domainguard", "report"]).output
+    assert "Active users without 2FA" in text
