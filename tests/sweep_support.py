@@ -86,7 +86,9 @@ class StatusServer:
                 doc = {"domain": domain, "zone": domain.rsplit(".", 1)[-1], "status": flags}
                 return json.dumps(doc).encode()
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 extra = headers or {}
                 self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
