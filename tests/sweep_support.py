@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,6 +41,7 @@ class StatusServer:
         self.default = "active"
         self.hits: Counter[str] = Counter()
         self.slow = 5.0
+        self.delay = 0.0
         self.lock = threading.Lock()
         server = self
 
@@ -59,6 +61,8 @@ class StatusServer:
                     server.hits[domain] += 1
                     count = server.hits[domain]
                     answer = server.answers.get(domain, server.default)
+                if server.delay:
+                    time.sleep(server.delay)
                 if answer.startswith("flaky:"):
                     _, n, flags = answer.split(":", 2)
                     answer = "500" if count <= int(n) else flags
@@ -153,3 +157,116 @@ def create_app() -> Any:
     the JSON in ``SWEEP_TEST_CONFIG``."""
     config = json.loads(os.environ["SWEEP_TEST_CONFIG"])
     return hostapp.create_app(config)
+
+
+def bulk_seed(
+    guard: Any, domains: dict[str, int], *, first_seen: dict[str, str] | None = None
+) -> None:
+    """Insert users, verified addresses and due domains in bulk (fast, for many domains).
+
+    ``first_seen`` maps domains to a verdict already seen 7 hours ago (``unsafe_since`` set),
+    so that this run's check confirms it.
+    """
+    from flask_domainguard.timeutil import utcnow
+
+    db = hostapp.db
+    models = guard.models
+    now = utcnow()
+    seen = first_seen or {}
+    db.session.execute(
+        sa.insert(models.Domain),
+        [
+            {
+                "name": name,
+                "statuses": "",
+                "failures": 0,
+                "created_at": now,
+                "next_check_at": now - timedelta(minutes=1),
+                "verdict": seen.get(name),
+                "unsafe_since": now - timedelta(hours=7) if name in seen else None,
+                "checked_at": now - timedelta(hours=7) if name in seen else None,
+            }
+            for name in domains
+        ],
+    )
+    total = sum(domains.values())
+    start = int(db.session.scalar(sa.select(sa.func.max(hostapp.User.id))) or 0) + 1
+    db.session.execute(sa.insert(hostapp.User), [{"id": start + i} for i in range(total)])
+    rows = []
+    user = start
+    for name, count in domains.items():
+        for n in range(count):
+            rows.append(
+                {
+                    "user_id": user,
+                    "address": f"u{user}.{n}@{name}",
+                    "host": name,
+                    "registrable": name,
+                    "primary": True,
+                    "verified_at": now - timedelta(days=100),
+                    "created_at": now - timedelta(days=100),
+                }
+            )
+            user += 1
+    db.session.execute(sa.insert(models.EmailAddress), rows)
+    db.session.commit()
+
+
+def snapshot(guard: Any) -> dict[str, Any]:
+    """The state a sweep is responsible for, minus the random parts (jittered schedules)."""
+    db = hostapp.db
+    db.session.expire_all()
+    m = guard.models
+    addresses = {
+        a.address: (a.verified_at is not None, a.unverify_reason)
+        for a in db.session.scalars(sa.select(m.EmailAddress))
+    }
+    domains = {
+        d.name: (
+            d.verdict,
+            d.unsafe_since is not None,
+            d.failures,
+            d.lease_owner,
+            d.checked_at is None,
+        )
+        for d in db.session.scalars(sa.select(m.Domain))
+    }
+    unverified_events = sorted(
+        e.address
+        for e in db.session.scalars(sa.select(m.Event).where(m.Event.kind == "address_unverified"))
+    )
+    held = sorted((h.domain, h.resolution) for h in db.session.scalars(sa.select(m.HeldAction)))
+    return {
+        "addresses": addresses,
+        "domains": domains,
+        "unverified_events": unverified_events,
+        "held": held,
+    }
+
+
+def sweep_process(config: dict[str, Any], *args: str) -> Any:
+    """Start ``flask domainguard sweep --json`` in a subprocess for ``config``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, SWEEP_TEST_CONFIG=json.dumps(config, default=str), PYTHONPATH=str(root))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "tests.sweep_support:create_app",
+            "domainguard",
+            "sweep",
+            "--json",
+            *args,
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
