@@ -192,7 +192,9 @@ class Lookups:
         pause = self._paused_until.get(server, 0.0) - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        async with self._slots, self._server(server):
+        # The server's slot first: a lookup waiting for a busy server must not hold one of
+        # the global slots that lookups to other servers could use.
+        async with self._server(server), self._slots:
             if self._bucket is not None:
                 await self._bucket.take()
             self.attempts += 1
