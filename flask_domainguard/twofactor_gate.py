@@ -31,6 +31,7 @@ from flask import (
     current_app,
     flash,
     g,
+    has_request_context,
     jsonify,
     redirect,
     request,
@@ -166,7 +167,9 @@ def _current_state(guard: DomainGuard) -> dict[str, Any]:
 def is_second_factor_pending() -> bool:
     """Whether the current user passed the password but not yet the 2FA step."""
     guard = _require_guard()
-    if not current_user.is_authenticated or g.get("_domainguard_request_user"):
+    if not has_request_context() or not current_user.is_authenticated:
+        return False
+    if g.get("_domainguard_request_user"):
         return False
     return bool(_current_state(guard)["mode"] == PENDING)
 
@@ -200,16 +203,23 @@ def _allowed(endpoint: str, allowed: tuple[str, ...]) -> bool:
 
 
 def wants_json() -> bool:
-    """Whether the client prefers JSON to HTML (API clients, fetch with Accept: JSON)."""
-    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
-    return best == "application/json" or (request.is_json and best != "text/html")
+    """Whether the client prefers JSON to HTML.
+
+    ``Accept`` decides (quality, then specificity: axios' ``application/json, */*`` is JSON,
+    a browser's ``text/html, ... */*;q=0.8`` is HTML). A tie, as with ``*/*`` or no header,
+    goes to JSON when the request itself sends JSON (``fetch``), to HTML otherwise.
+    """
+    accept = request.accept_mimetypes
+    if request.is_json:
+        return accept.best_match(("application/json", "text/html")) != "text/html"
+    return accept.best_match(("text/html", "application/json")) == "application/json"
 
 
 def _here() -> str | None:
     """Where to come back to after the 2FA step: this page, for GET requests only."""
     if request.method != "GET":
         return None
-    path = request.full_path
+    path = request.script_root + request.full_path
     return path[:-1] if path.endswith("?") else path
 
 

@@ -114,6 +114,32 @@ def test_json_clients_get_401_with_where_to_go(site: Flask) -> None:
         assert PROTECTED not in response.get_data(as_text=True)
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Accept": BROWSER_ACCEPT}, None, 302),
+        ({"Accept": "*/*"}, None, 302),
+        ({}, None, 302),
+        ({"Accept": "*/*"}, {"id": 1}, 401),  # fetch() posting JSON with its default Accept
+        ({}, {"id": 1}, 401),
+        ({"Accept": "application/json, text/plain, */*"}, None, 401),  # axios
+        ({"Accept": BROWSER_ACCEPT}, {"id": 1}, 302),
+    ],
+)
+def test_json_preference_is_read_from_accept_and_the_body(
+    site: Flask, headers: dict[str, str], body: Any, status: int
+) -> None:
+    add_site_user(site)
+    client = site.test_client()
+    site_login_as(client)
+    response = client.post("/items/1/delete", headers=headers, json=body)
+    assert response.status_code == status
+    assert PROTECTED not in response.get_data(as_text=True)
+
+
 def test_after_the_code_every_page_opens_and_next_is_followed(site: Flask) -> None:
     _, secret, _ = add_site_user(site)
     client = site.test_client()
@@ -506,3 +532,25 @@ def test_one_client_address_is_limited_across_accounts(site: Flask) -> None:
         other = client_at(site, "198.51.100.8")
         site_login_as(other, "u2@example.com")
         assert pass_second_factor(other, secrets[2]).location == "/"
+
+
+def test_an_app_mounted_under_a_prefix_comes_back_under_it(site: Flask) -> None:
+    _, secret, _ = add_site_user(site)
+    client = site.test_client()
+    base = "http://localhost/shop"
+    client.post(
+        "/login", data={"email": "ada@example.com", "password": "correct horse"}, base_url=base
+    )
+    gated = client.get("/items/4", base_url=base)
+    assert gated.location == "/shop/domainguard/2fa/verify?next=/shop/items/4"
+    page = client.get("/domainguard/2fa/verify", base_url=base)
+    done = client.post(
+        "/domainguard/2fa/verify",
+        data={
+            "csrf_token": csrf_token(page.data),
+            "code": code_at(secret),
+            "next": "/shop/items/4",
+        },
+        base_url=base,
+    )
+    assert done.location == "/shop/items/4"
