@@ -331,3 +331,46 @@ def check_command(target: str, backend: str | None, as_json: bool) -> None:
     else:
         print_table(result.rows())
     sys.exit(result.exit_code)
+
+
+@domainguard_cli.command("reverify")
+@click.argument("address")
+@click.option("--send", is_flag=True, help="Mail a new verification link if the domain is safe.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def reverify_command(address: str, send: bool, as_json: bool) -> None:
+    """Look ADDRESS's domain up live, show the verdict, and with --send mail a new link.
+
+    The link goes out only when the domain is safe for a new verification, and is journalled
+    as sent by ``admin:<your login name>``. An address that lost its verification to its
+    domain still needs its owner logged in (with 2FA) to confirm the link. Mailing needs
+    SERVER_NAME set, to build the link outside a request.
+
+    Exit codes: 0 the domain is safe (the link was sent with --send, unless the address is
+    already verified); 1 no such address; 3 unsafe, nothing sent; 4 the lookup failed,
+    nothing sent; 2 usage error.
+    """
+    import getpass
+
+    from .addresses import UnknownAddress
+    from .verification import reverify
+
+    if send and not current_app.config.get("SERVER_NAME"):
+        raise click.UsageError(
+            "--send builds a link outside a request: set SERVER_NAME (and "
+            "PREFERRED_URL_SCHEME) in the app's config."
+        )
+    try:
+        login = getpass.getuser()
+    except Exception:  # no login name in some containers
+        login = "cli"
+    try:
+        report = reverify(guard_for_app(), address, send=send, actor=f"admin:{login}")
+    except UnknownAddress as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    if as_json:
+        print_json(asdict(report))
+    else:
+        print_table(report.rows())
+    sys.exit(report.exit_code)

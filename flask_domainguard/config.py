@@ -454,6 +454,20 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_RESET_LIMIT_PER_CLIENT": _opt(
         "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
     ),
+    "DOMAINGUARD_RESET_NOTICE_LIMIT": _opt(
+        "reset_notice_limit", "1 per day", _rate,
+        "Notices per account that a reset was refused for one of its addresses.",
+    ),
+    "DOMAINGUARD_RESET_PROCESSING": _opt(
+        "reset_processing", "background", _choice("background", "inline"),
+        "Where reset requests are decided and mailed: 'background' (a worker thread, so every "
+        "answer takes the same time) or 'inline' (in the request).",
+    ),
+    "DOMAINGUARD_MAIL_GUARD": _opt(
+        "mail_guard", "all", _choice("all", "reset", "off"),
+        "Flask-Mail safety net: 'all' drops any mail to addresses on unsafe domains and reset "
+        "mail to unsafe addresses, 'reset' only the latter, 'off' nothing.",
+    ),
     # -- two-factor authentication -----------------------------------------------------
     "DOMAINGUARD_TOTP_ISSUER": _opt(
         "totp_issuer",
@@ -555,6 +569,9 @@ class Settings:
     reset_live_timeout: float
     reset_limit_per_account: RateLimit
     reset_limit_per_client: RateLimit
+    reset_notice_limit: RateLimit
+    reset_processing: str
+    mail_guard: str
     totp_issuer: str | None
     totp_keys: tuple[str, ...]
     twofactor_required_since: date | None

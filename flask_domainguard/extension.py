@@ -14,9 +14,15 @@ from .config import Settings, apply_defaults, load_settings
 from .models import Models, define_models
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from flask.typing import ResponseReturnValue
+
     from . import twofactor
     from .models import EmailAddress
+    from .reset import ResetDecision, ResetGrant
     from .status.base import StatusBackend
+    from .verification import AddressState, Outcome
 
 EXTENSION_KEY = "domainguard"
 
@@ -88,6 +94,10 @@ class DomainGuard:
             from flask_mail import Mail
 
             Mail(app)
+
+        from .mailguard import install_mail_guard
+
+        install_mail_guard()  # once per process; a no-op for apps without DomainGuard
 
         from .cli import domainguard_cli
 
@@ -231,3 +241,111 @@ class DomainGuard:
         from .twofactor_gate import require_fresh_2fa
 
         return require_fresh_2fa(view)
+
+    # -- verification (see :mod:`flask_domainguard.verification`) ------------------------
+
+    def send_verification(
+        self, address: EmailAddress | str, *, actor: str = "user"
+    ) -> EmailAddress:
+        """Mail a verification link to ``address`` (rate-limited per address, journalled).
+
+        :raises flask_domainguard.verification.VerificationError: already verified, too many
+            mails (``VerificationRateLimited``) or an unsafe domain (``VerificationRefused``);
+            ``str(exc)`` is a message for the owner.
+        """
+        from . import verification
+
+        return verification.send_verification(self, address, actor=actor)
+
+    def confirm_verification(self, token: str, *, user: Any = None) -> Outcome:
+        """Verify the address a verification token names (after a live domain check).
+
+        :param user: the logged-in user; needed for addresses unverified for a domain reason.
+        """
+        from . import verification
+
+        return verification.confirm_verification(self, token, user=user)
+
+    def address_state(self, address: EmailAddress | str) -> AddressState:
+        """How an address stands (verified, receives resets, a sentence for its owner)."""
+        from . import verification
+
+        return verification.address_state(self, address)
+
+    # -- password reset (see :mod:`flask_domainguard.reset`) -----------------------------
+
+    def reset_decision(self, address: str) -> ResetDecision:
+        """Whether a password reset may be mailed to ``address``; never show ``reason``."""
+        from . import reset
+
+        return reset.reset_decision(self, address)
+
+    def safe_to_mail(self, address: str) -> bool:
+        """Whether ``address`` is stored, verified and on a domain not unsafe (no lookup)."""
+        from . import reset
+
+        return reset.safe_to_mail(self, address)
+
+    def reset_mail_scope(self) -> AbstractContextManager[None]:
+        """A block in which Flask-Mail delivers only to safe, verified addresses."""
+        from .mailguard import reset_mail_scope
+
+        return reset_mail_scope()
+
+    def send_reset_mail(
+        self, target: ResetDecision | str, *, template: str = "reset_password", **context: Any
+    ) -> bool:
+        """Mail a reset link to the blueprint's reset page if allowed; ``False`` if refused."""
+        from . import reset
+
+        return reset.send_reset_mail(self, target, template=template, **context)
+
+    def guarded_reset_request(
+        self,
+        *,
+        field: str = "email",
+        template_or_response: str | Callable[[], ResponseReturnValue],
+        csrf: bool = True,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorate the host's forgot-password view so only allowed requests reach it.
+
+        See :func:`flask_domainguard.reset.guarded_reset_request`.
+        """
+        from . import reset
+
+        return reset.guarded_reset_request(
+            self, field=field, template_or_response=template_or_response, csrf=csrf
+        )
+
+    def request_reset(self, address: str, *, client: str | None = None) -> ResetDecision | None:
+        """Handle a reset request as the blueprint's page does (mail sent by DomainGuard).
+
+        :returns: the decision when processed now, ``None`` when handed to the background.
+        """
+        from . import reset
+
+        return reset.submit_reset_request(self, address, client=client)[0]
+
+    def reset_token(self, user: Any, address: EmailAddress) -> str:
+        """A reset token for ``user``, mailed to ``address``, for a host's own reset page."""
+        from . import reset
+
+        return reset.reset_token(self, user, address)
+
+    def read_reset_token(self, token: str) -> ResetGrant:
+        """Check a reset token without spending it (raises ``tokens.TokenError``)."""
+        from . import reset
+
+        return reset.read_reset_token(self, token)
+
+    def complete_reset(self, token: str, new_password: str) -> Any:
+        """Spend a reset token and store ``new_password`` with :attr:`password_setter`."""
+        from . import reset
+
+        return reset.complete_reset(self, token, new_password)
+
+    def wait_for_background(self, timeout: float | None = None) -> bool:
+        """Wait for reset requests handed to the background; ``True`` when all are done."""
+        from .background import jobs_for
+
+        return jobs_for().join(timeout)

@@ -12,5 +12,10 @@ bp = Blueprint("domainguard", __name__, template_folder="templates", static_fold
 
 def register_views(app: Flask, settings: Settings) -> None:
     """Register the blueprint on ``app`` under ``DOMAINGUARD_URL_PREFIX``."""
-    from . import twofactor_views  # noqa: F401  (routes of the 2FA pages)
+    from . import (  # noqa: F401  (importing them adds their routes to bp)
+        reset_views,  # password reset pages
+        twofactor_views,  # 2FA pages
+        verification_views,  # address verification pages
+    )
+
     app.register_blueprint(bp, url_prefix=settings.url_prefix)

@@ -1,0 +1,150 @@
+"""A safety net under Flask-Mail: unsafe addresses do not receive mail, even if a host forgot.
+
+Flask-Mail has no hook before a message leaves (its ``email_dispatched`` signal fires after
+delivery), and every way of sending (``mail.send``, ``mail.send_message``,
+``connection.send``, ``message.send``) ends in :meth:`flask_mail.Connection.send`. So that
+one method is wrapped, once per process, by :func:`install_mail_guard`. The wrapper does
+nothing unless the current app has DomainGuard, and then applies ``DOMAINGUARD_MAIL_GUARD``:
+
+``"all"`` (default)
+    Recipients that are stored addresses on a domain whose verdict is unsafe (released,
+    expired, re-registered) are dropped from every message.
+``"reset"``
+    Only the reset rule below.
+``"off"``
+    Nothing.
+
+The reset rule: inside :func:`reset_mail_scope` (DomainGuard opens it around the host's
+decorated forgot-password view and around its own reset mail) every recipient must be a
+stored, verified address on a domain not unsafe (:func:`flask_domainguard.mail.is_safe_recipient`);
+all others are dropped. A host with its own reset flow wraps its send the same way::
+
+    with guard.reset_mail_scope():
+        mail.send(message)
+
+Dropped recipients are removed from the message; a message left without recipients is not
+sent. Nothing is raised: an error here would turn into a different answer to a reset request,
+which tells an attacker which addresses exist. A warning is logged (counts only).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app
+
+from .emails import InvalidAddress, parse_address
+from .mail import is_safe_recipient
+from .verdict import UNSAFE_KINDS
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+
+log = logging.getLogger(__name__)
+
+_reset_scope: ContextVar[bool] = ContextVar("domainguard_reset_mail_scope", default=False)
+_install_lock = threading.Lock()
+_UNSAFE_VALUES = frozenset(kind.value for kind in UNSAFE_KINDS)
+
+
+@contextmanager
+def reset_mail_scope() -> Iterator[None]:
+    """Within this block, Flask-Mail delivers only to safe, verified addresses."""
+    token = _reset_scope.set(True)
+    try:
+        yield
+    finally:
+        _reset_scope.reset(token)
+
+
+def in_reset_scope() -> bool:
+    """Whether the reset rule applies to mail sent now."""
+    return _reset_scope.get()
+
+
+def _address_of(recipient: Any) -> str:
+    if isinstance(recipient, (tuple, list)) and len(recipient) == 2:
+        return str(recipient[1])
+    return parseaddr(str(recipient))[1]
+
+
+def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bool:
+    """Whether ``recipient`` (text, ``"Name <addr>"`` or ``(name, addr)``) may get this mail.
+
+    :param strict: the reset rule (only stored, verified, safe addresses).
+    """
+    from .addresses import find_address
+
+    raw = _address_of(recipient)
+    try:
+        parsed = parse_address(raw)
+    except InvalidAddress:
+        return not strict
+    with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
+        row = find_address(guard, parsed.normalized)
+        if strict:
+            return row is not None and is_safe_recipient(guard, row)
+        if row is None or row.registrable in guard.settings.trusted_domains:
+            return True
+        domain = guard.db.session.get(guard.models.Domain, row.registrable)
+    return domain is None or domain.verdict not in _UNSAFE_VALUES
+
+
+def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:
+    """Drop the recipients of a Flask-Mail message that may not receive it.
+
+    :returns: how many were dropped.
+    """
+    dropped = 0
+    for attr in ("recipients", "cc", "bcc"):
+        people = getattr(message, attr, None)
+        if not people:
+            continue
+        kept = [r for r in people if recipient_allowed(guard, r, strict=strict)]
+        dropped += len(people) - len(kept)
+        setattr(message, attr, kept)
+    return dropped
+
+
+def _guard_for_current_app() -> DomainGuard | None:
+    state = current_app.extensions.get("domainguard")
+    return None if state is None else state.guard
+
+
+def install_mail_guard() -> None:
+    """Wrap :meth:`flask_mail.Connection.send` once per process (idempotent)."""
+    import flask_mail
+
+    with _install_lock:
+        original = flask_mail.Connection.send
+        if getattr(original, "_domainguard", False):
+            return
+
+        @functools.wraps(original)
+        def send(self: Any, message: Any, envelope_from: Any = None) -> None:
+            guard = _guard_for_current_app()
+            if guard is not None:
+                mode = guard.settings.mail_guard
+                strict = in_reset_scope()
+                if mode == "all" or (mode == "reset" and strict):
+                    dropped = filter_message(guard, message, strict=strict)
+                    if dropped:
+                        log.warning(
+                            "withheld mail %r from %d unsafe recipient(s)",
+                            "reset" if strict else "message",
+                            dropped,
+                        )
+                    if not message.send_to:
+                        return None
+            original(self, message, envelope_from)
+            return None
+
+        send._domainguard = True  # type: ignore[attr-defined]
+        flask_mail.Connection.send = send  # type: ignore[method-assign]

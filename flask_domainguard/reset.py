@@ -1,0 +1,510 @@
+"""The guarded password reset: who may receive a reset, reset tokens, and the request pipeline.
+
+Three ways in, one rule: a reset goes only to a known, verified address whose domain is not
+unsafe *now* (:func:`reset_decision`, with a live lookup when the last check is stale).
+
+1. Custom flows call ``guard.reset_decision(email)`` and, when allowed, send their mail
+   inside ``guard.reset_mail_scope()`` or through ``guard.send_reset_mail(decision)``.
+2. A host's own forgot-password view takes a decorator::
+
+       @app.route("/forgot", methods=["GET", "POST"])
+       @guard.guarded_reset_request(field="email", template_or_response="forgot_sent.html")
+       def forgot():
+           if request.method == "POST":
+               decision = g.domainguard_reset          # always allowed when we get here
+               send_my_reset_mail(decision.user, decision.address.address)
+               return render_template("forgot_sent.html")
+           return render_template("forgot.html")
+
+3. The blueprint's own pages: ``/reset`` (request), a mailed link, ``/reset/<token>`` (new
+   password, stored by ``guard.password_setter``).
+
+Whatever happens, the requester sees one answer. With ``DOMAINGUARD_RESET_PROCESSING =
+"background"`` (the default) the request only validates the form and counts the client's
+attempts, and the decision, the live lookup and the mail happen in a worker thread
+(:mod:`.background`), so the answer also takes the same time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import current_app, g, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from . import signals, tokens
+from .addresses import find_address
+from .background import jobs_for
+from .emails import InvalidAddress, parse_address
+from .journal import EventKind, transaction
+from .livecheck import check_domain
+from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
+from .mailguard import reset_mail_scope
+from .ratelimit import RateLimiter
+from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+    from .models import EmailAddress
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Longest address text read from a form: RFC 5321 allows 254 characters in a path.
+MAX_ADDRESS_LENGTH = 320
+
+# Reasons of a ResetDecision. The host logs them; it never shows them to the requester.
+ALLOWED = "allowed"
+UNKNOWN_ADDRESS = "unknown_address"
+UNVERIFIED = "unverified"
+LIVE_CHECK_FAILED = "live_check_failed"
+RATE_LIMITED = "rate_limited"
+#: Prefix of the domain reasons: ``domain_released``, ``domain_expired``, ``domain_reregistered``.
+DOMAIN_PREFIX = "domain_"
+
+#: Refusals the account's owner hears about (at their other, safe addresses).
+_NOTICE_REASONS = ("unverified", "domain_")
+
+
+@dataclass(frozen=True)
+class ResetDecision:
+    """Whether a password reset may be mailed to an address, and why (never shown).
+
+    :param allowed: mail the reset.
+    :param reason: ``allowed``, ``unknown_address``, ``unverified``, ``domain_released``,
+        ``domain_expired``, ``domain_reregistered``, ``live_check_failed`` or ``rate_limited``.
+    :param user: the host's user owning the address, or ``None`` when unknown.
+    :param address: the :class:`~flask_domainguard.models.EmailAddress` row, or ``None``.
+    :param verdict: the domain verdict the decision rests on, when one was needed.
+    """
+
+    allowed: bool
+    reason: str
+    user: Any
+    address: EmailAddress | None
+    verdict: Verdict | None = None
+
+
+def _parse(raw: str) -> tuple[str, str | None]:
+    try:
+        parsed = parse_address(raw)
+    except InvalidAddress:
+        return raw.strip().lower()[:MAX_ADDRESS_LENGTH], None
+    return parsed.normalized, parsed.registrable
+
+
+def _lookup_row(guard: DomainGuard, normalized: str) -> EmailAddress | None:
+    # find_address re-parses; querying the normalised text directly keeps the work the same
+    # for addresses that parse and for those that do not.
+    import sqlalchemy as sa
+
+    Row = guard.models.EmailAddress
+    row: EmailAddress | None = guard.db.session.scalar(
+        sa.select(Row).where(Row.address == normalized)
+    )
+    return row
+
+
+def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
+    """Decide whether a password reset may be mailed to ``address`` (any spelling).
+
+    Allowed only for a stored, verified address whose domain is not unsafe for it. When the
+    domain's last successful check is older than ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` it is
+    looked up live (``DOMAINGUARD_RESET_LIVE_TIMEOUT``); a domain registered again after the
+    address was verified, released or expired is refused at once, without the sweep's
+    confirmation. A failed lookup falls back to the stored state, or refuses when
+    ``DOMAINGUARD_RESET_LIVE_CHECK = "required"``. Trusted providers are never looked up.
+
+    Records a live observation on the Domain row (and commits); never unverifies.
+    """
+    normalized, registrable = _parse(address)
+    row = _lookup_row(guard, normalized)
+    if row is None:
+        # The same primary-key lookups a known address costs, so the database's answer time
+        # says nothing about whether the address exists.
+        if registrable is not None:
+            guard.db.session.get(guard.models.Domain, registrable)
+        return ResetDecision(False, UNKNOWN_ADDRESS, None, None)
+    user = guard.get_user(row.user_id)
+    if user is None:  # pragma: no cover - rows go with their user (ON DELETE CASCADE)
+        return ResetDecision(False, UNKNOWN_ADDRESS, None, None)
+    if row.verified_at is None:
+        return ResetDecision(False, UNVERIFIED, user, row)
+    check = check_domain(guard, row.registrable, verified_at=row.verified_at, actor="reset")
+    if check.failed and guard.settings.reset_live_check == "required":
+        return ResetDecision(False, LIVE_CHECK_FAILED, user, row, check.verdict)
+    if check.verdict.unsafe:
+        return ResetDecision(
+            False, DOMAIN_PREFIX + check.verdict.kind.value, user, row, check.verdict
+        )
+    return ResetDecision(True, ALLOWED, user, row, check.verdict)
+
+
+def safe_to_mail(guard: DomainGuard, address: str) -> bool:
+    """Whether ``address`` is stored, verified and on a domain not unsafe by its last check.
+
+    No live lookup (that is :func:`reset_decision`): cheap enough for every outgoing mail.
+    """
+    row = find_address(guard, address)
+    return row is not None and is_safe_recipient(guard, row)
+
+
+# -- reset tokens --------------------------------------------------------------------------
+
+
+def _password_hash(guard: DomainGuard, user: Any) -> str:
+    from .twofactor import password_hash_of
+
+    return password_hash_of(guard, user) or ""
+
+
+def _binding_text(guard: DomainGuard, user: Any, row: EmailAddress) -> str:
+    # The password hash is in here, so a changed password (by this reset or any other way)
+    # kills every reset link issued before the change.
+    return f"{guard.user_id_of(user)}|{row.address}|{_password_hash(guard, user)}"
+
+
+def reset_token(guard: DomainGuard, user: Any, row: EmailAddress) -> str:
+    """A reset token for ``user`` mailed to ``row``: bound to both and to the password hash."""
+    return tokens.issue(
+        tokens.RESET,
+        {
+            "u": str(guard.user_id_of(user)),
+            "a": row.id,
+            "b": tokens.bind(tokens.RESET, _binding_text(guard, user, row)),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ResetGrant:
+    """A reset token that checked out: whose password it may set, and the address it went to."""
+
+    user: Any
+    address: EmailAddress
+    token: tokens.Token
+
+
+def read_reset_token(guard: DomainGuard, token: str) -> ResetGrant:
+    """Check a reset token: signature, age, bindings, single use, and the address still safe.
+
+    :raises flask_domainguard.tokens.TokenError: when any of these fail (one message for all
+        but "expired").
+    """
+    checked = tokens.read(tokens.RESET, token, lifetime=guard.settings.reset_within)
+    invalid = tokens.TokenError("This link is no longer valid. Ask for a new one.")
+    row_id = checked.claims.get("a")
+    row = guard.db.session.get(guard.models.EmailAddress, row_id) if type(row_id) is int else None
+    if row is None or str(row.user_id) != checked.claims.get("u"):
+        raise invalid
+    user = guard.get_user(row.user_id)
+    if user is None:
+        raise invalid
+    if not tokens.bound_to(tokens.RESET, _binding_text(guard, user, row), checked.claims.get("b")):
+        raise invalid
+    # The address may have lost its standing since the mail went out (the sweep unverified
+    # it, its domain was found unsafe): the link dies with it.
+    if not is_safe_recipient(guard, row) or tokens.is_used(guard, checked):
+        raise invalid
+    return ResetGrant(user, row, checked)
+
+
+def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
+    """Set a new password through ``guard.password_setter``; the token is spent with it.
+
+    Never logs the user in: they log in with the new password, and 2FA, as always.
+
+    :returns: the user.
+    :raises flask_domainguard.tokens.TokenError: the token is not (or no longer) good.
+    :raises ValueError: the host's setter refused the password (its message is shown).
+    :raises RuntimeError: no password setter is registered.
+    """
+    setter = guard.password_setter
+    if setter is None:
+        raise RuntimeError(
+            "DomainGuard's reset pages need to know how to store a password: register it with "
+            "@guard.set_password_setter (def store(user, new_password): ...)."
+        )
+    grant = read_reset_token(guard, token)
+    with transaction(guard.db, guard.models) as tx:
+        if not tokens.consume(guard, grant.token):
+            raise tokens.TokenError("This link was already used. Ask for a new one.")
+        setter(grant.user, new_password)
+        tx.record(
+            EventKind.PASSWORD_RESET,
+            actor="user",
+            address=grant.address,
+            signal=signals.password_reset,
+        )
+    try:
+        notify_user(
+            guard,
+            grant.address.user_id,
+            "password_changed",
+            via=grant.address.address,
+            app_name=current_app.name,
+        )
+    except Exception:
+        # The password is changed either way; a mail server outage must not undo or hide it.
+        log.exception("could not send the password-changed notice")
+    return grant.user
+
+
+# -- mailing -------------------------------------------------------------------------------
+
+
+def send_reset_mail(
+    guard: DomainGuard,
+    target: ResetDecision | str,
+    *,
+    template: str = "reset_password",
+    **context: Any,
+) -> bool:
+    """Mail a reset link (to the blueprint's ``/reset/<token>`` page) if, and only if, allowed.
+
+    :param target: a decision from :func:`reset_decision`, or an address to decide on now.
+    :param template: ``domainguard/mail/<template>.txt`` (and ``.html``); it gets ``link``,
+        ``address``, ``user``, ``valid_for`` and ``context``.
+    :returns: whether the mail was sent. Refusals are not errors: the caller answers the
+        requester the same way either way.
+    """
+    decision = target if isinstance(target, ResetDecision) else reset_decision(guard, target)
+    row = decision.address
+    # A decision is trusted only as far as the stored state agrees with it.
+    if not decision.allowed or row is None or not is_safe_recipient(guard, row):
+        return False
+    link = url_for(
+        "domainguard.reset_password", token=reset_token(guard, decision.user, row), _external=True
+    )
+    with reset_mail_scope():
+        send_mail(
+            guard,
+            [row.address],
+            template,
+            link=link,
+            address=row.address,
+            user=decision.user,
+            valid_for=guard.settings.reset_within,
+            app_name=current_app.name,
+            **context,
+        )
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
+    return True
+
+
+_REFUSAL_TEXT = {
+    UNVERIFIED: "this address is not verified",
+    "domain_released": "its domain is no longer registered, so anyone could register it",
+    "domain_expired": "its domain has expired",
+    "domain_reregistered": "its domain was registered again after you verified the address",
+}
+
+
+def _notify_refused(guard: DomainGuard, decision: ResetDecision) -> int:
+    """Tell the owner's other safe addresses that a reset was refused; rate-limited per account.
+
+    :returns: how many addresses were told.
+    """
+    row = decision.address
+    if row is None:
+        return 0
+    if not safe_addresses(guard, row.user_id, exclude_id=row.id):
+        return 0
+    if not RateLimiter(guard).hit(f"reset-notice:{row.user_id}", guard.settings.reset_notice_limit):
+        return 0
+    recipients = notify_user(
+        guard,
+        row.user_id,
+        "reset_refused",
+        exclude_id=row.id,
+        address=row.address,
+        why=_REFUSAL_TEXT.get(decision.reason, "its domain is not safe"),
+        app_name=current_app.name,
+    )
+    return len(recipients)
+
+
+# -- the request pipeline ------------------------------------------------------------------
+
+
+def client_allowed(guard: DomainGuard, client: str | None) -> bool:
+    """Count one reset request from ``client`` (an IP address); ``False`` once over the limit."""
+    return RateLimiter(guard).hit(
+        f"reset:client:{client or 'unknown'}", guard.settings.reset_limit_per_client
+    )
+
+
+def process_reset_request(
+    guard: DomainGuard,
+    address: str,
+    *,
+    on_allowed: Callable[[ResetDecision], Any] | None = None,
+) -> tuple[ResetDecision, Any]:
+    """Rate-limit per account, decide, journal, tell the owner of refusals, act when allowed.
+
+    :param on_allowed: what to do for an allowed request (the host's view); by default
+        :func:`send_reset_mail`.
+    :returns: the decision and what ``on_allowed`` returned.
+    """
+    address = address[:MAX_ADDRESS_LENGTH]
+    normalized, _ = _parse(address)
+    row = _lookup_row(guard, normalized)
+    # Unknown addresses are counted too (by a digest of the text): the same work, and a
+    # limit on guessing.
+    account = (
+        f"reset:account:{row.user_id}"
+        if row is not None
+        else "reset:address:" + hashlib.sha256(normalized.encode()).hexdigest()
+    )
+    if not RateLimiter(guard).hit(account, guard.settings.reset_limit_per_account):
+        user = guard.get_user(row.user_id) if row is not None else None
+        decision = ResetDecision(False, RATE_LIMITED, user, row)
+    else:
+        decision = reset_decision(guard, address)
+
+    result: Any = None
+    if decision.allowed:
+        if on_allowed is None:
+            send_reset_mail(guard, decision)
+        else:
+            with reset_mail_scope():
+                result = on_allowed(decision)
+            with transaction(guard.db, guard.models) as tx:
+                tx.record(
+                    EventKind.RESET_SENT,
+                    actor="requester",
+                    address=decision.address,
+                    signal=signals.reset_sent,
+                    via="host",
+                )
+        return decision, result
+
+    if decision.address is not None:
+        told = 0
+        if decision.reason.startswith(_NOTICE_REASONS):
+            try:
+                told = _notify_refused(guard, decision)
+            except Exception:
+                log.exception("could not send the refused-reset notice")
+        with transaction(guard.db, guard.models) as tx:
+            tx.record(
+                EventKind.RESET_REFUSED,
+                actor="requester",
+                address=decision.address,
+                signal=signals.reset_refused,
+                reason=decision.reason,
+                verdict=decision.verdict.kind.value if decision.verdict else None,
+                notice_recipients=told,
+            )
+    return decision, result
+
+
+def submit_reset_request(
+    guard: DomainGuard,
+    address: str,
+    *,
+    client: str | None,
+    on_allowed: Callable[[ResetDecision], Any] | None = None,
+) -> tuple[ResetDecision | None, Any]:
+    """Handle a reset request from a view: count the client, then process it now or later.
+
+    :returns: ``(decision, result)`` when processed in the request
+        (``DOMAINGUARD_RESET_PROCESSING = "inline"``, or a client over its limit), else
+        ``(None, None)``: the work was handed to the background pool.
+    """
+    if not client_allowed(guard, client):
+        return ResetDecision(False, RATE_LIMITED, None, None), None
+    if guard.settings.reset_processing == "inline":
+        return process_reset_request(guard, address, on_allowed=on_allowed)
+
+    def job() -> None:
+        process_reset_request(guard, address, on_allowed=on_allowed)
+
+    jobs_for().submit(job)
+    return None, None
+
+
+# -- the decorator for a host's own forgot-password view -----------------------------------
+
+
+def _check_csrf() -> None:
+    app = current_app
+    if "csrf" in app.extensions or not app.config.get("WTF_CSRF_ENABLED", True):
+        return  # CSRFProtect already checked it before the view, or the host turned CSRF off
+    from flask_wtf.csrf import CSRFError, validate_csrf
+    from wtforms import ValidationError
+
+    field = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    try:
+        validate_csrf(request.form.get(field))
+    except ValidationError as exc:
+        raise CSRFError(exc.args[0] if exc.args else "The CSRF token is invalid.") from None
+
+
+def _generic(template_or_response: str | Callable[[], ResponseReturnValue]) -> ResponseReturnValue:
+    if isinstance(template_or_response, str):
+        return render_template(template_or_response)
+    return template_or_response()
+
+
+def guarded_reset_request(
+    guard: DomainGuard,
+    *,
+    field: str = "email",
+    template_or_response: str | Callable[[], ResponseReturnValue],
+    csrf: bool = True,
+) -> Callable[[F], F]:
+    """Decorate a host's forgot-password view so it only runs for allowed requests.
+
+    GET (and other methods) reach the view unchanged. On POST the decorator reads
+    ``request.form[field]``, checks CSRF (Flask-WTF's token, unless ``CSRFProtect`` already
+    did or ``csrf=False``), rate-limits, decides with :func:`reset_decision`, and:
+
+    - allowed: calls the view, with the decision in ``flask.g.domainguard_reset``. The view
+      sends its own mail; inside it Flask-Mail delivers only to safe addresses.
+    - anything else: never calls the view; returns the generic answer instead.
+
+    With ``DOMAINGUARD_RESET_PROCESSING = "background"`` (default) the generic answer is
+    returned at once in every case and the view runs afterwards in a worker thread, in a copy
+    of the request's context; its return value is discarded. With ``"inline"`` an allowed
+    request returns the view's own response, which must then look exactly like the generic
+    one (it also takes longer: the mail is sent in the request).
+
+    :param field: the form field holding the address.
+    :param template_or_response: the generic answer: a template name rendered without
+        context, or a callable returning a response. Rendered fresh for each request.
+    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``).
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.method != "POST":
+                return view(*args, **kwargs)
+            if csrf:
+                _check_csrf()
+            raw = str(request.form.get(field, ""))[:MAX_ADDRESS_LENGTH]
+
+            def call_view(decision: ResetDecision) -> Any:
+                g.domainguard_reset = decision
+                return view(*args, **kwargs)
+
+            decision, result = submit_reset_request(
+                guard, raw, client=request.remote_addr, on_allowed=call_view
+            )
+            if decision is not None:
+                g.domainguard_reset = decision
+                if decision.allowed and result is not None:
+                    return result
+            return _generic(template_or_response)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

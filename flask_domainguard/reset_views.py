@@ -1,0 +1,93 @@
+"""The blueprint's reset pages (templates under ``templates/domainguard/reset/``).
+
+``/reset`` asks for an address and always answers with the same page; ``/reset/<token>``
+(GET shows the form, nothing is spent) sets a new password through ``guard.password_setter``
+and sends the user to log in: a reset never logs anyone in and never skips 2FA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField, SubmitField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from . import tokens
+from .reset import MAX_ADDRESS_LENGTH, complete_reset, read_reset_token, submit_reset_request
+from .views import bp
+
+
+class ResetRequestForm(FlaskForm):  # type: ignore[misc]
+    """Ask for a reset link."""
+
+    email = EmailField("Email address", validators=[DataRequired(), Length(max=MAX_ADDRESS_LENGTH)])
+    submit = SubmitField("Send me a reset link")
+
+
+class NewPasswordForm(FlaskForm):  # type: ignore[misc]
+    """Choose a new password."""
+
+    password = PasswordField("New password", validators=[DataRequired(), Length(min=8, max=1024)])
+    confirm = PasswordField(
+        "Repeat the new password",
+        validators=[DataRequired(), EqualTo("password", message="The passwords differ.")],
+    )
+    submit = SubmitField("Set the new password")
+
+
+def _guard() -> Any:
+    return current_app.extensions["domainguard"].guard
+
+
+def _private(page: str, status: int = 200) -> Response:
+    response = current_app.make_response((page, status))
+    # The token is in the URL: keep it out of caches and Referer headers.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+def reset_request() -> ResponseReturnValue:
+    """Ask for a reset link; every valid submission gets the same page."""
+    form = ResetRequestForm()
+    if request.method == "POST":
+        if form.validate_on_submit():
+            submit_reset_request(_guard(), form.email.data or "", client=request.remote_addr)
+            return render_template("domainguard/reset/sent.html")
+        return render_template("domainguard/reset/request.html", form=form), 400
+    return render_template("domainguard/reset/request.html", form=form)
+
+
+def _login_url() -> str | None:
+    manager = getattr(current_app, "login_manager", None)
+    view = getattr(manager, "login_view", None)
+    return url_for(view) if view else None
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> ResponseReturnValue:
+    """The link in the reset mail: choose a new password."""
+    guard = _guard()
+    try:
+        read_reset_token(guard, token)
+    except tokens.TokenError as exc:
+        page = render_template("domainguard/reset/invalid.html", message=str(exc))
+        return _private(page, 400)
+    form = NewPasswordForm()
+    if request.method == "POST" and form.validate_on_submit():
+        try:
+            complete_reset(guard, token, form.password.data or "")
+        except tokens.TokenError as exc:
+            page = render_template("domainguard/reset/invalid.html", message=str(exc))
+            return _private(page, 400)
+        except ValueError as exc:  # the host's setter refused this password
+            form.password.errors = [*form.password.errors, str(exc)]
+        else:
+            page = render_template("domainguard/reset/done.html", login_url=_login_url())
+            return _private(page)
+    status = 400 if request.method == "POST" else 200
+    return _private(render_template("domainguard/reset/password.html", form=form), status)

@@ -1,0 +1,498 @@
+"""Address verification: a mailed link, a confirmation step, a live domain check.
+
+The flow::
+
+    guard.send_verification(address)        # rate-limited; mails a link valid 24 h
+    GET  /domainguard/verify/<token>        # a page with a button (mail scanners stop here)
+    POST /domainguard/verify/<token>        # confirm_verification(): live check, then verified
+
+A verification token is bound to the address row's id, its normalised text and the moment
+it was last unverified, and is spent when used: a link mailed before the address lost its
+verified state cannot bring it back.
+
+Before an address is marked verified its domain is looked up live (PyPI learned that a stale
+status re-unverified users right after they re-verified). A new verification is refused when
+anyone else could register or restore the domain now (released, expired). An address that
+was unverified *because of its domain* is held to more: only its owner, logged in and with a
+fresh second factor when they have 2FA, may re-verify it, and only on a lookup that shows the
+domain safe (or, if the lookup fails, a stored verdict that is not unsafe).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app, has_request_context, url_for
+from flask_login import current_user
+
+from . import signals, tokens
+from .addresses import AddressError, UnknownAddress, find_address
+from .journal import EventKind, transaction
+from .livecheck import DomainCheck, check_domain
+from .mail import is_safe_recipient, send_mail
+from .models import UnverifyReason
+from .ratelimit import RateLimiter
+from .timeutil import utcnow
+from .verdict import UNSAFE_KINDS, VerdictKind
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+    from .models import EmailAddress
+
+log = logging.getLogger(__name__)
+
+#: Unverify reasons that put the domain, not the mailbox, in doubt.
+DOMAIN_REASONS = frozenset(
+    {
+        UnverifyReason.DOMAIN_RELEASED,
+        UnverifyReason.DOMAIN_EXPIRED,
+        UnverifyReason.DOMAIN_REREGISTERED,
+    }
+)
+
+#: Kinds that mean someone other than the owner can register or restore the name right now.
+_UP_FOR_GRABS = frozenset({VerdictKind.RELEASED, VerdictKind.EXPIRED})
+
+
+class VerificationError(AddressError):
+    """Verification cannot go ahead; the message is meant for the address's owner.
+
+    :param code: a short machine-readable reason (``"rate_limited"``, ``"domain_unsafe"``,
+        ``"login_required"``, ``"second_factor_required"``, ``"lookup_failed"``,
+        ``"already_verified"``).
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class VerificationRateLimited(VerificationError):
+    """Too many verification mails for this address lately."""
+
+
+class VerificationRefused(VerificationError):
+    """The domain is unsafe, or the owner must log in (with 2FA) to re-verify."""
+
+
+class Outcome(str, enum.Enum):
+    """What :func:`confirm_verification` did."""
+
+    VERIFIED = "verified"
+    REVERIFIED = "reverified"
+    ALREADY_VERIFIED = "already_verified"
+
+
+@dataclass(frozen=True)
+class AddressState:
+    """How an address stands, for a host's account page (see :func:`address_state`).
+
+    :param address: the normalised address.
+    :param primary: whether it is the user's primary address.
+    :param verified: whether it is verified now.
+    :param receives_resets: verified and on a domain not unsafe by the last check.
+    :param domain_verdict: the domain's stored verdict (``"ok"``, ``"expired"``, ...) or
+        ``None`` when never checked; trusted providers report ``"trusted"``.
+    :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
+    :param needs_login: re-verifying takes the owner logged in (a domain reason).
+    :param label: one sentence for the owner.
+    """
+
+    address: str
+    primary: bool
+    verified: bool
+    receives_resets: bool
+    domain_verdict: str | None
+    unverify_reason: str | None
+    needs_login: bool
+    label: str
+
+
+# -- the 2FA seam --------------------------------------------------------------------------
+
+
+def has_fresh_second_factor(guard: DomainGuard, user: Any) -> bool:
+    """Whether ``user`` passed the 2FA step recently, or has no second factor at all.
+
+    ``guard.has_fresh_second_factor(user)`` wins when a host or a later version defines it.
+    Otherwise the 2FA gate's session record decides (:func:`.twofactor_gate.freshness`,
+    within ``DOMAINGUARD_2FA_FRESH_WITHIN``), which only speaks for the logged-in user: for
+    anyone else, or outside a request, a user with 2FA counts as not fresh (fail closed).
+    """
+    checker = getattr(guard, "has_fresh_second_factor", None)
+    if callable(checker):
+        return bool(checker(user))
+    from . import twofactor, twofactor_gate
+
+    if not twofactor.twofactor_enabled(guard, user):
+        return True
+    if not has_request_context():
+        return False
+    me = current_user._get_current_object()
+    if not getattr(me, "is_authenticated", False):
+        return False
+    if guard.user_id_of(me) != guard.user_id_of(user):
+        return False
+    return twofactor_gate.freshness()[1]
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+def _binding_text(row: EmailAddress) -> str:
+    # created_at: a row removed and added again may get the same id back (SQLite reuses the
+    # highest rowid), but it is another row and the old link must not verify it.
+    unverified = row.unverified_at.isoformat() if row.unverified_at else ""
+    return f"{row.address}|{row.created_at.isoformat()}|{unverified}"
+
+
+def verification_token(row: EmailAddress) -> str:
+    """A verification token for ``row`` (needs an app context for ``SECRET_KEY``)."""
+    return tokens.issue(
+        tokens.VERIFY, {"a": row.id, "b": tokens.bind(tokens.VERIFY, _binding_text(row))}
+    )
+
+
+def read_verification_token(guard: DomainGuard, token: str) -> tuple[EmailAddress, tokens.Token]:
+    """The address a verification token names, if the token is still good.
+
+    :raises flask_domainguard.tokens.TokenError: tampered, expired, spent, or the address
+        was removed, changed or unverified again since the token was issued.
+    """
+    checked = tokens.read(tokens.VERIFY, token, lifetime=guard.settings.verify_within)
+    row_id = checked.claims.get("a")
+    row = guard.db.session.get(guard.models.EmailAddress, row_id) if type(row_id) is int else None
+    bound = row is not None and tokens.bound_to(
+        tokens.VERIFY, _binding_text(row), checked.claims.get("b")
+    )
+    if row is None or not bound or tokens.is_used(guard, checked):
+        raise tokens.TokenError("This link is invalid or was already used. Ask for a new one.")
+    return row, checked
+
+
+# -- sending -------------------------------------------------------------------------------
+
+
+def _row(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
+    if isinstance(address, str):
+        row = find_address(guard, address)
+        if row is None:
+            raise UnknownAddress(f"{address} is not a stored address.")
+        return row
+    return address
+
+
+def send_verification(
+    guard: DomainGuard,
+    address: EmailAddress | str,
+    *,
+    actor: str = "user",
+    rate_limit: bool = True,
+    check: DomainCheck | None = None,
+) -> EmailAddress:
+    """Mail a verification link to ``address`` and journal it.
+
+    A domain whose stored verdict is unsafe is looked up live first, so an owner who renewed
+    can verify again at once; while it stays unsafe nothing is mailed (the mailbox may be
+    someone else's now).
+
+    :raises UnknownAddress: no such stored address.
+    :raises VerificationError: already verified (``code="already_verified"``).
+    :raises VerificationRateLimited: more than ``DOMAINGUARD_VERIFY_RESEND_LIMIT`` mails.
+    :raises VerificationRefused: the domain is unsafe (``code="domain_unsafe"``).
+
+    :param rate_limit: count the mail against ``DOMAINGUARD_VERIFY_RESEND_LIMIT`` (an
+        operator's ``reverify --send`` does not).
+    :param check: a live check of the address's domain the caller just made (not repeated).
+    """
+    row = _row(guard, address)
+    if row.verified_at is not None:
+        raise VerificationError(f"{row.address} is already verified.", code="already_verified")
+    settings = guard.settings
+    if rate_limit and not RateLimiter(guard).hit(
+        f"verify-send:{row.id}", settings.verify_resend_limit
+    ):
+        raise VerificationRateLimited(
+            f"Too many verification mails for {row.address} lately; try again later.",
+            code="rate_limited",
+        )
+    if row.registrable not in settings.trusted_domains:
+        domain = guard.db.session.get(guard.models.Domain, row.registrable)
+        stored_unsafe = domain is not None and domain.verdict in {k.value for k in UNSAFE_KINDS}
+        if check is None and (stored_unsafe or row.unverify_reason in DOMAIN_REASONS):
+            check = check_domain(
+                guard, row.registrable, verified_at=None, force=True, actor="verification"
+            )
+        if check is not None:
+            refusal = _domain_refusal(guard, row, check)
+            if refusal is not None:
+                _journal_refusal(guard, row, refusal, actor=actor)
+                raise refusal
+    token = verification_token(row)
+    link = url_for("domainguard.verify_address", token=token, _external=True)
+    send_mail(
+        guard,
+        [row.address],
+        "verify_address",
+        address=row.address,
+        link=link,
+        valid_for=settings.verify_within,
+        reverify=row.unverified_at is not None,
+        app_name=current_app.name,
+    )
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.VERIFICATION_SENT,
+            actor=actor,
+            address=row,
+            signal=signals.verification_sent,
+        )
+    return row
+
+
+# -- confirming ----------------------------------------------------------------------------
+
+
+def needs_owner(row: EmailAddress) -> bool:
+    """Whether re-verifying ``row`` takes its owner, logged in: it was unverified for its domain."""
+    return row.unverify_reason in DOMAIN_REASONS
+
+
+def _domain_refusal(
+    guard: DomainGuard, row: EmailAddress, check: DomainCheck
+) -> VerificationRefused | None:
+    """Why ``check`` forbids verifying ``row`` now, or ``None`` when it allows it."""
+    name = check.domain
+    if check.trusted:
+        return None
+    strict = needs_owner(row)
+    if check.failed and guard.settings.reset_live_check == "required":
+        return VerificationRefused(
+            f"We could not check {name} just now. Please try again in a few minutes.",
+            code="lookup_failed",
+        )
+    verdict = check.verdict
+    # A new verification fears only a name anyone can take now; REREGISTERED relative to an
+    # old verification is moot for a new one. An address that lost its verification to its
+    # domain must show a domain that is not unsafe in any way.
+    unsafe = verdict.unsafe if strict else verdict.kind in _UP_FOR_GRABS
+    if unsafe:
+        return VerificationRefused(
+            f"{name} cannot be used for verification right now: {verdict.reason}",
+            code="domain_unsafe",
+        )
+    if strict and check.failed and verdict.kind is VerdictKind.UNKNOWN:
+        return VerificationRefused(
+            f"We could not confirm that {name} is safe again. Please try again later.",
+            code="lookup_failed",
+        )
+    return None
+
+
+def _journal_refusal(
+    guard: DomainGuard, row: EmailAddress, refusal: VerificationError, *, actor: str
+) -> None:
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.VERIFICATION_REFUSED,
+            actor=actor,
+            address=row,
+            signal=signals.verification_refused,
+            reason=refusal.code,
+        )
+
+
+def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) -> Outcome:
+    """Verify the address a token names (the POST of the confirmation page).
+
+    :param user: the logged-in user (``flask_login.current_user``), or ``None``.
+    :raises flask_domainguard.tokens.TokenError: a bad, expired or spent token.
+    :raises VerificationRefused: the domain is unsafe, or a domain-reason address is not
+        being re-verified by its owner with a fresh second factor.
+    """
+    row, checked = read_verification_token(guard, token)
+    if row.verified_at is not None:
+        return Outcome.ALREADY_VERIFIED
+    actor = "user"
+    if needs_owner(row):
+        owner = user is not None and bool(getattr(user, "is_authenticated", False))
+        owner = owner and guard.user_id_of(user) == row.user_id
+        refusal: VerificationRefused | None = None
+        if not owner:
+            refusal = VerificationRefused(
+                f"{row.address} lost its verification because of its domain. Log in to your "
+                "account, then open the link again to verify it.",
+                code="login_required",
+            )
+        elif not has_fresh_second_factor(guard, user):
+            refusal = VerificationRefused(
+                "Confirm your second factor again, then open the link once more.",
+                code="second_factor_required",
+            )
+        if refusal is not None:
+            _journal_refusal(guard, row, refusal, actor=actor)
+            raise refusal
+
+    check = check_domain(guard, row.registrable, verified_at=None, force=True, actor="verification")
+    domain_refusal = _domain_refusal(guard, row, check)
+    if domain_refusal is not None:
+        _journal_refusal(guard, row, domain_refusal, actor=actor)
+        raise domain_refusal
+
+    reverified = row.unverified_at is not None
+    with transaction(guard.db, guard.models) as tx:
+        guard.db.session.refresh(row)
+        if row.verified_at is not None:
+            return Outcome.ALREADY_VERIFIED
+        if not tokens.consume(guard, checked):
+            raise tokens.TokenError("This link was already used. Ask for a new one.")
+        previous_reason = row.unverify_reason
+        row.verified_at = utcnow()
+        row.unverify_reason = None
+        details: dict[str, Any] = {"domain_verdict": check.verdict.kind.value}
+        if reverified:
+            details["previous_reason"] = previous_reason.value if previous_reason else None
+        tx.record(
+            EventKind.ADDRESS_REVERIFIED if reverified else EventKind.ADDRESS_VERIFIED,
+            actor=actor,
+            address=row,
+            signal=signals.address_reverified if reverified else signals.address_verified,
+            **details,
+        )
+    return Outcome.REVERIFIED if reverified else Outcome.VERIFIED
+
+
+# -- state for account pages ---------------------------------------------------------------
+
+
+_REASON_TEXT = {
+    UnverifyReason.DOMAIN_RELEASED: "its domain was released and could be registered by anyone",
+    UnverifyReason.DOMAIN_EXPIRED: "its domain expired",
+    UnverifyReason.DOMAIN_REREGISTERED: "its domain was registered again after you verified it",
+    UnverifyReason.MANUAL: "an administrator unverified it",
+    UnverifyReason.BOUNCE: "mail to it bounced",
+}
+
+
+def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressState:
+    """How an address stands, in words and flags, for the owner's account page.
+
+    ::
+
+        {% for row in guard.addresses_of(current_user) %}
+          {% set state = guard.address_state(row) %}
+          <li>{{ state.address }}: {{ state.label }}</li>
+        {% endfor %}
+    """
+    row = _row(guard, address)
+    trusted = row.registrable in guard.settings.trusted_domains
+    domain = None if trusted else guard.db.session.get(guard.models.Domain, row.registrable)
+    verdict = "trusted" if trusted else (domain.verdict if domain is not None else None)
+    safe = is_safe_recipient(guard, row)
+    reason = row.unverify_reason
+    if row.verified_at is not None and safe:
+        label = "Verified: password resets can be sent here."
+    elif row.verified_at is not None:
+        label = (
+            f"Verified, but its domain {row.registrable} looks unsafe ({verdict}): password "
+            "resets are not sent here. Renew the domain or add another address."
+        )
+    elif reason is not None:
+        label = f"Unverified because {_REASON_TEXT.get(reason, reason.value)}."
+        if reason in DOMAIN_REASONS:
+            label += " Once the domain is yours again, verify it while logged in."
+        else:
+            label += " Verify it again to receive password resets."
+    else:
+        label = "Not verified yet: password resets are not sent here until you verify it."
+    return AddressState(
+        address=row.address,
+        primary=row.primary,
+        verified=row.verified_at is not None,
+        receives_resets=safe,
+        domain_verdict=verdict,
+        unverify_reason=reason.value if reason is not None else None,
+        needs_login=needs_owner(row),
+        label=label,
+    )
+
+
+# -- the operator's re-verification --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReverifyReport:
+    """What ``flask domainguard reverify`` found and did.
+
+    :param exit_code: 0 safe (and mailed, with ``send``); 3 unsafe; 4 the lookup failed.
+    """
+
+    address: str
+    domain: str
+    verified: bool
+    unverify_reason: str | None
+    verdict: str
+    reason: str
+    looked_up: bool
+    safe: bool
+    sent: bool
+    refusal: str | None
+    exit_code: int
+
+    def rows(self) -> list[tuple[str, Any]]:
+        """``name  value`` rows for :func:`flask_domainguard.cli.print_table`."""
+        return [
+            ("address", self.address),
+            ("domain", self.domain),
+            ("verified", "yes" if self.verified else f"no ({self.unverify_reason or 'never'})"),
+            ("verdict", self.verdict),
+            ("reason", self.reason),
+            ("looked up", "yes" if self.looked_up else "no (trusted provider)"),
+            ("safe to verify", "yes" if self.safe else f"no ({self.refusal})"),
+            ("link sent", "yes" if self.sent else "no"),
+        ]
+
+
+def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> ReverifyReport:
+    """Look an address's domain up live, judge it as a verification would, and optionally mail
+    a new verification link (not rate-limited: an operator asked).
+
+    :raises UnknownAddress: no such stored address.
+    """
+    row = _row(guard, address)
+    check = check_domain(guard, row.registrable, verified_at=None, force=True, actor=actor)
+    refusal = _domain_refusal(guard, row, check)
+    if refusal is None and check.failed and not check.trusted:
+        # An operator is told plainly that nothing was learnt, even where a user would be
+        # let through on the stored state.
+        refusal = VerificationRefused("the lookup failed", code="lookup_failed")
+    safe = refusal is None
+    sent = False
+    if send and row.verified_at is None:
+        if safe:
+            send_verification(guard, row, actor=actor, rate_limit=False, check=check)
+            sent = True
+        elif refusal is not None:
+            _journal_refusal(guard, row, refusal, actor=actor)
+    if safe:
+        code = 0
+    elif refusal is not None and refusal.code == "lookup_failed":
+        code = 4
+    else:
+        code = 3
+    return ReverifyReport(
+        address=row.address,
+        domain=row.registrable,
+        verified=row.verified_at is not None,
+        unverify_reason=row.unverify_reason.value if row.unverify_reason else None,
+        verdict=check.verdict.kind.value,
+        reason=check.verdict.reason,
+        looked_up=check.looked_up,
+        safe=safe,
+        sent=sent,
+        refusal=refusal.code if refusal is not None else None,
+        exit_code=code,
+    )

@@ -1,0 +1,159 @@
+"""Pages of the verification flow (templates under ``templates/domainguard/verify/``).
+
+``GET /verify/<token>`` shows a confirmation button and changes nothing, so mail scanners
+that fetch links verify nothing; only its ``POST`` verifies. ``/verify/`` lists the logged-in
+user's addresses with their state, and ``POST /verify/send`` mails a new link.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, SubmitField
+from wtforms.validators import DataRequired
+
+from . import tokens
+from .addresses import AddressError
+from .verification import (
+    VerificationError,
+    address_state,
+    confirm_verification,
+    needs_owner,
+    read_verification_token,
+    send_verification,
+)
+from .views import bp
+
+
+class ConfirmAddressForm(FlaskForm):  # type: ignore[misc]
+    """The confirmation button of a verification link."""
+
+    submit = SubmitField("Verify this address")
+
+
+class SendVerificationForm(FlaskForm):  # type: ignore[misc]
+    """A "send a new link" button for one of the user's addresses."""
+
+    address_id = HiddenField(validators=[DataRequired()])
+    next = HiddenField()
+    submit = SubmitField("Send a verification link")
+
+
+def _guard() -> Any:
+    return current_app.extensions["domainguard"].guard
+
+
+def _no_store(response: Response) -> Response:
+    # The token is in the URL: keep it out of caches and out of Referer headers.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def safe_next(target: str | None, fallback: str) -> str:
+    """``target`` when it is a path on this site, else ``fallback`` (no open redirects)."""
+    if not target or "\\" in target or any(ord(c) < 32 for c in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    return target
+
+
+def _logged_in_user() -> Any:
+    user = current_user._get_current_object() if current_user else None
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+def _unauthorized() -> ResponseReturnValue:
+    manager = getattr(current_app, "login_manager", None)
+    if manager is None:
+        abort(401)
+    result: ResponseReturnValue = manager.unauthorized()
+    return result
+
+
+@bp.route("/verify/<token>", methods=["GET", "POST"])
+def verify_address(token: str) -> ResponseReturnValue:
+    """Show the confirmation page (GET) or verify the address (POST)."""
+    guard = _guard()
+    try:
+        row, _ = read_verification_token(guard, token)
+    except tokens.TokenError as exc:
+        page = render_template("domainguard/verify/invalid.html", message=str(exc))
+        return _no_store(current_app.make_response((page, 400)))
+    form = ConfirmAddressForm()
+    if request.method == "POST" and form.validate_on_submit():
+        try:
+            outcome = confirm_verification(guard, token, user=_logged_in_user())
+        except tokens.TokenError as exc:
+            page = render_template("domainguard/verify/invalid.html", message=str(exc))
+            return _no_store(current_app.make_response((page, 400)))
+        except VerificationError as exc:
+            page = render_template(
+                "domainguard/verify/refused.html",
+                address=row.address,
+                message=str(exc),
+                code=exc.code,
+            )
+            return _no_store(current_app.make_response((page, 409)))
+        page = render_template(
+            "domainguard/verify/done.html", address=row.address, outcome=outcome.value
+        )
+        return _no_store(current_app.make_response(page))
+    status = 400 if request.method == "POST" else 200
+    page = render_template(
+        "domainguard/verify/confirm.html",
+        form=form,
+        address=row.address,
+        already=row.verified_at is not None,
+        needs_login=needs_owner(row) and _logged_in_user() is None,
+    )
+    return _no_store(current_app.make_response((page, status)))
+
+
+@bp.route("/verify/", methods=["GET"])
+def verify_status() -> ResponseReturnValue:
+    """The logged-in user's addresses, their state, and buttons to send new links."""
+    user = _logged_in_user()
+    if user is None:
+        return _unauthorized()
+    guard = _guard()
+    rows = guard.addresses_of(user)
+    entries = []
+    for row in rows:
+        form = SendVerificationForm(formdata=None, address_id=str(row.id), next=request.path)
+        entries.append((address_state(guard, row), form))
+    return render_template("domainguard/verify/status.html", entries=entries)
+
+
+@bp.route("/verify/send", methods=["POST"])
+def send_verification_link() -> ResponseReturnValue:
+    """Mail a new verification link for one of the logged-in user's addresses."""
+    user = _logged_in_user()
+    if user is None:
+        return _unauthorized()
+    guard = _guard()
+    form = SendVerificationForm()
+    back = safe_next(form.next.data, url_for("domainguard.verify_status"))
+    if not form.validate_on_submit():
+        flash("The form expired; please try again.", "error")
+        return redirect(back)
+    raw_id = form.address_id.data or ""
+    row = guard.db.session.get(guard.models.EmailAddress, int(raw_id)) if raw_id.isdigit() else None
+    # Someone else's address id gets the same answer as a missing one.
+    if row is None or row.user_id != guard.user_id_of(user):
+        flash("No such address on your account.", "error")
+        return redirect(back)
+    try:
+        send_verification(guard, row)
+    except (VerificationError, AddressError) as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"A verification link is on its way to {row.address}.", "success")
+    return redirect(back)
