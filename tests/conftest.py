@@ -204,3 +204,23 @@ def shared_reference() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"reference data not found at {SHARED} (it sits beside the checkout in CI)")
     return SHARED
+
+
+@pytest.fixture
+def fresh_request_globals(app: Flask) -> Iterator[None]:
+    """Give every test-client request an empty ``g``, as in production.
+
+    The ``app`` fixture keeps an app context open for the whole test and Flask reuses it for
+    requests, so ``g`` (Flask-Login's cached user, Flask-WTF's CSRF token) would otherwise
+    leak from one request, or one client, into the next.
+    """
+    from flask import g, request_started
+
+    def clear(sender: Flask, **extra: Any) -> None:
+        g.__dict__.clear()
+
+    request_started.connect(clear, app)
+    try:
+        yield
+    finally:
+        request_started.disconnect(clear, app)

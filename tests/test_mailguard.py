@@ -1,0 +1,102 @@
+"""The Flask-Mail safety net, against a real SMTP server: what each DOMAINGUARD_MAIL_GUARD mode
+lets through, inside and outside the reset scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_mail import Mail, Message
+
+from flask_domainguard.mailguard import in_reset_scope, install_mail_guard
+from flask_domainguard.timeutil import utcnow
+from tests.conftest import SMTPSink, use_smtp
+from tests.guard_helpers import add, set_domain
+
+SAFE = "main@safe-shop.com"
+GONE = "old@gone-shop.com"
+UNVERIFIED = "new@safe-shop.com"
+OUTSIDER = "someone@elsewhere.org"
+
+
+@pytest.fixture
+def smtp_app(
+    app_config: dict[str, Any], smtp_sink: SMTPSink, request: pytest.FixtureRequest
+) -> Iterator[Flask]:
+    use_smtp(app_config, smtp_sink)
+    app: Flask = request.getfixturevalue("app")
+    guard = request.getfixturevalue("guard")
+    user = request.getfixturevalue("make_user")()
+    add(guard, user, SAFE, primary=True)
+    add(guard, user, GONE)
+    add(guard, user, UNVERIFIED, verified=False)
+    set_domain(guard, "gone-shop.com", checked_at=utcnow() - timedelta(hours=1), verdict="expired")
+    yield app
+
+
+def send(app: Flask, **fields: Any) -> None:
+    app.extensions["mail"].send(Message("Hello", sender="news@host.test", body="hi", **fields))
+
+
+def test_all_mode_drops_unsafe_recipients_of_any_mail(smtp_app: Flask, smtp_sink: SMTPSink) -> None:
+    send(smtp_app, recipients=[SAFE, f"Old Address <{GONE}>", OUTSIDER, UNVERIFIED])
+    send(smtp_app, recipients=[("Old", GONE.upper())])  # nothing left: nothing sent
+    send(smtp_app, recipients=[SAFE], cc=[GONE], bcc=[GONE])
+    assert [sorted(rcpts) for _, rcpts in smtp_sink.envelopes] == [
+        sorted([SAFE, OUTSIDER, UNVERIFIED]),
+        [SAFE],
+    ]
+
+
+def test_reset_scope_lets_only_safe_verified_addresses_through(
+    smtp_app: Flask, guard: Any, smtp_sink: SMTPSink
+) -> None:
+    assert not in_reset_scope()
+    with guard.reset_mail_scope():
+        assert in_reset_scope()
+        send(smtp_app, recipients=[SAFE, GONE, OUTSIDER, UNVERIFIED, "not an address"])
+    assert not in_reset_scope()
+    assert smtp_sink.envelopes == [("news@host.test", [SAFE])]
+
+
+@pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="reset")
+def test_reset_mode_leaves_other_mail_alone(
+    smtp_app: Flask, guard: Any, smtp_sink: SMTPSink
+) -> None:
+    send(smtp_app, recipients=[GONE])
+    with guard.reset_mail_scope():
+        send(smtp_app, recipients=[GONE, SAFE])
+    assert smtp_sink.envelopes == [("news@host.test", [GONE]), ("news@host.test", [SAFE])]
+
+
+@pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="off")
+def test_off_mode_delivers_everything(smtp_app: Flask, guard: Any, smtp_sink: SMTPSink) -> None:
+    with guard.reset_mail_scope():
+        send(smtp_app, recipients=[GONE])
+    assert smtp_sink.recipients() == [GONE]
+
+
+def test_apps_without_domainguard_are_untouched(smtp_sink: SMTPSink) -> None:
+    install_mail_guard()
+    install_mail_guard()  # idempotent: one wrapper, not two
+    plain = Flask("plain")
+    use_smtp(plain.config, smtp_sink)
+    plain.config["MAIL_DEFAULT_SENDER"] = "x@plain.test"
+    mail = Mail(plain)
+    with plain.app_context():
+        mail.send(Message("Hi", recipients=[GONE], body="hi"))
+    assert smtp_sink.recipients() == [GONE]
+
+
+def test_the_wrapper_is_installed_once() -> None:
+    import flask_mail
+
+    install_mail_guard()
+    send_method = flask_mail.Connection.send
+    install_mail_guard()
+    assert flask_mail.Connection.send is send_method
+    assert getattr(send_method, "_domainguard", False)
+    assert not getattr(send_method.__wrapped__, "_domainguard", False)
