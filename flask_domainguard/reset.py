@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import current_app, g, render_template, request, url_for
+from flask import current_app, g, has_request_context, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from . import signals, tokens
@@ -259,6 +259,20 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
 # -- mailing -------------------------------------------------------------------------------
 
 
+def _warn_about_host_header() -> None:
+    app = current_app
+    if app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS"):
+        return
+    if not app.extensions.get("domainguard.host_warning"):
+        app.extensions["domainguard.host_warning"] = True
+        # The link's host comes from the request's Host header unless the app pins it: a
+        # forged header would otherwise mail the user a link to the attacker's site.
+        log.warning(
+            "reset links take their host from the request: set SERVER_NAME or TRUSTED_HOSTS "
+            "so a forged Host header cannot point them elsewhere"
+        )
+
+
 def send_reset_mail(
     guard: DomainGuard,
     target: ResetDecision | str,
@@ -270,7 +284,10 @@ def send_reset_mail(
 
     :param target: a decision from :func:`reset_decision`, or an address to decide on now.
     :param template: ``domainguard/mail/<template>.txt`` (and ``.html``); it gets ``link``,
-        ``address``, ``user``, ``valid_for`` and ``context``.
+        ``address``, ``user``, ``valid_for``, ``app_name`` and ``context``.
+
+    The link's host is the request's unless ``SERVER_NAME`` is set: set it, or
+    ``TRUSTED_HOSTS``, so a forged ``Host`` header cannot redirect the link.
     :returns: whether the mail was sent. Refusals are not errors: the caller answers the
         requester the same way either way.
     """
@@ -279,21 +296,16 @@ def send_reset_mail(
     # A decision is trusted only as far as the stored state agrees with it.
     if not decision.allowed or row is None or not is_safe_recipient(guard, row):
         return False
+    _warn_about_host_header()
     link = url_for(
         "domainguard.reset_password", token=reset_token(guard, decision.user, row), _external=True
     )
+    values: dict[str, Any] = {"app_name": current_app.name, **context}
+    values.update(
+        link=link, address=row.address, user=decision.user, valid_for=guard.settings.reset_within
+    )
     with reset_mail_scope():
-        send_mail(
-            guard,
-            [row.address],
-            template,
-            link=link,
-            address=row.address,
-            user=decision.user,
-            valid_for=guard.settings.reset_within,
-            app_name=current_app.name,
-            **context,
-        )
+        send_mail(guard, [row.address], template, **values)
     with transaction(guard.db, guard.models) as tx:
         tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
     return True
@@ -415,13 +427,13 @@ def submit_reset_request(
 ) -> tuple[ResetDecision | None, Any]:
     """Handle a reset request from a view: count the client, then process it now or later.
 
-    :returns: ``(decision, result)`` when processed in the request
-        (``DOMAINGUARD_RESET_PROCESSING = "inline"``, or a client over its limit), else
+    :returns: ``(decision, result)`` when processed now (``DOMAINGUARD_RESET_PROCESSING =
+        "inline"``, no request to copy, or a client over its limit), else
         ``(None, None)``: the work was handed to the background pool.
     """
     if not client_allowed(guard, client):
         return ResetDecision(False, RATE_LIMITED, None, None), None
-    if guard.settings.reset_processing == "inline":
+    if guard.settings.reset_processing == "inline" or not has_request_context():
         return process_reset_request(guard, address, on_allowed=on_allowed)
 
     def job() -> None:

@@ -129,7 +129,7 @@ def has_fresh_second_factor(guard: DomainGuard, user: Any) -> bool:
 
     if not twofactor.twofactor_enabled(guard, user):
         return True
-    if not has_request_context():
+    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
         return False
     me = current_user._get_current_object()
     if not getattr(me, "is_authenticated", False):

@@ -66,8 +66,10 @@ def safe_next(target: str | None, fallback: str) -> str:
 
 
 def _logged_in_user() -> Any:
-    user = current_user._get_current_object() if current_user else None
-    return user if user is not None and getattr(user, "is_authenticated", False) else None
+    if getattr(current_app, "login_manager", None) is None:
+        return None  # a host without Flask-Login has no logged-in users to offer
+    user = current_user._get_current_object()
+    return user if getattr(user, "is_authenticated", False) else None
 
 
 def _unauthorized() -> ResponseReturnValue:

@@ -7,6 +7,7 @@ The timing figures in the report come from ``test_timing_spread`` (``-s`` shows 
 
 from __future__ import annotations
 
+import random
 import re
 import statistics
 import threading
@@ -255,8 +256,13 @@ def measure(app: Flask, guard: Any, path: str, rounds: int) -> dict[str, list[fl
     for case in CASES:
         client = app.test_client()
         clients[case] = (client, csrf_of(client.get(path).data))
+    order = list(CASES)
+    shuffler = random.Random(5)
     for round_ in range(rounds + 3):
-        for case in CASES:  # interleaved, so drift hits every case alike
+        # Interleaved and shuffled, so drift, and whatever the previous request left behind
+        # (the SMTP sink runs in this process), hits every case alike.
+        shuffler.shuffle(order)
+        for case in order:
             client, token = clients[case]
             started = time.perf_counter()
             response = client.post(path, data={"csrf_token": token, "email": ADDRESSES[case]})

@@ -194,3 +194,34 @@ def test_send_reset_mail_refuses_unsafe_addresses(
         assert guard.send_reset_mail(TRUSTED)
     assert smtp_sink.recipients() == [TRUSTED]
     assert len(events(guard, EventKind.RESET_SENT)) == 1
+
+
+@pytest.mark.settings(DOMAINGUARD_RESET_PROCESSING="background")
+def test_request_reset_outside_a_request_is_processed_at_once(
+    smtp_app: Flask, guard: Any, user: Any, smtp_sink: SMTPSink
+) -> None:
+    decision = guard.request_reset(SAFE, client="203.0.113.9")
+    assert decision is not None and decision.allowed
+    assert smtp_sink.recipients() == [SAFE]
+    assert guard.request_reset(GONE).reason == "domain_released"
+
+
+def test_host_context_reaches_the_template_but_cannot_replace_the_link(
+    smtp_app: Flask, guard: Any, user: Any, smtp_sink: SMTPSink
+) -> None:
+    with smtp_app.test_request_context():
+        assert guard.send_reset_mail(SAFE, app_name="Shop", link="https://evil.example/")
+    text = body(smtp_sink.messages[0])
+    assert "Shop account" in text
+    assert "evil.example" not in text and "http://accounts.host.test/domainguard/reset/" in text
+
+
+@pytest.mark.settings(SERVER_NAME=None)
+def test_links_from_the_host_header_are_warned_about(
+    smtp_app: Flask, guard: Any, user: Any, smtp_sink: SMTPSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    with smtp_app.test_request_context(base_url="https://shop.test"):
+        assert guard.send_reset_mail(SAFE)
+        assert guard.send_reset_mail(SAFE)
+    assert caplog.text.count("set SERVER_NAME or TRUSTED_HOSTS") == 1
+    assert "https://shop.test/domainguard/reset/" in body(smtp_sink.messages[0])
