@@ -352,14 +352,18 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
         previous_reason = row.unverify_reason
         row.verified_at = utcnow()
         row.unverify_reason = None
-        details: dict[str, Any] = {"domain_verdict": check.verdict.kind.value}
+        details: dict[str, Any] = {
+            "domain_verdict": check.verdict.kind.value,
+            "reverified": reverified,
+        }
         if reverified:
             details["previous_reason"] = previous_reason.value if previous_reason else None
+        # One signal for both (docs/signals.md); the journal tells them apart by kind.
         tx.record(
             EventKind.ADDRESS_REVERIFIED if reverified else EventKind.ADDRESS_VERIFIED,
             actor=actor,
             address=row,
-            signal=signals.address_reverified if reverified else signals.address_verified,
+            signal=signals.address_verified,
             **details,
         )
     return Outcome.REVERIFIED if reverified else Outcome.VERIFIED

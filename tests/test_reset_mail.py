@@ -187,6 +187,8 @@ def test_host_view_mailing_a_stale_column_is_caught(
 def test_send_reset_mail_refuses_unsafe_addresses(
     smtp_app: Flask, guard: Any, user: Any, smtp_sink: SMTPSink
 ) -> None:
+    assert guard.safe_to_mail(SAFE.upper()) and guard.safe_to_mail(TRUSTED)
+    assert not any(guard.safe_to_mail(a) for a in (GONE, UNVERIFIED, DOMAIN_LOST, "x@y.org"))
     with smtp_app.test_request_context():
         assert not guard.send_reset_mail(GONE)
         assert not guard.send_reset_mail(UNVERIFIED)

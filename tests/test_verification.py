@@ -348,8 +348,15 @@ def test_domain_reason_needs_the_owner_logged_in(
 
     owner = app.test_client()
     login(owner, user)
-    response = confirm(owner, link)
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Flask, **info: Any) -> None:
+        seen.append(info)
+
+    with signals.address_verified.connected_to(receiver):
+        response = confirm(owner, link)
     assert response.status_code == 200 and b"verified again" in response.data
+    assert [(i["address"], i["reverified"]) for i in seen] == [("me@example-shop.com", True)]
     guard.db.session.refresh(row)
     assert row.verified_at is not None and row.unverify_reason is None
     [event] = events(guard, EventKind.ADDRESS_REVERIFIED)
