@@ -254,7 +254,7 @@ def _gate() -> BaseResponse | None:
             "second_factor_required",
             "Enter the code from your authenticator app to finish signing in.",
         )
-    if state["mode"] == NONE:
+    if state["mode"] == NONE and guard.settings.twofactor_required_since is not None:
         need = twofactor.requirement(guard, current_user._get_current_object())
         if need.must_enrol_now:
             return _challenge(
