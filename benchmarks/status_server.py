@@ -6,13 +6,15 @@ a hash of the domain name (so every run and every process agrees on each domain'
 
     python benchmarks/status_server.py --port 0 --latency 0.02
 
-It prints ``LISTENING <port>`` on stdout once ready. ``GET /stats`` returns the request count.
+It prints ``LISTENING <port>`` on stdout once ready. ``GET /stats`` returns how many lookups
+it answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import sys
@@ -91,12 +93,12 @@ class Server:
                 request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
                 parts = request_line.split(" ")
                 target = parts[1] if len(parts) >= 2 else "/"
-                self.requests += 1
                 status, body = await self.respond(target)
                 reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "X")
                 writer.write(
                     f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
                 )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -108,6 +110,7 @@ class Server:
         url = urlsplit(target)
         if url.path == "/stats":
             return 200, json.dumps({"requests": self.requests}).encode()
+        self.requests += 1
         if self.latency:
             await asyncio.sleep(self.latency)
         if url.path.startswith("/domain/"):
@@ -133,10 +136,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per answer")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.port, args.latency))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ class Lookups:
         self._bucket = TokenBucket(limits.rate) if limits.rate > 0 else None
         #: Attempts made, for reports and tests.
         self.attempts = 0
+        #: Domains submitted to :meth:`observe_many` whose lookups have not finished.
+        self.pending = 0
 
     async def __aenter__(self) -> Lookups:
         self._slots = asyncio.Semaphore(self.limits.concurrency)
@@ -243,7 +245,15 @@ class Lookups:
     async def observe_many(self, domains: Iterable[str]) -> dict[str, Observation]:
         """Look every domain up at once (within the limits); results by domain."""
         names = list(dict.fromkeys(domains))
-        results = await asyncio.gather(*(self.observe(name) for name in names))
+        self.pending += len(names)
+
+        async def one(name: str) -> Observation:
+            try:
+                return await self.observe(name)
+            finally:
+                self.pending -= 1
+
+        results = await asyncio.gather(*(one(name) for name in names))
         return dict(zip(names, results, strict=True))
 
 
@@ -289,6 +299,11 @@ class LookupThread:
         if self._error is not None:
             raise RuntimeError(f"could not start the lookups: {self._error}") from self._error
         return self
+
+    @property
+    def pending(self) -> int:
+        """Domains submitted whose lookups have not finished (read from any thread)."""
+        return self._lookups.pending if self._lookups is not None else 0
 
     @property
     def attempts(self) -> int:

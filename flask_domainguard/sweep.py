@@ -28,13 +28,13 @@ starts over. A failed lookup changes nothing but the schedule (backoff, capped a
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import random
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -69,6 +69,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Batches whose lookups may be unfinished at once (each holds its domains' leases).
+MAX_BATCHES_IN_FLIGHT = 16
 
 #: Lapsing, expiring and in-grace domains (and confirmed unsafe ones) are checked daily.
 LAPSING_RECHECK = timedelta(days=1)
@@ -152,7 +155,7 @@ class SweepReport:
     lost_leases: int = 0
     leased_elsewhere: int = 0
     not_found: list[str] = field(default_factory=list)
-    lookups: int = 0
+    attempts: int = 0
     seconds: float = 0.0
 
     def count_verdict(self, kind: VerdictKind | str) -> None:
@@ -443,7 +446,7 @@ class Sweep:
     def close(self) -> None:
         """Stop the lookup thread and its HTTP client."""
         if self._thread is not None:
-            self.report.lookups = self._thread.attempts
+            self.report.attempts = self._thread.attempts
             self._thread.close()
             self._thread = None
 
@@ -927,7 +930,11 @@ class Sweep:
     ) -> SweepReport:
         """Claim, look up and apply batch after batch until nothing is due, then finish.
 
-        Two batches are in flight at once so the lookups never wait for the database.
+        Batches are applied as their lookups complete, in any order, and new batches are
+        claimed while fewer than two batches' worth of lookups are unfinished: a batch
+        waiting for a few retries (with backoff, or a server's Retry-After) does not hold
+        up the others.
+
         :param limit: check at most this many domains.
         :param names: check these registrable domains (due or not) instead of the due ones.
         """
@@ -940,11 +947,15 @@ class Sweep:
         batch_size = self.settings.sweep_batch_size
         remaining = limit
         pending_names = list(names) if names is not None else None
-        in_flight: deque[tuple[list[Claim], Any]] = deque()
+        in_flight: dict[Any, list[Claim]] = {}
         exhausted = False
         try:
             while True:
-                while len(in_flight) < 2 and not exhausted:
+                while (
+                    not exhausted
+                    and len(in_flight) < MAX_BATCHES_IN_FLIGHT
+                    and (len(in_flight) < 2 or self._lookups().pending < 2 * batch_size)
+                ):
                     size = batch_size if remaining is None else min(batch_size, remaining)
                     if size <= 0:
                         exhausted = True
@@ -959,18 +970,23 @@ class Sweep:
                     if claims:
                         if remaining is not None:
                             remaining -= len(claims)
-                        in_flight.append((claims, self.submit_lookups(c.name for c in claims)))
+                        in_flight[self.submit_lookups(c.name for c in claims)] = claims
                 if not in_flight:
                     break
-                claims, future = in_flight.popleft()
-                self.apply_results(claims, future.result())
-                if on_progress is not None:
-                    on_progress(len(claims))
+                # A short wait, so that claiming resumes as soon as lookups free up.
+                done, _ = concurrent.futures.wait(
+                    list(in_flight), timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    claims = in_flight.pop(future)
+                    self.apply_results(claims, future.result())
+                    if on_progress is not None:
+                        on_progress(len(claims))
         except BaseException:
             # Leases of unfinished batches would expire anyway; giving them back now lets
             # the next run start at once.
             self.close()
-            self.release(c.name for claims, _ in in_flight for c in claims)
+            self.release(c.name for claims in in_flight.values() for c in claims)
             raise
         self.close()
         if names is None and report.checked == 0:
