@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_mail import Message
 from flask_wtf import FlaskForm
@@ -15,6 +25,8 @@ from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from flask_domainguard import AddressTaken, InvalidAddress
+from flask_domainguard.report import build_report
+from flask_domainguard.verification import VerificationError
 
 from . import guard
 from .models import User, db
@@ -69,9 +81,9 @@ def register() -> Any:
             user.set_password(form.password.data)
             db.session.add(user)
             db.session.commit()
-            try:  # DomainGuard: track the address
-                guard.add_address(user, email, primary=True)
-            except (InvalidAddress, AddressTaken) as exc:
+            try:  # DomainGuard: track the address and mail its verification link
+                guard.send_verification(guard.add_address(user, email, primary=True))
+            except (InvalidAddress, AddressTaken, VerificationError) as exc:
                 flash(str(exc), "error")
             login_user(user)
             flash("Welcome! Check your mail to verify your address.", "info")
@@ -99,29 +111,26 @@ def logout() -> Response:
 
 
 @bp.route("/forgot", methods=["GET", "POST"])
+@guard.guarded_reset_request(field="email", template_or_response="forgot_done.html")  # DomainGuard
 def forgot() -> Any:
+    # DomainGuard: a POST reaches this view only when a reset is allowed, and the requester
+    # already got forgot_done.html; the decision names the user and the safe address.
     form = ForgotForm()
-    if form.validate_on_submit():
-        email = form.email.data.strip().lower()
-        user = db.session.query(User).filter_by(email=email).first()
-        if user is not None:
-            token = _serializer().dumps([user.id, user.password_hash[-16:]])
-            link = url_for("auth.reset", token=token, _external=True)
-            current_app.extensions["mail"].send(
-                Message(
-                    subject="Reset your Example App password",
-                    recipients=[email],
-                    body=f"Someone asked to reset your password. If it was you, open:\n\n{link}"
-                    "\n\nThe link works for one hour. If it was not you, ignore this mail.",
-                )
+    if request.method == "POST":
+        decision = g.domainguard_reset  # DomainGuard
+        user = decision.user
+        token = _serializer().dumps([user.id, user.password_hash[-16:]])
+        link = url_for("auth.reset", token=token, _external=True)
+        current_app.extensions["mail"].send(
+            Message(
+                subject="Reset your Example App password",
+                recipients=[decision.address.address],  # DomainGuard: the verified address
+                body=f"Someone asked to reset your password. If it was you, open:\n\n{link}"
+                "\n\nThe link works for one hour. If it was not you, ignore this mail.",
             )
-        return _forgot_done()
+        )
+        return render_template("forgot_done.html")
     return render_template("forgot.html", form=form)
-
-
-def _forgot_done() -> str:
-    # The same answer whatever happened: never tell who has an account.
-    return render_template("forgot_done.html")
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
@@ -145,7 +154,49 @@ def reset(token: str) -> Any:
     return render_template("reset.html", form=form)
 
 
+class AddAddressForm(FlaskForm):
+    email = EmailField("Another email address", validators=[DataRequired()])
+
+
 @bp.route("/account")
 @login_required
 def account() -> str:
-    return render_template("account.html", addresses=guard.addresses_of(current_user))
+    rows = guard.addresses_of(current_user)
+    states = [guard.address_state(row) for row in rows]  # DomainGuard
+    domains = {
+        row.registrable: db.session.get(guard.models.Domain, row.registrable) for row in rows
+    }
+    return render_template(
+        "account.html",
+        addresses=[(r, s, domains[r.registrable]) for r, s in zip(rows, states, strict=True)],
+        only_custom=_only_custom(states),
+        twofactor=guard.twofactor_enabled(current_user),
+        form=AddAddressForm(),
+    )
+
+
+def _only_custom(states: list[Any]) -> bool:
+    verified = [s for s in states if s.verified]
+    return bool(verified) and all(s.domain_verdict != "trusted" for s in verified)
+
+
+@bp.route("/account/addresses", methods=["POST"])
+@login_required
+@guard.require_fresh_2fa  # DomainGuard: changing addresses takes a fresh second factor
+def add_address() -> Response:
+    form = AddAddressForm()
+    if form.validate_on_submit():
+        try:
+            guard.send_verification(guard.add_address(current_user, form.email.data))
+            flash("Address added: open the link we mailed to it to verify it.", "info")
+        except (InvalidAddress, AddressTaken, VerificationError) as exc:
+            flash(str(exc), "error")
+    return redirect(url_for("auth.account"))
+
+
+@bp.route("/admin")
+@login_required
+def admin() -> str:
+    if not current_user.is_admin:
+        abort(403)
+    return render_template("admin.html", report=build_report(guard))

@@ -1,14 +1,15 @@
-"""The example app starts, seeds its demo users and serves its pages."""
+"""The example app starts, seeds its demo users, sweeps, and serves its pages."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from example_app import create_app
-from example_app.demo import DEMO_USERS
+from example_app.demo import DEMO_PASSWORD, DEMO_USERS
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def demo_app(tmp_path: Path) -> Any:
         {
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite'}",
             "DOMAINGUARD_STATIC_STATUS_FILE": str(tmp_path / "demo-status.json"),
+            "DOMAINGUARD_CONFIRM_AFTER": 0,
             "WTF_CSRF_ENABLED": False,
         }
     )
@@ -41,13 +43,42 @@ def test_seed_creates_every_demo_user_once(demo_app: Any) -> None:
             assert row is not None and row.verified and row.primary
 
 
-def test_pages_render_and_login_works(demo_app: Any) -> None:
+def test_demo_sweeps_cover_every_verdict(demo_app: Any) -> None:
+    runner = demo_app.test_cli_runner()
+    runner.invoke(args=["seed"])
+    first = json.loads(runner.invoke(args=["domainguard", "sweep", "--json"]).output)
+    assert set(first["verdicts"]) == {
+        "ok",
+        "expiring_soon",
+        "in_grace",
+        "expired",
+        "released",
+        "reregistered",
+        "unknown",
+    }
+    assert first["skipped_trusted"] == 1 and first["unverified"] == 0
+    second = json.loads(runner.invoke(args=["domainguard", "sweep", "--json"]).output)
+    assert second["unverified"] == 3
+    with demo_app.app_context():
+        guard = demo_app.extensions["domainguard"].guard
+        unverified = {a for a, _ in DEMO_USERS.values() if not guard.find_address(a).verified}
+    assert unverified == {
+        "dave@long-gone.example",
+        "erin@released.example",
+        "frank@resurrected.example",
+    }
+
+
+def test_pages_render_and_login_leads_to_2fa_enrolment(demo_app: Any) -> None:
     demo_app.test_cli_runner().invoke(args=["seed"])
     client = demo_app.test_client()
     for path in ("/", "/login", "/register", "/forgot", "/mailbox"):
         assert client.get(path).status_code == 200, path
     assert client.get("/account").status_code == 302
     response = client.post(
-        "/login", data={"email": "alice@healthy-corp.example", "password": "demo-password-1"}
+        "/login", data={"email": "alice@healthy-corp.example", "password": DEMO_PASSWORD}
     )
     assert response.status_code == 302
+    # 2FA is required of active users: every page now leads to enrolment.
+    account = client.get("/account")
+    assert account.status_code == 302 and "/2fa/enroll" in account.headers["Location"]
