@@ -103,10 +103,9 @@ class DomainGuard:
 
         app.cli.add_command(domainguard_cli)
 
-        if settings.register_blueprint:
-            from .views import register_views
+        from .views import register_views
 
-            register_views(app, settings)
+        register_views(app, settings)
 
         from . import twofactor_gate
 

@@ -143,3 +143,28 @@ def test_host_user_table_is_unchanged(app: Flask) -> None:
     tables = set(hostapp.db.metadata.tables)
     ours = {t for t in tables if t.startswith("domainguard_")}
     assert ours and tables - ours == {"users"}
+
+
+@pytest.mark.settings(DOMAINGUARD_REGISTER_BLUEPRINT=False)
+def test_without_pages_mail_templates_still_render(app: Flask, outbox: list[Any]) -> None:
+    from flask_domainguard.mail import send_mail
+
+    assert not any(rule.endpoint.startswith("domainguard.") for rule in app.url_map.iter_rules())
+    with app.test_request_context():
+        send_mail(
+            hostapp.guard,
+            ["owner@example.com"],
+            "domain_expiring",
+            **_expiry_context(),
+        )
+    assert len(outbox) == 1 and outbox[0].recipients == ["owner@example.com"]
+
+
+def _expiry_context() -> dict[str, Any]:
+    return {
+        "stage": "expiring_soon",
+        "domain": "example.com",
+        "addresses": ["owner@example.com"],
+        "reason": "example.com expires on 2030-01-01.",
+        "app_name": "hostapp",
+    }
