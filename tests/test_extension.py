@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -163,6 +163,7 @@ def test_without_pages_mail_templates_still_render(app: Flask, outbox: list[Any]
 def _expiry_context() -> dict[str, Any]:
     return {
         "stage": "expiring_soon",
+        "until": datetime(2030, 1, 1, tzinfo=timezone.utc),
         "domain": "example.com",
         "addresses": ["owner@example.com"],
         "reason": "example.com expires on 2030-01-01.",
