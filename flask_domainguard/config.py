@@ -455,16 +455,22 @@ OPTIONS: dict[str, Option] = {
         "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
     ),
     "DOMAINGUARD_RESET_NOTICE_LIMIT": _opt(
-        "reset_notice_limit", "1 per day", _rate,
+        "reset_notice_limit",
+        "1 per day",
+        _rate,
         "Notices per account that a reset was refused for one of its addresses.",
     ),
     "DOMAINGUARD_RESET_PROCESSING": _opt(
-        "reset_processing", "background", _choice("background", "inline"),
+        "reset_processing",
+        "background",
+        _choice("background", "inline"),
         "Where reset requests are decided and mailed: 'background' (a worker thread, so every "
         "answer takes the same time) or 'inline' (in the request).",
     ),
     "DOMAINGUARD_MAIL_GUARD": _opt(
-        "mail_guard", "all", _choice("all", "reset", "off"),
+        "mail_guard",
+        "all",
+        _choice("all", "reset", "off"),
         "Flask-Mail safety net: 'all' drops any mail to addresses on unsafe domains and reset "
         "mail to unsafe addresses, 'reset' only the latter, 'off' nothing.",
     ),
@@ -515,16 +521,24 @@ OPTIONS: dict[str, Option] = {
         "recovery_codes", 10, _positive_int, "Recovery codes issued at enrolment."
     ),
     "DOMAINGUARD_2FA_ALLOWED_ENDPOINTS": _opt(
-        "twofactor_allowed_endpoints", ("logout",), _endpoint_list,
-        "Endpoints a session waiting for its second factor may reach ('logout' also matches 'auth.logout').",
+        "twofactor_allowed_endpoints",
+        ("logout",),
+        _endpoint_list,
+        "Endpoints a session waiting for its second factor may reach "
+        "('logout' also matches 'auth.logout').",
     ),
     "DOMAINGUARD_2FA_FRESH_WITHIN": _opt(
-        "twofactor_fresh_within", timedelta(minutes=10), _duration,
+        "twofactor_fresh_within",
+        timedelta(minutes=10),
+        _duration,
         "How recent password + 2FA must be for security changes (require_fresh_2fa).",
     ),
     "DOMAINGUARD_PASSWORD_HASH_ATTR": _opt(
-        "password_hash_attr", "password_hash", _attr_or_callable,
-        "User attribute (or callable(user) -> str) holding the password hash; binds trusted devices.",
+        "password_hash_attr",
+        "password_hash",
+        _attr_or_callable,
+        "User attribute (or callable(user) -> str) holding the password hash; "
+        "binds trusted devices.",
     ),
 }
 
