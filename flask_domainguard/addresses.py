@@ -162,7 +162,11 @@ def _clear_primary(guard: DomainGuard, user_id: Any) -> None:
     )
 
 
-def _row(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
+def resolve_address(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
+    """The stored row for ``address`` (a row passes through).
+
+    :raises UnknownAddress: when no such address is stored.
+    """
     if isinstance(address, str):
         row = find_address(guard, address)
         if row is None:
@@ -179,7 +183,7 @@ def set_primary(
     :raises AddressError: when the address is not verified.
     """
     with transaction(guard.db, guard.models) as tx:
-        row = _row(guard, address)
+        row = resolve_address(guard, address)
         if row.primary:
             return row
         if not row.verified:
@@ -200,7 +204,7 @@ def remove_address(guard: DomainGuard, address: EmailAddress | str, *, actor: st
     models = guard.models
     db = guard.db
     with transaction(db, models) as tx:
-        row = _row(guard, address)
+        row = resolve_address(guard, address)
         others = [a for a in addresses_of(guard, row.user_id) if a.id != row.id]
         other_verified = [a for a in others if a.verified]
         if row.verified and not other_verified:

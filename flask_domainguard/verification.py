@@ -29,7 +29,7 @@ from flask import current_app, has_request_context, url_for
 from flask_login import current_user
 
 from . import signals, tokens
-from .addresses import AddressError, UnknownAddress, find_address
+from .addresses import AddressError, resolve_address
 from .journal import EventKind, transaction
 from .livecheck import DomainCheck, check_domain
 from .mail import is_safe_recipient, send_mail
@@ -176,15 +176,6 @@ def read_verification_token(guard: DomainGuard, token: str) -> tuple[EmailAddres
 # -- sending -------------------------------------------------------------------------------
 
 
-def _row(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
-    if isinstance(address, str):
-        row = find_address(guard, address)
-        if row is None:
-            raise UnknownAddress(f"{address} is not a stored address.")
-        return row
-    return address
-
-
 def send_verification(
     guard: DomainGuard,
     address: EmailAddress | str,
@@ -208,7 +199,7 @@ def send_verification(
         operator's ``reverify --send`` does not).
     :param check: a live check of the address's domain the caller just made (not repeated).
     """
-    row = _row(guard, address)
+    row = resolve_address(guard, address)
     if row.verified_at is not None:
         raise VerificationError(f"{row.address} is already verified.", code="already_verified")
     settings = guard.settings
@@ -391,7 +382,7 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
           <li>{{ state.address }}: {{ state.label }}</li>
         {% endfor %}
     """
-    row = _row(guard, address)
+    row = resolve_address(guard, address)
     trusted = row.registrable in guard.settings.trusted_domains
     domain = None if trusted else guard.db.session.get(guard.models.Domain, row.registrable)
     verdict = "trusted" if trusted else (domain.verdict if domain is not None else None)
@@ -466,7 +457,7 @@ def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> Rev
 
     :raises UnknownAddress: no such stored address.
     """
-    row = _row(guard, address)
+    row = resolve_address(guard, address)
     check = check_domain(guard, row.registrable, verified_at=None, force=True, actor=actor)
     refusal = _domain_refusal(guard, row, check)
     if refusal is None and check.failed and not check.trusted:
