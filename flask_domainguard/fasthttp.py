@@ -89,13 +89,22 @@ class _Body(httpx.AsyncByteStream):
             while True:
                 line = await reader.readuntil(b"\r\n")
                 size = int(line.split(b";", 1)[0].strip(), 16)
+                if size < 0:
+                    raise ValueError("negative chunk size")
                 if size == 0:
                     while (await reader.readuntil(b"\r\n")) != b"\r\n":
                         pass  # trailers
                     return
-                data = await reader.readexactly(size)
-                await reader.readexactly(2)
-                yield data
+                # Read a chunk in bounded pieces: a hostile server can announce a chunk of
+                # gigabytes, and the caller's byte cap only sees what is yielded.
+                while size > 0:
+                    data = await reader.read(min(size, _CHUNK))
+                    if not data:
+                        raise httpx.RemoteProtocolError("connection closed inside a chunk")
+                    size -= len(data)
+                    yield data
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
         elif self._length is not None:
             remaining = self._length
             while remaining:

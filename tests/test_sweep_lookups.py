@@ -229,3 +229,42 @@ def test_connection_errors_are_httpx_errors() -> None:
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(go())
+
+
+def test_a_huge_announced_chunk_is_read_in_bounded_pieces() -> None:
+    """A hostile server announces a 4 GiB chunk and streams it: the byte cap stops it early."""
+    from flask_domainguard.status.http import fetch_json
+
+    sent = 0
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n"
+        )
+        try:
+            for _ in range(4096):  # up to 256 MiB, far past the cap
+                writer.write(b"x" * 65536)
+                await writer.drain()
+                sent += 65536
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> Any:
+        server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with httpx.AsyncClient(transport=FastTransport(2)) as client:
+                return await fetch_json(
+                    client, f"http://127.0.0.1:{port}/", headers={}, max_bytes=1 << 20, timeout=10
+                )
+        finally:
+            server.close()
+
+    result = asyncio.run(go())
+    assert not result.is_json and result.error and "large" in result.error, result
+    assert sent < 64 << 20, "the client stopped reading soon after the cap"
