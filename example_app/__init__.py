@@ -36,6 +36,8 @@ def load_user(user_id: str) -> User | None:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The application factory."""
     app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
+    # DomainGuard's mails name the site by app.name (default: the import name, example_app).
+    app.name = "Example App"
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config.update(
         # A demo key, kept in the instance folder; a real deployment sets SECRET_KEY itself.
@@ -47,6 +49,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         DOMAINGUARD_STATUS_BACKEND="static",  # DomainGuard: offline demo status source
         DOMAINGUARD_STATIC_STATUS_FILE=str(Path(app.instance_path) / "demo-status.json"),
         DOMAINGUARD_TOTP_ISSUER="Example App",  # DomainGuard
+        # Demo only: the mailbox page stands in for the user's own mail client, so a session
+        # still waiting for its second factor (or for enrolment) may read it.
+        DOMAINGUARD_2FA_ALLOWED_ENDPOINTS=("logout", "demo.mailbox"),
     )
     app.config.from_prefixed_env("EXAMPLE")
     if config:

@@ -34,6 +34,9 @@ DEMO_USERS: dict[str, tuple[str, str]] = {
     "heidi": ("heidi@gmail.com", "trusted provider: never looked up"),
 }
 
+#: user name -> a second verified address: where notices about the unsafe one go.
+DEMO_OTHER_ADDRESSES: dict[str, str] = {"frank": "frank@outlook.com"}
+
 
 def demo_statuses(now: datetime) -> dict[str, Any]:
     """The static status file's content, with dates relative to ``now``."""
@@ -125,8 +128,11 @@ def seed_command(fresh: bool) -> None:
         user.set_password(DEMO_PASSWORD)
         db.session.add(user)
         db.session.commit()
-        row = guard.add_address(user, address, primary=True, verified=True)
-        row.verified_at = verified_long_ago  # they proved their addresses a year ago
+        rows = [guard.add_address(user, address, primary=True, verified=True)]
+        if name in DEMO_OTHER_ADDRESSES:
+            rows.append(guard.add_address(user, DEMO_OTHER_ADDRESSES[name], verified=True))
+        for row in rows:
+            row.verified_at = verified_long_ago  # they proved their addresses a year ago
         db.session.commit()
         created += 1
     click.echo(f"Seeded {created} demo user(s); password for all: {DEMO_PASSWORD}")
@@ -138,4 +144,5 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(seed_command)
     email_dispatched.connect(_keep_mail)
     app.jinja_env.globals["demo_users"] = DEMO_USERS
+    app.jinja_env.globals["demo_other_addresses"] = DEMO_OTHER_ADDRESSES
     app.jinja_env.globals["demo_password"] = DEMO_PASSWORD

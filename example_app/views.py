@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,9 +23,10 @@ from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, Email, EqualTo, Length
+from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
 from flask_domainguard import AddressTaken, InvalidAddress
+from flask_domainguard.emails import parse_address
 from flask_domainguard.report import build_report
 from flask_domainguard.verification import VerificationError
 
@@ -34,9 +36,18 @@ from .models import User, db
 bp = Blueprint("auth", __name__)
 
 
+def _valid_address(form: FlaskForm, field: Any) -> None:
+    # DomainGuard's parser: the same rules as the addresses it stores, with messages a
+    # person can act on (and no dependency on the email_validator package).
+    try:
+        parse_address(field.data or "")
+    except InvalidAddress as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class RegisterForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=80)])
-    email = EmailField("Email address", validators=[DataRequired(), Email()])
+    email = EmailField("Email address", validators=[DataRequired(), _valid_address])
     password = PasswordField("Password", validators=[DataRequired(), Length(min=10)])
 
 
@@ -76,7 +87,8 @@ def register() -> Any:
     form = RegisterForm()
     if form.validate_on_submit():
         email = form.email.data.strip().lower()
-        if db.session.query(User).filter_by(email=email).first() is None:
+        taken = guard.find_address(email) is not None  # DomainGuard: any user's address
+        if not taken and db.session.query(User).filter_by(email=email).first() is None:
             user = User(email=email, name=form.name.data)
             user.set_password(form.password.data)
             db.session.add(user)
@@ -155,13 +167,13 @@ def reset(token: str) -> Any:
 
 
 class AddAddressForm(FlaskForm):
-    email = EmailField("Another email address", validators=[DataRequired()])
+    email = EmailField("Email address", validators=[DataRequired(), Length(max=254)])
 
 
 @bp.route("/account")
 @login_required
 def account() -> str:
-    rows = guard.addresses_of(current_user)
+    rows = guard.addresses_of(current_user)  # DomainGuard: the user's addresses and their state
     states = [guard.address_state(row) for row in rows]  # DomainGuard
     domains = {
         row.registrable: db.session.get(guard.models.Domain, row.registrable) for row in rows
@@ -170,28 +182,31 @@ def account() -> str:
         "account.html",
         addresses=[(r, s, domains[r.registrable]) for r, s in zip(rows, states, strict=True)],
         only_custom=_only_custom(states),
-        twofactor=guard.twofactor_enabled(current_user),
-        form=AddAddressForm(),
+        twofactor=guard.twofactor_enabled(current_user),  # DomainGuard
     )
 
 
 def _only_custom(states: list[Any]) -> bool:
+    """Whether every verified address is on a custom domain (one lapse loses all resets)."""
     verified = [s for s in states if s.verified]
     return bool(verified) and all(s.domain_verdict != "trusted" for s in verified)
 
 
-@bp.route("/account/addresses", methods=["POST"])
+@bp.route("/account/addresses/new", methods=["GET", "POST"])
 @login_required
-@guard.require_fresh_2fa  # DomainGuard: changing addresses takes a fresh second factor
-def add_address() -> Response:
+@guard.require_fresh_2fa  # DomainGuard: changing addresses takes password + a fresh second factor
+def add_address() -> Any:
+    # A page of its own (not a form on /account) so the confirmation step can come back to it.
     form = AddAddressForm()
     if form.validate_on_submit():
-        try:
+        try:  # DomainGuard: track the address and mail its verification link
             guard.send_verification(guard.add_address(current_user, form.email.data))
-            flash("Address added: open the link we mailed to it to verify it.", "info")
         except (InvalidAddress, AddressTaken, VerificationError) as exc:
-            flash(str(exc), "error")
-    return redirect(url_for("auth.account"))
+            form.email.errors.append(str(exc))
+        else:
+            flash("Address added: open the link we mailed to it to verify it.", "info")
+            return redirect(url_for("auth.account"))
+    return render_template("add_address.html", form=form)
 
 
 @bp.route("/admin")
@@ -199,4 +214,19 @@ def add_address() -> Response:
 def admin() -> str:
     if not current_user.is_admin:
         abort(403)
-    return render_template("admin.html", report=build_report(guard))
+    return render_template("admin.html", report=build_report(guard))  # DomainGuard
+
+
+@bp.app_template_filter("when")
+def when(value: Any) -> str:
+    """A report cell for people: ISO timestamps as ``YYYY-MM-DD HH:MM UTC``, None as a dash."""
+    if value is None:
+        return "\u2014"
+    if isinstance(value, str) and len(value) >= 19 and value[10:11] == "T":
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return str(value)

@@ -56,7 +56,8 @@ def test_demo_sweeps_cover_every_verdict(demo_app: Any) -> None:
         "reregistered",
         "unknown",
     }
-    assert first["skipped_trusted"] == 1 and first["unverified"] == 0
+    # heidi@gmail.com and frank@outlook.com: trusted providers, never looked up.
+    assert first["skipped_trusted"] == 2 and first["unverified"] == 0
     second = json.loads(runner.invoke(args=["domainguard", "sweep", "--json"]).output)
     assert second["unverified"] == 3
     with demo_app.app_context():
@@ -67,6 +68,13 @@ def test_demo_sweeps_cover_every_verdict(demo_app: Any) -> None:
         "erin@released.example",
         "frank@resurrected.example",
     }
+    # Frank's other address hears about it; the resurrected one never does.
+    with demo_app.app_context():
+        from example_app.models import SentMail, db
+
+        recipients = [m.recipients for m in db.session.query(SentMail)]
+    assert "frank@outlook.com" in recipients
+    assert not any("resurrected.example" in r for r in recipients)
 
 
 def test_pages_render_and_login_leads_to_2fa_enrolment(demo_app: Any) -> None:
@@ -82,3 +90,22 @@ def test_pages_render_and_login_leads_to_2fa_enrolment(demo_app: Any) -> None:
     # 2FA is required of active users: every page now leads to enrolment.
     account = client.get("/account")
     assert account.status_code == 302 and "/2fa/enroll" in account.headers["Location"]
+
+
+def test_register_checks_the_address_with_domainguard_and_refuses_taken_ones(
+    demo_app: Any,
+) -> None:
+    demo_app.test_cli_runner().invoke(args=["seed"])
+    client = demo_app.test_client()
+    form = {"name": "Pat", "password": "long-enough-pw"}
+    bad = client.post("/register", data={**form, "email": "pat@localhost"})
+    assert bad.status_code == 200 and b'aria-invalid="true"' in bad.data
+    # Frank's second address belongs to an account already, though no User.email says so.
+    taken = client.post("/register", data={**form, "email": "frank@outlook.com"})
+    assert b"already registered" in taken.data
+    ok = client.post("/register", data={**form, "email": "pat@pat-studio.example"})
+    assert ok.status_code == 302
+    with demo_app.app_context():
+        guard = demo_app.extensions["domainguard"].guard
+        row = guard.find_address("pat@pat-studio.example")
+        assert row is not None and row.primary and not row.verified
