@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import blinker
+import click
+
+from flask_domainguard import signals
+from flask_domainguard.cli import domainguard_cli
 from flask_domainguard.config import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +35,56 @@ def test_readme_quick_start_commands_exist() -> None:
         assert f"bash {script}" in readme
         assert (ROOT / script).is_file()
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def _cli_sections() -> dict[str, str]:
+    """docs/cli.md's sections by command name (``## `flask domainguard NAME ...` ``)."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    sections: dict[str, str] = {}
+    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+        match = re.match(r"`flask domainguard ([\w-]+)", chunk)
+        if match:
+            sections[match.group(1)] = chunk
+    return sections
+
+
+def _exit_codes(help_text: str) -> set[str]:
+    """The codes a command's help lists after ``Exit codes:`` (``0 done; 1 ...; 2 ...``)."""
+    _, found, tail = " ".join(help_text.split()).partition("Exit codes:")
+    assert found, "its help must list its exit codes after 'Exit codes:'"
+    return set(re.findall(r"(?:^|;)\s*(\d+)\b", tail))
+
+
+def test_every_cli_command_its_options_and_exit_codes_are_in_cli_md() -> None:
+    sections = _cli_sections()
+    commands = domainguard_cli.commands
+    assert set(commands) <= set(sections), (
+        f"docs/cli.md lacks {sorted(set(commands) - set(sections))}"
+    )
+    for name, command in commands.items():
+        section = sections[name]
+        codes = _exit_codes(command.help or "")
+        assert "2" in codes, f"{name}: exit code 2 (usage error) is always documented"
+        for code in codes:
+            assert f"| {code} |" in section, f"docs/cli.md, {name}: exit code {code} missing"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                for flag in [*param.opts, *param.secondary_opts]:
+                    if flag.startswith("--"):
+                        assert flag in section, f"docs/cli.md, {name}: option {flag} missing"
+
+
+def test_every_signal_is_documented() -> None:
+    text = (ROOT / "docs" / "signals.md").read_text()
+    names = [n for n, v in vars(signals).items() if isinstance(v, blinker.NamedSignal)]
+    assert len(names) >= 20
+    for name in names:
+        assert re.search(rf"`{name}`", text), f"docs/signals.md does not mention `{name}`"
+
+
+def test_mkdocs_nav_lists_every_page_and_every_listed_page_exists() -> None:
+    config = (ROOT / "mkdocs.yml").read_text()
+    listed = set(re.findall(r":\s*([\w-]+\.md)\s*$", config, flags=re.M))
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    assert listed <= pages, f"mkdocs.yml lists missing pages {sorted(listed - pages)}"
+    assert pages <= listed, f"pages missing from the mkdocs.yml nav: {sorted(pages - listed)}"
