@@ -7,7 +7,7 @@ a hash of the domain name (so every run and every process agrees on each domain'
     python benchmarks/status_server.py --port 0 --latency 0.02
 
 It prints ``LISTENING <port>`` on stdout once ready. ``GET /stats`` returns how many lookups
-it answered.
+it answered, ``GET /hits`` how many requests each domain got (``{"domain": count}``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import sys
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -85,6 +86,7 @@ class Server:
     def __init__(self, latency: float) -> None:
         self.latency = latency
         self.requests = 0
+        self.hits: Counter[str] = Counter()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -110,12 +112,18 @@ class Server:
         url = urlsplit(target)
         if url.path == "/stats":
             return 200, json.dumps({"requests": self.requests}).encode()
+        if url.path == "/hits":
+            return 200, json.dumps(self.hits).encode()
         self.requests += 1
+        if url.path.startswith("/domain/"):
+            domain = unquote(url.path[len("/domain/") :]).lower()
+        else:
+            domain = parse_qs(url.query).get("domain", [""])[0].lower()
+        self.hits[domain] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
         if url.path.startswith("/domain/"):
-            return _rdap(unquote(url.path[len("/domain/") :]).lower())
-        domain = parse_qs(url.query).get("domain", [""])[0].lower()
+            return _rdap(domain)
         if not domain:
             return 400, b'{"msg": "missing domain"}'
         return _fastly(domain)

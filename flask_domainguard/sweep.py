@@ -1,7 +1,9 @@
 """The sweep: look up every registrable domain that is due, judge it, act on the verdicts.
 
 One engine, in steps that can run separately (a task queue can give each chunk to a worker
-and call :meth:`Sweep.finish` once at the end, with the same ``run_id``):
+and call :meth:`Sweep.finish` once at the end, with the same ``run_id``; see
+:mod:`flask_domainguard.contrib.celery`, which splits a run with :meth:`Sweep.chunk_ranges`
+and sweeps each range with ``Sweep(..., name_range=...).run(finish=False)``):
 
 1. :meth:`Sweep.claim_batch` leases due domains to this run. A domain is due when at least
    one verified address uses it, it is not trusted, its ``next_check_at`` has come and no live
@@ -36,7 +38,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,7 @@ __all__ = [
     "SweepReport",
     "apply_held",
     "dismiss_held",
+    "new_run_id",
     "next_check_after_failure",
 ]
 
@@ -104,6 +107,11 @@ _SEVERITY = {
     VerdictKind.REREGISTERED: 6,
 }
 _WARN_KINDS = frozenset({VerdictKind.EXPIRING_SOON, VerdictKind.IN_GRACE})
+
+
+def new_run_id() -> str:
+    """A fresh run id or lease owner: host, process and a random part (64 characters at most)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}"[:64]
 
 
 def _jitter(delta: timedelta, fraction: float) -> timedelta:
@@ -157,6 +165,37 @@ class SweepReport:
     not_found: list[str] = field(default_factory=list)
     attempts: int = 0
     seconds: float = 0.0
+
+    def merge(self, other: SweepReport) -> None:
+        """Add the counts of ``other`` (a chunk of the same run) to this report."""
+        for name in (
+            "checked",
+            "errors",
+            "unsafe_first_seen",
+            "planned",
+            "unverified",
+            "held",
+            "warnings_sent",
+            "notices_sent",
+            "lost_leases",
+            "leased_elsewhere",
+            "attempts",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for kind, count in other.verdicts.items():
+            if count:
+                self.verdicts[kind] = self.verdicts.get(kind, 0) + count
+        self.breaker_tripped = self.breaker_tripped or other.breaker_tripped
+        self.not_found += [name for name in other.not_found if name not in self.not_found]
+        self.seconds += other.seconds
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepReport:
+        """The report :meth:`as_dict` made (from a task result); unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        report = cls(**{key: value for key, value in data.items() if key in known})
+        report.verdicts = {kind: int(n) for kind, n in report.verdicts.items() if n}
+        return report
 
     def count_verdict(self, kind: VerdictKind | str) -> None:
         key = kind.value if isinstance(kind, VerdictKind) else kind
@@ -245,9 +284,15 @@ class Sweep:
     :param guard: the extension.
     :param backend: a status backend; default ``guard.status_backend(backend_name)``.
     :param backend_name: ``--backend``; ``None`` uses ``DOMAINGUARD_STATUS_BACKEND``.
-    :param run_id: the run's name, also its lease owner; chunks of one run share it.
+    :param run_id: the run's name; chunks of one run share it (the circuit breaker counts
+        the run's planned unverifications by it).
     :param cutoff: domains due at or before this moment belong to the run (default now);
         chunks of one run share it, so that no domain is checked twice in a run.
+    :param lease_owner: whom the claimed domains are leased to (default ``run_id``); chunks
+        of one run running at once give each its own (:func:`new_run_id`), so that a chunk
+        whose leases lapsed and were taken over drops its results.
+    :param name_range: ``(first, stop)``: only domains with ``first <= name < stop`` (either
+        end ``None`` for open), a chunk from :meth:`chunk_ranges`.
     :param dry_run: look up and report, write nothing (no leases either).
     :param concurrency: lookups in flight at once (``DOMAINGUARD_SWEEP_CONCURRENCY``).
     :param retry_base: first retry delay in seconds within the run.
@@ -261,6 +306,8 @@ class Sweep:
         backend_name: str | None = None,
         run_id: str | None = None,
         cutoff: datetime | None = None,
+        lease_owner: str | None = None,
+        name_range: tuple[str | None, str | None] | None = None,
         dry_run: bool = False,
         concurrency: int | None = None,
         retry_base: float = 0.5,
@@ -268,9 +315,9 @@ class Sweep:
         self.guard = guard
         self.settings = settings = guard.settings
         self.backend = backend if backend is not None else guard.status_backend(backend_name)
-        self.run_id = (
-            run_id or (f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}")[:64]
-        )
+        self.run_id = run_id or new_run_id()
+        self.lease_owner = lease_owner or self.run_id
+        self.name_range = name_range
         self.cutoff = as_utc(cutoff) if cutoff is not None else utcnow()
         self.dry_run = dry_run
         self.policy = Policy(grace=settings.grace, warn_within=settings.warn_within)
@@ -311,9 +358,40 @@ class Sweep:
         trusted = sorted(self.settings.trusted_domains)
         if trusted:
             clauses.append(D.c.name.not_in(trusted))
+        if self.name_range is not None:
+            first, stop = self.name_range
+            if first is not None:
+                clauses.append(D.c.name >= first)
+            if stop is not None:
+                clauses.append(D.c.name < stop)
         if not leased_ok:
             clauses.append(self._lease_free(now))
         return clauses
+
+    def chunk_ranges(self, size: int) -> list[tuple[str | None, str | None]]:
+        """Split the domains due in this run into name ranges of ``size`` domains (the last
+        one fewer), for ``Sweep(..., name_range=...)`` on several workers.
+
+        The ranges are open at both ends, so together they cover every name: a domain that
+        another sweeper held while the ranges were made still falls into one of them.
+        Empty when nothing is due.
+        """
+        D = self._D
+        numbered = (
+            sa.select(D.c.name, sa.func.row_number().over(order_by=D.c.name).label("n"))
+            .where(*self._due(utcnow()))
+            .subquery()
+        )
+        starts = list(
+            self.guard.db.session.scalars(
+                sa.select(numbered.c.name)
+                .where((numbered.c.n - 1) % size == 0)
+                .order_by(numbered.c.name)
+            )
+        )
+        self.guard.db.session.rollback()
+        bounds: list[str | None] = [None, *starts[1:], None]
+        return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
 
     def count_due(self) -> int:
         """Domains due in this run now (for a progress bar)."""
@@ -347,7 +425,7 @@ class Sweep:
             .where(
                 *self._due(now, leased_ok=True),
                 D.c.lease_until >= now,
-                D.c.lease_owner != self.run_id,
+                D.c.lease_owner != self.lease_owner,
             )
         )
         return int(self.guard.db.session.scalar(query) or 0)
@@ -389,7 +467,7 @@ class Sweep:
             claim = (
                 sa.update(D)
                 .where(D.c.name.in_(pick), self._lease_free(now))
-                .values(lease_owner=self.run_id, lease_until=now + self.settings.sweep_lease)
+                .values(lease_owner=self.lease_owner, lease_until=now + self.settings.sweep_lease)
                 .returning(*columns)
             )
             try:
@@ -414,7 +492,7 @@ class Sweep:
         if self.dry_run:
             return
         D = self._D
-        stmt = sa.update(D).where(D.c.lease_owner == self.run_id)
+        stmt = sa.update(D).where(D.c.lease_owner == self.lease_owner)
         if names is not None:
             stmt = stmt.where(D.c.name.in_(list(names)))
         db = self.guard.db
@@ -461,7 +539,7 @@ class Sweep:
         D = self._D
         stmt = (
             sa.update(D)
-            .where(D.c.name.in_(names), D.c.lease_owner == self.run_id)
+            .where(D.c.name.in_(names), D.c.lease_owner == self.lease_owner)
             .values(lease_until=now + self.settings.sweep_lease)
             .returning(D.c.name)
         )
@@ -680,8 +758,9 @@ class Sweep:
     def _plan(self, planned: list[tuple[_AddressRow, Verdict]], now: datetime) -> None:
         H = self._H
         session = self.guard.db.session
-        if self._planned_any:
-            # Heartbeat: a live run's planned actions are never adopted by another run.
+        if self._planned_any or self.lease_owner != self.run_id:
+            # Heartbeat: a live run's planned actions are never adopted by another run. A
+            # chunk of a shared run beats for its sibling chunks' actions too.
             session.execute(
                 sa.update(H)
                 .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
@@ -927,6 +1006,7 @@ class Sweep:
         limit: int | None = None,
         names: Sequence[str] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        finish: bool = True,
     ) -> SweepReport:
         """Claim, look up and apply batch after batch until nothing is due, then finish.
 
@@ -937,17 +1017,22 @@ class Sweep:
 
         :param limit: check at most this many domains.
         :param names: check these registrable domains (due or not) instead of the due ones.
+        :param finish: call :meth:`finish` at the end; ``False`` for one chunk of a run that
+            several workers share (the run's coordinator finishes it once, and counts the
+            trusted domains once).
         """
         started = time.monotonic()
         report = self.report
-        report.skipped_trusted = self.count_trusted() if names is None else 0
-        if names is not None:
-            trusted = self.settings.trusted_domains
-            report.skipped_trusted = sum(1 for name in names if name in trusted)
+        if finish:
+            report.skipped_trusted = self.count_trusted() if names is None else 0
+            if names is not None:
+                trusted = self.settings.trusted_domains
+                report.skipped_trusted = sum(1 for name in names if name in trusted)
         batch_size = self.settings.sweep_batch_size
         remaining = limit
         pending_names = list(names) if names is not None else None
         in_flight: dict[Any, list[Claim]] = {}
+        applying: list[Claim] = []
         exhausted = False
         try:
             while True:
@@ -978,20 +1063,22 @@ class Sweep:
                     list(in_flight), timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED
                 )
                 for future in done:
-                    claims = in_flight.pop(future)
+                    claims = applying = in_flight.pop(future)
                     self.apply_results(claims, future.result())
+                    applying = []
                     if on_progress is not None:
                         on_progress(len(claims))
         except BaseException:
             # Leases of unfinished batches would expire anyway; giving them back now lets
             # the next run start at once.
             self.close()
-            self.release(c.name for claims in in_flight.values() for c in claims)
+            self.release(c.name for claims in [applying, *in_flight.values()] for c in claims)
             raise
         self.close()
         if names is None and report.checked == 0:
             report.leased_elsewhere = self.count_leased_elsewhere()
-        self.finish()
+        if finish:
+            self.finish()
         report.seconds = time.monotonic() - started
         return report
 

@@ -342,3 +342,76 @@ def test_timestamps_are_aware_utc(guard: Any, status_server: StatusServer) -> No
     row = domain(guard, "tz.com")
     assert row.checked_at.tzinfo is not None
     assert row.checked_at.utcoffset() == timezone.utc.utcoffset(None)
+
+
+# -- one run in chunks (what flask_domainguard.contrib.celery builds on) ----------------------
+
+
+def test_chunk_ranges_cover_every_due_domain_once(guard: Any, status_server: StatusServer) -> None:
+    names = [f"r{i:02d}.com" for i in range(23)]
+    seed(guard, {name: 1 for name in names})
+    run = Sweep(guard)
+    ranges = run.chunk_ranges(5)
+    assert len(ranges) == 5
+    assert ranges[0][0] is None and ranges[-1][1] is None
+    assert [stop for _, stop in ranges[:-1]] == [first for first, _ in ranges[1:]]
+    seen: list[str] = []
+    for first, stop in ranges:
+        part = Sweep(guard, run_id=run.run_id, cutoff=run.cutoff, name_range=(first, stop))
+        claims = part.claim_batch(100)
+        assert claims and len(claims) <= 5
+        seen += [c.name for c in claims]
+    assert sorted(seen) == names
+    assert Sweep(guard).chunk_ranges(5) == []  # every due domain is leased now
+
+
+@pytest.mark.settings(DOMAINGUARD_MAX_UNVERIFY=5)
+def test_chunks_of_one_run_share_the_breaker_and_finish_once(
+    guard: Any, status_server: StatusServer
+) -> None:
+    names = [f"s{i:02d}.com" for i in range(12)]
+    for name in names[:6]:
+        status_server.answers[name] = "undelegated inactive"
+    seed(guard, {name: 1 for name in names})
+    hostapp.db.session.execute(
+        sa.update(guard.models.Domain)
+        .where(guard.models.Domain.name.in_(names[:6]))
+        .values(verdict="released", unsafe_since=utcnow() - timedelta(hours=7))
+    )
+    hostapp.db.session.commit()
+    run = Sweep(guard)
+    reports = []
+    for first, stop in run.chunk_ranges(4):
+        part = Sweep(
+            guard,
+            run_id=run.run_id,
+            cutoff=run.cutoff,
+            lease_owner=f"chunk-{first}",
+            name_range=(first, stop),
+            retry_base=0.01,
+        )
+        reports.append(part.run(finish=False))
+    assert [r.checked for r in reports] == [4, 4, 4]
+    assert [r.planned for r in reports] == [4, 2, 0]
+    assert all(r.unverified == 0 and r.skipped_trusted == 0 for r in reports)
+    HeldAction = guard.models.HeldAction
+    planned = list(hostapp.db.session.scalars(sa.select(HeldAction)))
+    assert {(h.run_id, h.resolution) for h in planned} == {(run.run_id, "planned")}
+    for report in reports:
+        run.report.merge(report)
+    done = run.finish()  # no chunk planned more than 5, the run did
+    assert (done.checked, done.planned, done.held, done.unverified) == (12, 6, 6, 0)
+    assert done.breaker_tripped
+
+
+def test_report_round_trips_through_a_dict() -> None:
+    from flask_domainguard.sweep import SweepReport
+
+    report = SweepReport(run_id="r", checked=3, errors=1, not_found=["x.com"])
+    report.count_verdict("ok")
+    report.count_verdict("released")
+    again = SweepReport.from_dict({**report.as_dict(), "chunk_failed": False})
+    assert again.as_dict() == report.as_dict()
+    again.merge(report)
+    assert (again.checked, again.errors, again.verdicts) == (6, 2, {"ok": 2, "released": 2})
+    assert again.not_found == ["x.com"]
