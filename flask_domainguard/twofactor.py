@@ -168,8 +168,13 @@ def provisioning_uri(secret: str, *, account: str, issuer: str) -> str:
 
 
 def qr_svg(uri: str, *, title: str) -> str:
-    """The QR code of ``uri`` as inline SVG markup (nothing is written to disk)."""
-    return str(segno.make(uri, error="m").svg_inline(scale=5, title=title, svgclass="dg-qr-code"))
+    """The QR code of ``uri`` as inline SVG markup (nothing is written to disk).
+
+    The SVG carries a ``viewBox`` and no fixed size, so CSS can scale it: with fixed width and
+    height, a smaller CSS box crops the code (quiet zone and finder patterns) instead.
+    """
+    code = segno.make(uri, error="m")
+    return str(code.svg_inline(scale=5, title=title, svgclass="dg-qr-code", omitsize=True))
 
 
 def time_step(now: datetime, interval: int = INTERVAL) -> int:

@@ -259,6 +259,9 @@ def test_enrolment_needs_a_valid_code_before_2fa_is_on(guard: Any, make_user: An
     assert enrolment.uri.startswith("otpauth://totp/hostapp:ada%40example.com?secret=")
     assert "issuer=hostapp" in enrolment.uri
     assert enrolment.qr_svg.startswith("<svg") and "<title>" in enrolment.qr_svg
+    # Scalable, never cropped: a viewBox covering the whole code, no fixed pixel size.
+    head = enrolment.qr_svg[: enrolment.qr_svg.index(">")]
+    assert 'viewBox="0 0 ' in head and "width=" not in head
     assert twofactor.start_enrolment(guard, user).secret == enrolment.secret, "reload keeps it"
     assert not guard.twofactor_enabled(user)
     with freeze_time(datetime(2025, 4, 4, tzinfo=timezone.utc)):
