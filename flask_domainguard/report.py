@@ -3,7 +3,7 @@
 Read-only queries over the stored sweep results, each a section with a full count and the
 first ``limit`` rows:
 
-- ``custom_only``: accounts whose only verified address is on a custom (untrusted) domain:
+- ``custom_only``: accounts whose verified addresses are all on custom (untrusted) domains:
   if that domain lapses they can no longer receive a reset, so ask them to add another;
 - ``expiring``: domains expiring within ``DOMAINGUARD_WARN_WITHIN``;
 - ``in_grace``: lapsing domains, with the moment they count as expired;
@@ -34,7 +34,7 @@ FAILING_AFTER = 3
 SECTIONS = ("custom_only", "expiring", "in_grace", "held", "failing", "without_2fa")
 
 _TITLES = {
-    "custom_only": "Accounts whose only verified address is on a custom domain",
+    "custom_only": "Accounts whose verified addresses are all on custom domains",
     "expiring": "Domains expiring within the warning window",
     "in_grace": "Domains in grace (lapsing)",
     "held": "Held unverifications (then: flask domainguard sweep --apply-held or --dismiss-held)",
@@ -95,7 +95,9 @@ def _custom_only(guard: DomainGuard, limit: int) -> Section:
         sa.select(A.user_id)
         .where(A.verified_at.is_not(None))
         .group_by(A.user_id)
-        .having(sa.func.count() == 1, sa.func.sum(is_trusted) == 0)
+        # Every verified address custom, however many: each domain can lapse, and none of
+        # them is a fallback the user is sure to keep (the account page warns the same way).
+        .having(sa.func.sum(is_trusted) == 0)
     )
     count = int(session.scalar(sa.select(sa.func.count()).select_from(users.subquery())) or 0)
     sample = list(session.scalars(users.order_by(A.user_id).limit(limit)))

@@ -27,6 +27,9 @@ def populate(guard: Any) -> dict[str, list[int]]:
     # A user with a custom address and a gmail one is not at risk; add one.
     first = hostapp.db.session.get(guard.models.EmailAddress, ids["custom.com"][0])
     guard.add_address(first.user_id, "backup@gmail.com", verified=True)
+    # Two custom domains are no safer than one: that user is still listed.
+    second = hostapp.db.session.get(guard.models.EmailAddress, ids["custom.com"][1])
+    guard.add_address(second.user_id, "other@second-custom.com", verified=True)
     now = utcnow()
     set_domain(guard, "soon.com", expires_at=now + timedelta(days=10), verdict="expiring_soon")
     set_domain(guard, "lapsing.com", verdict="in_grace", verdict_until=now + timedelta(days=20))
@@ -49,10 +52,11 @@ def test_report_sections(guard: Any) -> None:
     report = build_report(guard)
     sections = report.sections
     custom = sections["custom_only"]
-    # Five users; the first also has a gmail address, so four rely on one custom domain.
+    # Five users; the first also has a gmail address, so four rely on custom domains only.
     assert custom.count == 4
     assert {row["domain"] for row in custom.rows} == {
         "custom.com",
+        "second-custom.com",
         "soon.com",
         "lapsing.com",
         "flaky.com",
@@ -74,7 +78,7 @@ def test_report_command_text_and_json(runner: FlaskCliRunner, guard: Any) -> Non
     result = runner.invoke(args=["domainguard", "report"])
     assert result.exit_code == 0
     text = result.stdout
-    assert "only verified address is on a custom domain: 4" in text
+    assert "verified addresses are all on custom domains: 4" in text
     assert "soon.com" in text and "lapsing.com" in text and "flaky.com" in text
     assert "--apply-held" in text
     data = json.loads(runner.invoke(args=["domainguard", "report", "--json"]).stdout)
