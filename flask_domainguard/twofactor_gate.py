@@ -71,6 +71,10 @@ ALWAYS_ALLOWED = frozenset(
         "domainguard.twofactor_recovery",
         "domainguard.twofactor_enroll",
         "domainguard.static",
+        # The link in a verification mail: its token proves the mailbox, and the one case
+        # that needs more (an address unverified for a domain reason) demands a fresh
+        # second factor itself, which a pending session does not have.
+        "domainguard.verify_address",
     }
 )
 

@@ -42,6 +42,7 @@ ALLOWED = {
     "domainguard.twofactor_verify",
     "domainguard.twofactor_recovery",
     "domainguard.twofactor_enroll",
+    "domainguard.verify_address",
 }
 
 
@@ -554,3 +555,32 @@ def test_an_app_mounted_under_a_prefix_comes_back_under_it(site: Flask) -> None:
         base_url=base,
     )
     assert done.location == "/shop/items/4"
+
+
+def test_pending_session_opens_a_verification_link_but_cannot_reverify(site: Flask) -> None:
+    from flask_domainguard.models import UnverifyReason
+    from flask_domainguard.verification import verification_token
+
+    user_id, _secret, _ = add_site_user(site)
+    with site.app_context():
+        fresh = site_guard.add_address(user_id, "new@example.org")
+        lapsed = site_guard.add_address(user_id, "old@example.net", verified=True)
+        lapsed.verified_at = None
+        lapsed.unverify_reason = UnverifyReason.DOMAIN_RELEASED
+        site_db.session.commit()
+        fresh_link = f"/domainguard/verify/{verification_token(fresh)}"
+        lapsed_link = f"/domainguard/verify/{verification_token(lapsed)}"
+    client = site.test_client()
+    site_login_as(client)
+    assert client.get("/account").status_code == 302, "the session waits for its code"
+
+    page = client.get(fresh_link)
+    assert page.status_code == 200, "the link opens without the code"
+    assert client.post(fresh_link, data={"csrf_token": csrf_token(page.data)}).status_code == 200
+
+    page = client.get(lapsed_link)
+    refused = client.post(lapsed_link, data={"csrf_token": csrf_token(page.data)})
+    assert refused.status_code == 409, "re-verifying a domain-unverified address needs the code"
+    with site.app_context():
+        assert site_guard.find_address("new@example.org").verified
+        assert not site_guard.find_address("old@example.net").verified
