@@ -13,6 +13,19 @@ subprocess and prints one JSON line per sweep::
 so the unsafe domains found by the first run are confirmed and their addresses unverified
 (the first run only records ``unsafe_since``: the confirmation rule). ``--profile FILE``
 runs the (first) sweep under py-spy (``pip install py-spy``) and writes folded stacks to FILE.
+
+``--workers 1,2`` measures how the sweep scales over several workers sharing one throwaway
+PostgreSQL server (``tests/pgserver.py``), seeded once and reset before each count::
+
+    python benchmarks/sweep_bench.py --workers 1,2 --mode celery
+    python benchmarks/sweep_bench.py --workers 1,2 --mode processes
+
+``--mode celery`` (needs the ``celery`` extra and ``redis-server``) starts a redis-server and
+N Celery worker processes (solo pool) and times one run of ``flask_domainguard.sweep.start``
+from dispatch to its chord's finish; ``--mode processes`` times N ``flask domainguard sweep``
+commands started together (they share the work through leases). Each count prints one JSON
+line with the CPU seconds each part used (sweepers, status server, PostgreSQL, Redis), how
+busy the machine's cores were, and the database's commits and row updates per 1000 domains.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -54,6 +68,21 @@ class User(db.Model):  # type: ignore[name-defined,misc]
 
 
 guard = DomainGuard(db=db, user_model=User)
+
+
+_celery_app: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A benchmarks.sweep_bench:celery_app``: a Celery app for :func:`create_app`."""
+    global _celery_app
+    if name != "celery_app":
+        raise AttributeError(name)
+    if _celery_app is None:
+        from flask_domainguard.contrib.celery import celery_init_app
+
+        _celery_app = celery_init_app(create_app())
+    return _celery_app
 
 
 def create_app() -> Flask:
@@ -174,6 +203,296 @@ def make_all_due(config: dict[str, Any]) -> None:
         db.session.commit()
 
 
+# -- --workers: several sweepers on one PostgreSQL server ----------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, float, str]]:
+    """Every process: pid -> (parent pid, CPU seconds, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # After the name: state, ppid, ...; utime and stime are the 12th and 13th.
+        found[int(entry.name)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / _TICK,
+            cmdline,
+        )
+    return found
+
+
+class CpuSampler:
+    """CPU seconds used by each part during a run, sampled every 0.2 s from /proc, so that
+    processes ending during the run (sweep commands, database backends) still count.
+
+    :param roles: role -> a test on (pid, parent pid, command line) that picks its processes.
+    """
+
+    def __init__(self, roles: dict[str, Any]) -> None:
+        self.roles = roles
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self, baseline: bool) -> None:
+        for pid, (ppid, cpu, cmdline) in _processes().items():
+            if baseline:
+                self.first[pid] = cpu
+            for role, picks in self.roles.items():
+                if picks(pid, ppid, cmdline):
+                    self.last[pid] = (role, cpu)
+                    break
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(0.2):
+            self._sample(False)
+
+    def __enter__(self) -> CpuSampler:
+        self._sample(True)
+        self.last.clear()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        self._sample(False)
+
+    def seconds(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.roles, 0.0)
+        for pid, (role, cpu) in self.last.items():
+            totals[role] += cpu - self.first.get(pid, 0.0)
+        return totals
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def db_counters(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT xact_commit, tup_updated, tup_inserted, tup_fetched "
+                    "FROM pg_stat_database WHERE datname = current_database()"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return {"commits": row[0], "updated": row[1], "inserted": row[2], "fetched": row[3]}
+
+
+def reset_state(config: dict[str, Any]) -> None:
+    """Every domain due and unchecked again, no journal or held actions: a fresh first run."""
+    os.environ["SWEEP_BENCH_CONFIG"] = json.dumps(config)
+    app = create_app()
+    now = datetime.now(timezone.utc)
+    with app.app_context():
+        m = guard.models
+        db.session.execute(
+            sa.update(m.Domain).values(
+                next_check_at=now,
+                checked_at=None,
+                verdict=None,
+                verdict_until=None,
+                verdict_reason=None,
+                unsafe_since=None,
+                lapse_seen_at=None,
+                registered=None,
+                statuses="",
+                failures=0,
+                last_error=None,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        db.session.execute(sa.update(m.EmailAddress).values(expiry_warned_for=None))
+        db.session.execute(sa.delete(m.Event))
+        db.session.execute(sa.delete(m.HeldAction))
+        db.session.commit()
+        db.engine.dispose()
+    engine = sa.create_engine(config["SQLALCHEMY_DATABASE_URI"], isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("VACUUM ANALYZE"))
+    engine.dispose()
+
+
+def sweep_with_processes(config: dict[str, Any], count: int) -> dict[str, Any]:
+    """``count`` sweep commands at once; their reports' counts added up."""
+    env = dict(os.environ, SWEEP_BENCH_CONFIG=json.dumps(config), PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "flask", "--app", "benchmarks.sweep_bench:create_app"]
+    procs = [
+        subprocess.Popen(
+            [*command, "domainguard", "sweep", "--json"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    total: dict[str, Any] = {"checked": 0, "errors": 0, "unverified": 0, "held": 0}
+    for proc in procs:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        if proc.wait() not in (0, 1):
+            raise RuntimeError(f"sweep exited with {proc.returncode}: {out[-2000:]}")
+        report = json.loads(out)
+        for key in total:
+            total[key] += report[key]
+    return total
+
+
+def main_workers(args: argparse.Namespace) -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the tests' server helpers
+    from tests.celery_support import RedisServer, Workers, celery_config, find_redis_server
+    from tests.pgserver import PostgresServer, find_pg_bin
+
+    counts = [int(n) for n in args.workers.split(",")]
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise SystemExit("--workers needs the PostgreSQL server binaries (initdb, pg_ctl)")
+    pg = PostgresServer(bin_dir)
+    redis: RedisServer | None = None
+    server, port = start_server(args.latency)
+    workdir = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
+    try:
+        url = pg.start()
+        config: dict[str, Any] = {
+            "SQLALCHEMY_DATABASE_URI": url,
+            "DOMAINGUARD_STATUS_BACKEND": "fastly",
+            "DOMAINGUARD_FASTLY_URL": f"http://127.0.0.1:{port}/status",
+            "DOMAINGUARD_FASTLY_API_KEY": "bench-key",
+            "DOMAINGUARD_SWEEP_CONCURRENCY": args.concurrency,
+            "DOMAINGUARD_SWEEP_PER_SERVER": args.concurrency,
+            "DOMAINGUARD_SWEEP_BATCH_SIZE": args.batch_size,
+            "DOMAINGUARD_MAX_UNVERIFY": 10_000_000,
+        }
+        if args.mode == "celery":
+            binary = find_redis_server()
+            if binary is None:
+                raise SystemExit("--mode celery needs redis-server (apt-get install redis-server)")
+            redis = RedisServer(binary)
+            config["CELERY"] = celery_config(redis.start())
+        started = time.perf_counter()
+        seed(config, args.addresses, args.domains, args.trusted_share)
+        seeded = time.perf_counter() - started
+        client: Any = None
+        if args.mode == "celery":
+            from flask_domainguard.contrib.celery import START_TASK, celery_init_app
+
+            os.environ["SWEEP_BENCH_CONFIG"] = json.dumps(config)
+            client = celery_init_app(create_app())
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        redis_pid = redis.proc.pid if redis is not None and redis.proc is not None else -1
+        roles = {
+            "sweepers": lambda pid, ppid, cmd: "benchmarks.sweep_bench:" in cmd,
+            "status_server": lambda pid, ppid, cmd: pid == server.pid,
+            "postgres": lambda pid, ppid, cmd: postmaster in (pid, ppid),
+            "redis": lambda pid, ppid, cmd: pid == redis_pid,
+        }
+        first_rate: float | None = None
+        for count in counts:
+            reset_state(config)
+            workers: Workers | None = None
+            if args.mode == "celery":
+                workers = Workers(
+                    config,
+                    count,
+                    workdir / f"workers-{count}",
+                    pool="prefork" if args.worker_concurrency > 1 else "solo",
+                    concurrency=args.worker_concurrency,
+                    app_module="benchmarks.sweep_bench:celery_app",
+                    env_key="SWEEP_BENCH_CONFIG",
+                ).start(client)
+            db_before = db_counters(url)
+            busy_before, total_before = machine_ticks()
+            requests_before = requests_seen(port)
+            t0 = time.perf_counter()
+            try:
+                with CpuSampler(roles) as sampler:
+                    if workers is not None:
+                        begun = client.send_task(START_TASK, kwargs={"chunk_size": args.chunk_size})
+                        info = begun.get(timeout=3600)
+                        report = client.AsyncResult(info["finish_id"]).get(timeout=3600)
+                        report["chunks"] = info["chunks"]
+                    else:
+                        report = sweep_with_processes(config, count)
+                    wall = time.perf_counter() - t0
+                    busy_after, total_after = machine_ticks()
+            finally:
+                if workers is not None:
+                    workers.stop()
+            time.sleep(1.0)  # PostgreSQL publishes its counters with a short delay
+            db_after = db_counters(url)
+            per_1000 = 1000 / report["checked"] if report["checked"] else 0.0
+            rate = report["checked"] / wall if wall else 0.0
+            first_rate = first_rate or rate
+            cpu = sampler.seconds()
+            # Whatever else ran on the machine meanwhile (this script, other jobs).
+            cpu["other"] = (busy_after - busy_before) / _TICK - sum(cpu.values())
+            print(
+                json.dumps(
+                    {
+                        "mode": args.mode,
+                        "workers": count,
+                        "addresses": args.addresses,
+                        "domains": args.domains,
+                        "lookups": report["checked"],
+                        "server_requests": requests_seen(port) - requests_before,
+                        "chunks": report.get("chunks"),
+                        "wall_s": round(wall, 2),
+                        "lookups_per_s": round(rate, 1),
+                        "speedup": round(rate / first_rate, 2) if first_rate else None,
+                        "cpu_s": {key: round(value, 1) for key, value in cpu.items()},
+                        "cpu_ms_per_lookup": {
+                            key: round(1000 * value / max(report["checked"], 1), 3)
+                            for key, value in cpu.items()
+                        },
+                        "machine_busy_pct": round(
+                            100 * (busy_after - busy_before) / max(total_after - total_before, 1),
+                            1,
+                        ),
+                        "db_per_1000_domains": {
+                            key: round((db_after[key] - db_before[key]) * per_1000, 1)
+                            for key in db_after
+                        },
+                        "unverified": report["unverified"],
+                        "errors": report["errors"],
+                        "seed_s": round(seeded, 1),
+                        "latency_s": args.latency,
+                        "concurrency": args.concurrency,
+                        "batch_size": args.batch_size,
+                        "chunk_size": args.chunk_size if args.mode == "celery" else None,
+                        "worker_concurrency": args.worker_concurrency
+                        if args.mode == "celery"
+                        else None,
+                    }
+                ),
+                flush=True,
+            )
+    finally:
+        server.kill()
+        server.wait()
+        if redis is not None:
+            redis.stop()
+        pg.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--addresses", type=int, default=1_000_000)
@@ -185,7 +504,21 @@ def main() -> None:
     parser.add_argument("--db", help="SQLite file (default: a temporary one)")
     parser.add_argument("--second-run", action="store_true")
     parser.add_argument("--profile", help="write py-spy folded stacks of the first sweep here")
+    parser.add_argument(
+        "--workers", help="comma-separated worker counts, e.g. 1,2: on PostgreSQL (see above)"
+    )
+    parser.add_argument("--mode", choices=("celery", "processes"), default="celery")
+    parser.add_argument("--chunk-size", type=int, default=5000, help="domains per Celery chunk")
+    parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=1,
+        help="chunks each Celery worker runs at once (prefork pool when more than 1)",
+    )
     args = parser.parse_args()
+    if args.workers:
+        main_workers(args)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     path = Path(args.db) if args.db else workdir / "bench.sqlite"

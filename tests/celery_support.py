@@ -108,7 +108,7 @@ def celery_config(redis_url: str) -> dict[str, Any]:
 
 
 class Workers:
-    """Celery worker processes (``-A tests.celery_worker``), one process each.
+    """Celery worker processes (``-A tests.celery_worker``), ``concurrency`` pool slots each.
 
     :param config: the Flask app's config (JSON-ready), with ``CELERY``.
     :param app_module: the module ``celery -A`` loads; it reads ``SWEEP_TEST_CONFIG``.
@@ -121,6 +121,7 @@ class Workers:
         logdir: Path,
         *,
         pool: str = "solo",
+        concurrency: int = 1,
         app_module: str = "tests.celery_worker:celery_app",
         env_key: str = "SWEEP_TEST_CONFIG",
     ) -> None:
@@ -128,6 +129,7 @@ class Workers:
         self.count = count
         self.logdir = logdir
         self.pool = pool
+        self.concurrency = concurrency
         self.app_module = app_module
         self.env_key = env_key
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -156,7 +158,7 @@ class Workers:
                             "--pool",
                             self.pool,
                             "--concurrency",
-                            "1",
+                            str(self.concurrency),
                             "--hostname",
                             name,
                             "--loglevel",
