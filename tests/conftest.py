@@ -20,6 +20,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from tests import hostapp
 from tests.pgserver import PostgresServer, find_pg_bin
+from tests.sweep_support import StatusServer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
@@ -79,12 +80,25 @@ def settings_from_marker(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
+def status_server() -> Iterator[StatusServer]:
+    """A real Fastly-style status API on 127.0.0.1 that counts lookups per domain."""
+    server = StatusServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def app_config(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> dict[str, Any]:
-    """The test app's config: ``@pytest.mark.settings(KEY=value)`` adds to it."""
+    """The test app's config: ``@pytest.mark.settings(KEY=value)`` adds to it, and
+    ``@pytest.mark.use_status_server`` points the status backend at :func:`status_server`."""
+    server: dict[str, Any] = {}
+    if request.node.get_closest_marker("use_status_server") is not None:
+        server = request.getfixturevalue("status_server").config()
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
         "DOMAINGUARD_STATUS_BACKEND": "static",
         "DOMAINGUARD_STATIC_STATUS_FILE": str(tmp_path / "status.json"),
+        **server,
         **settings_from_marker(request),
     }
 

@@ -8,7 +8,6 @@ sockets and timeouts, which a frozen clock would stall).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,10 @@ from flask_domainguard.models import UnverifyReason
 from flask_domainguard.sweep import Sweep, next_check_after_failure
 from flask_domainguard.timeutil import utcnow
 from tests import hostapp
-from tests.conftest import SMTPSink, settings_from_marker, use_smtp
+from tests.conftest import SMTPSink, use_smtp
 from tests.sweep_support import StatusServer, seed
 
-
-@pytest.fixture
-def status_server() -> Iterator[StatusServer]:
-    server = StatusServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_config(
-    app_config: dict[str, Any], status_server: StatusServer, request: pytest.FixtureRequest
-) -> dict[str, Any]:
-    return {**app_config, **status_server.config(), **settings_from_marker(request)}
+pytestmark = pytest.mark.use_status_server
 
 
 def sweep(guard: Any, **kwargs: Any) -> Any:

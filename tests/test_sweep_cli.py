@@ -4,7 +4,6 @@ exit codes. The status answers come from a real Fastly-style server on 127.0.0.1
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,23 +15,10 @@ from flask_domainguard.journal import EventKind
 from flask_domainguard.timeutil import utcnow
 from flask_domainguard.verdict import VerdictKind
 from tests import hostapp
-from tests.conftest import settings_from_marker
 from tests.sweep_support import StatusServer, seed
 from tests.test_sweep import address, domain, events, rewind
 
-
-@pytest.fixture
-def status_server() -> Iterator[StatusServer]:
-    server = StatusServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_config(
-    app_config: dict[str, Any], status_server: StatusServer, request: pytest.FixtureRequest
-) -> dict[str, Any]:
-    return {**app_config, **status_server.config(), **settings_from_marker(request)}
+pytestmark = pytest.mark.use_status_server
 
 
 def sweep(runner: FlaskCliRunner, *args: str) -> tuple[int, dict[str, Any], str]:

@@ -18,11 +18,9 @@ DOMAINS = 300
 
 
 @pytest.fixture
-def status_server() -> Iterator[StatusServer]:
-    server = StatusServer().start()
-    server.delay = 0.01
-    yield server
-    server.stop()
+def status_server(status_server: StatusServer) -> StatusServer:
+    status_server.delay = 0.01
+    return status_server
 
 
 def run_two_at_once(

@@ -14,7 +14,6 @@ import json
 import random
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,11 +26,9 @@ LEASE_SECONDS = 1
 
 
 @pytest.fixture
-def status_server() -> Iterator[StatusServer]:
-    server = StatusServer().start()
-    server.delay = 0.015
-    yield server
-    server.stop()
+def status_server(status_server: StatusServer) -> StatusServer:
+    status_server.delay = 0.015
+    return status_server
 
 
 def scenario(status_server: StatusServer) -> tuple[dict[str, int], dict[str, str]]:

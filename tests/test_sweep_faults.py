@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +12,6 @@ import sqlalchemy as sa
 from flask_domainguard.sweep import Sweep
 from flask_domainguard.timeutil import utcnow
 from tests import hostapp
-from tests.conftest import settings_from_marker
 from tests.sweep_support import StatusServer, seed
 from tests.test_sweep import domain, rewind
 
@@ -28,19 +26,13 @@ FAULTS = {
 }
 
 
-@pytest.fixture
-def status_server() -> Iterator[StatusServer]:
-    server = StatusServer().start()
-    server.slow = 2.5
-    yield server
-    server.stop()
+pytestmark = pytest.mark.use_status_server
 
 
 @pytest.fixture
-def app_config(
-    app_config: dict[str, Any], status_server: StatusServer, request: pytest.FixtureRequest
-) -> dict[str, Any]:
-    return {**app_config, **status_server.config(), **settings_from_marker(request)}
+def status_server(status_server: StatusServer) -> StatusServer:
+    status_server.slow = 2.5
+    return status_server
 
 
 def verified_ids(guard: Any) -> set[int]:
