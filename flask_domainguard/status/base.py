@@ -166,6 +166,15 @@ _DATETIME = re.compile(
 )
 
 
+def not_a_domain(query: object, *, source: str) -> Observation:
+    """The answer to a query that is not a domain name: nothing is looked up."""
+    text = repr(query)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return Observation.failed(
+        str(query).strip().lower(), f"{shown} is not a domain name", source=source
+    )
+
+
 def parse_datetime(value: object) -> datetime | None:
     """Parse an RDAP/ISO 8601 date into an aware UTC datetime; ``None`` when it cannot be used.
 

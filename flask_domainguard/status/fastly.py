@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from ..config import ConfigError, Settings, load_settings
-from .base import LoopClient, to_alabel, user_agent
+from .base import LoopClient, not_a_domain, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
 
@@ -264,11 +264,7 @@ class _StatusApiBackend:
         """Look ``domain`` up; see the module docstring for how flags are read."""
         asked = to_alabel(domain) if isinstance(domain, str) else None
         if asked is None:
-            return Observation.failed(
-                str(domain).strip().lower(),
-                f"{str(domain)[:60]!r} is not a domain name",
-                source=self.name,
-            )
+            return not_a_domain(domain, source=self.name)
         try:
             url, secret_headers = self._request(asked)
             result = await fetch_json(

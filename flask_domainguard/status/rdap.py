@@ -37,7 +37,7 @@ import httpx
 
 from ..config import DEFAULT_RDAP_SERVERS, Settings, load_settings
 from ..timeutil import utcnow
-from .base import LoopClient, parse_datetime, to_alabel, user_agent
+from .base import LoopClient, not_a_domain, parse_datetime, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
 
@@ -356,9 +356,7 @@ class RdapBackend:
         """Look ``domain`` up; see the module docstring for how answers are read."""
         asked = to_alabel(domain) if isinstance(domain, str) else None
         if asked is None:
-            return Observation.failed(
-                str(domain).strip().lower(), f"{_short(domain)} is not a domain name", source=SOURCE
-            )
+            return not_a_domain(domain, source=SOURCE)
         try:
             return await self._observe(asked, self._http(client), timeout or self.timeout)
         except Exception:

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from .base import parse_datetime, to_alabel
+from .base import not_a_domain, parse_datetime, to_alabel
 from .observation import Observation
 
 __all__ = ["StaticBackend", "StaticStatusError", "load_static_statuses"]
@@ -169,9 +169,7 @@ class StaticBackend:
         self._reload()
         asked = to_alabel(domain) if isinstance(domain, str) else None
         if asked is None:
-            return Observation.failed(
-                str(domain).lower(), f"{domain!r} is not a domain name", source=SOURCE
-            )
+            return not_a_domain(domain, source=SOURCE)
         if self._error is not None:
             return Observation.failed(asked, self._error, source=SOURCE)
         found = self._data.get(asked)
