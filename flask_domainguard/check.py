@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .emails import InvalidAddress, parse_address, registrable_domain
+from .livecheck import live_verdict
 from .lookups import LookupLimits, Lookups
 from .status.observation import Observation
-from .timeutil import utcnow
-from .verdict import Policy, Verdict, VerdictKind, is_lapse_signal, judge
+from .verdict import Verdict, VerdictKind
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -117,8 +117,8 @@ def check_target(
 ) -> CheckResult:
     """Look ``target`` (a domain or an address) up live and judge it; writes nothing.
 
-    The stored ``lapse_seen_at`` of the domain, and for a stored address its ``verified_at``,
-    are used so the verdict is the one the sweep would reach.
+    The domain's stored memories (:mod:`.domainstate`), and for a stored address its
+    ``verified_at``, are used so the verdict is the one the sweep would reach.
 
     :raises ValueError: when ``target`` is neither a registrable domain nor an address.
     """
@@ -134,18 +134,7 @@ def check_target(
             return await lookups.observe(domain)
 
     obs = asyncio.run(look())
-    stored = guard.db.session.get(guard.models.Domain, domain)
-    now = utcnow()
-    lapse = stored.lapse_seen_at if stored is not None else None
-    if is_lapse_signal(obs, now):
-        lapse = lapse or now
-    verdict = judge(
-        obs,
-        now=now,
-        verified_at=verified_at,
-        lapse_seen_at=lapse,
-        policy=Policy(grace=settings.grace, warn_within=settings.warn_within),
-    )
+    verdict = live_verdict(guard, domain, obs, verified_at)
     guard.db.session.rollback()
     return CheckResult(
         target=target,

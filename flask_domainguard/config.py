@@ -202,6 +202,11 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
+def _reset_evidence_mode(value: Any) -> str:
+    # "required" was this key's strict mode before "evidence" named what it asks for.
+    return _choice("evidence", "fallback", "off")("evidence" if value == "required" else value)
+
+
 def _optional_date(value: Any) -> date | None:
     if value is None:
         return None
@@ -434,16 +439,19 @@ OPTIONS: dict[str, Option] = {
     ),
     "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
         "reset_live_check",
-        "fallback",
-        _choice("fallback", "required", "off"),
-        "Live domain lookup before a reset: 'fallback' uses stored state when it fails, "
-        "'required' refuses, 'off' never looks up.",
+        "evidence",
+        _reset_evidence_mode,
+        "What a reset needs: 'evidence' (a successful lookup now, or one younger than "
+        "DOMAINGUARD_RESET_LIVE_CHECK_AFTER that judged the domain ok; a failed lookup refuses), "
+        "'fallback' (weaker: a failed lookup falls back to the stored state, even none), 'off' "
+        "(never looks up: stored state only). 'required' is the old name of 'evidence'.",
     ),
     "DOMAINGUARD_RESET_LIVE_CHECK_AFTER": _opt(
         "reset_live_check_after",
         timedelta(days=1),
         _duration,
-        "A reset looks the domain up live when its last check is older than this.",
+        "How old a check that judged a domain ok may be and still count as evidence for a "
+        "reset; anything older, or any other verdict, is looked up live.",
     ),
     "DOMAINGUARD_RESET_LIVE_TIMEOUT": _opt(
         "reset_live_timeout", 3.0, _positive_float, "Seconds a live lookup at reset may take."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .verification import AddressState, Outcome
 
 EXTENSION_KEY = "domainguard"
+
+log = logging.getLogger(__name__)
 
 #: ``password_setter(user, new_password)`` stores a new password the host's way.
 PasswordSetter = Callable[[Any, str], None]
@@ -89,6 +92,13 @@ class DomainGuard:
         apply_defaults(app.config)
         settings = load_settings(app.config)
         app.extensions[EXTENSION_KEY] = _AppState(guard=self, settings=settings)
+        if settings.reset_live_check != "evidence":
+            log.warning(
+                "DOMAINGUARD_RESET_LIVE_CHECK = %r: password resets may be mailed without "
+                "evidence that the address's domain is still its owner's (the default "
+                "'evidence' refuses them when a lookup fails)",
+                settings.reset_live_check,
+            )
 
         if "mail" not in app.extensions:
             from flask_mail import Mail
@@ -285,11 +295,14 @@ class DomainGuard:
 
         return reset.safe_to_mail(self, address)
 
-    def reset_mail_scope(self) -> AbstractContextManager[None]:
-        """A block in which Flask-Mail delivers only to safe, verified addresses."""
+    def reset_mail_scope(
+        self, decision: ResetDecision | None = None
+    ) -> AbstractContextManager[None]:
+        """A block in which Flask-Mail delivers only to addresses fit for a reset: the
+        ``decision``'s address, or addresses with recent evidence of a safe domain."""
         from .mailguard import reset_mail_scope
 
-        return reset_mail_scope()
+        return reset_mail_scope(decision)
 
     def send_reset_mail(
         self, target: ResetDecision | str, *, template: str = "reset_password", **context: Any

@@ -1,11 +1,12 @@
 """Live domain checks for the moments that matter: a reset request and an address verification.
 
 The sweep checks every domain on a schedule; a reset cannot wait for it (PyPI's ``ctx`` domain
-was re-registered 12 minutes before the reset). :func:`check_domain` looks a domain up with a
-short timeout when its last check is stale (or always, when asked), records a successful
-observation on the :class:`~.models.Domain` row so the sweep builds on it, and judges the
-result for one address. It never unverifies: that is the sweep's job, with its confirmation
-rule; refusing a reset needs no confirmation.
+was re-registered 12 minutes before the reset). :func:`check_domain` decides whether the stored
+state is *evidence* enough (a successful check younger than ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER``
+that judges the domain ``OK`` for the address) and otherwise looks the domain up with a short
+timeout, recording a successful observation through :mod:`.domainstate` so the sweep builds
+on it. It never unverifies: that is the sweep's job, with its confirmation rule; refusing a
+reset needs no confirmation.
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import httpx
-import sqlalchemy as sa
 
-from . import signals
-from .addresses import ensure_domains
-from .journal import EventKind, transaction
+from .domainstate import (
+    advance,
+    has_reset_evidence,
+    load_state,
+    policy_of,
+    record,
+    verdict_for,
+)
 from .status.observation import Observation
 from .timeutil import utcnow
-from .verdict import Policy, Verdict, VerdictKind, is_lapse_signal, judge
+from .verdict import Verdict, VerdictKind, is_conclusive, judge
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
-    from .models import Domain
 
-#: The ``statuses`` column holds at most this many characters.
-_STATUSES_WIDTH = 500
 #: Extra seconds past the backend's own timeout before the lookup is abandoned regardless.
 _DEADLINE_SLACK = 1.0
 
@@ -48,6 +50,10 @@ class DomainCheck:
     :param failed: whether a live lookup was made and told nothing (the verdict is stored).
     :param trusted: a trusted mail provider: never looked up, always safe.
     :param checked_at: when the domain was last observed successfully.
+    :param evidence: whether a successful observation shows the domain safe for the address
+        now: this live one (any verdict that is not unsafe), or a stored one younger than
+        ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` that judges it ``OK``. Always true for trusted
+        providers.
     """
 
     domain: str
@@ -57,51 +63,7 @@ class DomainCheck:
     failed: bool
     trusted: bool
     checked_at: datetime | None
-
-
-def policy_of(guard: DomainGuard) -> Policy:
-    """The lifecycle policy from the app's settings."""
-    settings = guard.settings
-    return Policy(grace=settings.grace, warn_within=settings.warn_within)
-
-
-def stored_observation(row: Domain) -> Observation:
-    """The last successful observation kept on a Domain row (``registered=None`` if none)."""
-    if row.checked_at is None:
-        return Observation.failed(row.name, "never checked", source=row.source or "")
-    return Observation(
-        domain=row.name,
-        registered=row.registered,
-        statuses=row.status_set,
-        expires_at=row.expires_at,
-        registered_at=row.registered_at,
-        transferred_at=row.transferred_at,
-        source=row.source or "",
-    )
-
-
-def stored_verdict(
-    guard: DomainGuard, row: Domain, *, verified_at: datetime | None, now: datetime
-) -> Verdict:
-    """Judge the stored facts for one address, never kinder than the sweep's stored verdict.
-
-    The facts are judged again because ``REREGISTERED`` depends on the address's
-    ``verified_at`` and ``IN_GRACE`` turns ``EXPIRED`` with time alone. A stored ``released``
-    or ``expired`` verdict holds even if the kept facts would not reproduce it.
-    """
-    verdict = judge(
-        stored_observation(row),
-        now=now,
-        verified_at=verified_at,
-        lapse_seen_at=row.lapse_seen_at,
-        policy=policy_of(guard),
-    )
-    address_free = {VerdictKind.RELEASED.value, VerdictKind.EXPIRED.value}
-    if not verdict.unsafe and row.verdict in address_free:
-        kind = VerdictKind(row.verdict)
-        reason = row.verdict_reason or f"The last check found {row.name} {kind.value}."
-        return Verdict(kind=kind, unsafe=True, until=None, reason=reason)
-    return verdict
+    evidence: bool = False
 
 
 def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
@@ -138,83 +100,6 @@ def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
         return Observation.failed(name, f"lookup failed ({type(exc).__name__})", source=source)
 
 
-def _statuses_text(statuses: frozenset[str]) -> str:
-    kept: list[str] = []
-    for status in sorted(statuses):
-        if len("|".join([*kept, status])) > _STATUSES_WIDTH:
-            break
-        kept.append(status)
-    return "|".join(kept)
-
-
-def _earliest_verified(guard: DomainGuard, name: str) -> datetime | None:
-    EmailAddress = guard.models.EmailAddress
-    value: datetime | None = guard.db.session.scalar(
-        sa.select(sa.func.min(EmailAddress.verified_at)).where(EmailAddress.registrable == name)
-    )
-    return value
-
-
-def record_observation(
-    guard: DomainGuard, name: str, obs: Observation, *, actor: str, now: datetime | None = None
-) -> Verdict:
-    """Store a successful observation on the Domain row and journal a change of verdict.
-
-    The row's verdict is the domain's: judged for its earliest verified address, the one a
-    re-registration endangers first. ``unsafe_since`` and ``lapse_seen_at`` follow the
-    observation so the sweep's confirmation rule counts this check; an unsafe verdict pulls
-    the next scheduled check forward to ``DOMAINGUARD_CONFIRM_AFTER`` from now.
-    """
-    now = now or utcnow()
-    settings = guard.settings
-    with transaction(guard.db, guard.models) as tx:
-        ensure_domains(guard, [name])
-        row = guard.db.session.get(guard.models.Domain, name)
-        if row is None:  # pragma: no cover - ensure_domains just made it
-            raise RuntimeError(f"Domain row {name} vanished")
-        verdict = judge(
-            obs,
-            now=now,
-            verified_at=_earliest_verified(guard, name),
-            lapse_seen_at=row.lapse_seen_at,
-            policy=policy_of(guard),
-        )
-        previous = row.verdict
-        row.registered = obs.registered
-        row.statuses = _statuses_text(obs.statuses)
-        row.expires_at = obs.expires_at
-        row.registered_at = obs.registered_at
-        row.transferred_at = obs.transferred_at
-        row.source = obs.source[:32] or None
-        row.checked_at = now
-        row.last_error = None
-        row.verdict = verdict.kind.value
-        row.verdict_until = verdict.until
-        row.verdict_reason = verdict.reason
-        if is_lapse_signal(obs, now):
-            row.lapse_seen_at = row.lapse_seen_at or now
-        else:
-            row.lapse_seen_at = None
-        if verdict.unsafe:
-            row.unsafe_since = row.unsafe_since or now
-            confirm_by = now + settings.confirm_after
-            if row.next_check_at is None or row.next_check_at > confirm_by:
-                row.next_check_at = confirm_by
-        else:
-            row.unsafe_since = None
-        if previous != verdict.kind.value:
-            tx.record(
-                EventKind.DOMAIN_VERDICT,
-                actor=actor,
-                signal=signals.domain_verdict_changed,
-                domain=name,
-                verdict=verdict.kind.value,
-                previous=previous,
-                reason=verdict.reason,
-            )
-    return verdict
-
-
 def check_domain(
     guard: DomainGuard,
     name: str,
@@ -223,15 +108,16 @@ def check_domain(
     force: bool = False,
     actor: str = "system",
 ) -> DomainCheck:
-    """Judge ``name`` for an address verified at ``verified_at``, looking it up live if due.
+    """Judge ``name`` for an address verified at ``verified_at``, looking it up live unless the
+    stored state is evidence enough.
 
-    A lookup is due when the last successful check is older than
-    ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` (or missing), unless ``DOMAINGUARD_RESET_LIVE_CHECK``
-    is ``"off"``; ``force`` (verification, the operator's ``reverify``) always looks up. It is
-    bounded by
-    ``DOMAINGUARD_RESET_LIVE_TIMEOUT``. Trusted provider domains are never looked up.
-    A failed lookup leaves the row untouched and the verdict comes from the stored state;
-    what to make of the failure (``"required"`` refuses) is the caller's decision.
+    The stored state is reused only when :func:`~.domainstate.has_reset_evidence` holds (a
+    recent check that judged the domain ``OK`` for this address) or when
+    ``DOMAINGUARD_RESET_LIVE_CHECK`` is ``"off"``; ``force`` (verification, the operator's
+    ``reverify``) always looks up. The lookup is bounded by ``DOMAINGUARD_RESET_LIVE_TIMEOUT``.
+    Trusted provider domains are never looked up. A failed lookup writes nothing and the
+    verdict comes from the stored state; what to make of the missing evidence is the
+    caller's decision.
     """
     settings = guard.settings
     now = utcnow()
@@ -242,29 +128,33 @@ def check_domain(
             until=None,
             reason=f"{name} is a trusted mail provider (DOMAINGUARD_TRUSTED_DOMAINS).",
         )
-        return DomainCheck(name, verdict, None, False, False, True, None)
+        return DomainCheck(name, verdict, None, False, False, True, None, evidence=True)
 
-    Domain = guard.models.Domain
-    row = guard.db.session.get(Domain, name)
-    if row is None:
-        ensure_domains(guard, [name])
-        guard.db.session.commit()
-        row = guard.db.session.get(Domain, name)
-        if row is None:  # pragma: no cover - ensure_domains just made it
-            raise RuntimeError(f"Domain row {name} vanished")
-    checked_at = row.checked_at
-    stale = checked_at is None or now - checked_at >= settings.reset_live_check_after
-    if not force and (settings.reset_live_check == "off" or not stale):
-        verdict = stored_verdict(guard, row, verified_at=verified_at, now=now)
-        return DomainCheck(name, verdict, None, False, False, False, checked_at)
-
-    lapse_seen_at = row.lapse_seen_at  # the judgement uses the state before this lookup
-    obs = lookup(guard, name, timeout=settings.reset_live_timeout)
-    live = judge(
-        obs, now=now, verified_at=verified_at, lapse_seen_at=lapse_seen_at, policy=policy_of(guard)
+    policy = policy_of(settings)
+    state = load_state(guard, name)
+    stored = verdict_for(state, verified_at, now, policy)
+    evidence = has_reset_evidence(
+        state, verified_at, now, within=settings.reset_live_check_after, policy=policy
     )
-    if live.kind is VerdictKind.UNKNOWN:
-        verdict = stored_verdict(guard, row, verified_at=verified_at, now=now)
-        return DomainCheck(name, verdict, obs, True, True, False, checked_at)
-    record_observation(guard, name, obs, actor=actor, now=now)
-    return DomainCheck(name, live, obs, True, False, False, now)
+    if not force and (settings.reset_live_check == "off" or evidence):
+        return DomainCheck(name, stored, None, False, False, False, state.checked_at, evidence)
+
+    obs = lookup(guard, name, timeout=settings.reset_live_timeout)
+    if not is_conclusive(obs):
+        return DomainCheck(name, stored, obs, True, True, False, state.checked_at, evidence)
+    new = record(guard, name, obs, actor=actor, now=now)
+    verdict = verdict_for(new, verified_at, now, policy)
+    return DomainCheck(name, verdict, obs, True, False, False, now, not verdict.unsafe)
+
+
+def live_verdict(
+    guard: DomainGuard, name: str, obs: Observation, verified_at: datetime | None
+) -> Verdict:
+    """The verdict ``obs`` would give an address proved at ``verified_at``, with the stored
+    memories, writing nothing (``flask domainguard check``); ``UNKNOWN`` for a failed lookup."""
+    now = utcnow()
+    policy = policy_of(guard.settings)
+    if not is_conclusive(obs):
+        return judge(obs, now=now, verified_at=verified_at, policy=policy)
+    state = advance(load_state(guard, name), obs, now)
+    return verdict_for(state, verified_at, now, policy)

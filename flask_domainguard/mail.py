@@ -8,6 +8,7 @@ domain may belong to the attacker now.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -15,15 +16,16 @@ from flask import current_app, render_template
 from flask_mail import Message
 from jinja2 import TemplateNotFound
 
-from .verdict import UNSAFE_KINDS
+from . import domainstate
+from .domainstate import STATE_COLUMNS, DomainState, load_state, policy_of, verdict_for
+from .timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
     from .models import EmailAddress
+    from .verdict import Verdict
 
 log = logging.getLogger(__name__)
-
-_UNSAFE_VALUES = frozenset(kind.value for kind in UNSAFE_KINDS)
 
 
 def send_mail(guard: DomainGuard, recipients: list[str], template: str, **context: Any) -> None:
@@ -51,32 +53,85 @@ def send_mail(guard: DomainGuard, recipients: list[str], template: str, **contex
     log.info("sent %s mail to %d recipient(s)", template, len(recipients))
 
 
+def address_verdict(
+    guard: DomainGuard, state: DomainState, verified_at: datetime | None, now: datetime
+) -> Verdict:
+    """The stored verdict for one address on ``state``'s domain, by its own proof date.
+
+    An unverified address (``verified_at`` ``None``) has no proof to measure a change of hands
+    against; mail to it reaches whoever holds the domain now, so it is judged for a proof
+    made now (only a name up for grabs, released or expired, is unsafe for it).
+    """
+    return verdict_for(
+        state, verified_at if verified_at is not None else now, now, policy_of(guard.settings)
+    )
+
+
 def is_safe_recipient(guard: DomainGuard, row: EmailAddress) -> bool:
-    """Whether ``row`` may receive mail about its account: verified, on a domain not unsafe."""
+    """Whether ``row`` may receive mail about its account: verified, and its domain's stored
+    facts not unsafe *for this address* (a newer address on the domain changes nothing).
+
+    A domain never checked counts as safe here (notices such as "password changed"); a
+    reset needs more (:func:`has_reset_evidence`).
+    """
     if row.verified_at is None:
         return False
     if row.registrable in guard.settings.trusted_domains:
         return True
-    domain = guard.db.session.get(guard.models.Domain, row.registrable)
-    return domain is None or domain.verdict not in _UNSAFE_VALUES
+    state = load_state(guard, row.registrable)
+    return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
+
+
+def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
+    """Whether the stored state alone is evidence that ``row`` may receive a reset: verified,
+    and a trusted provider or a recent check that judged its domain ``OK`` for it."""
+    if row.verified_at is None:
+        return False
+    if row.registrable in guard.settings.trusted_domains:
+        return True
+    settings = guard.settings
+    return domainstate.has_reset_evidence(
+        load_state(guard, row.registrable),
+        row.verified_at,
+        utcnow(),
+        within=settings.reset_live_check_after,
+        policy=policy_of(settings),
+    )
 
 
 def safe_addresses(guard: DomainGuard, user_id: Any, *, exclude_id: int | None = None) -> list[str]:
-    """The user's verified addresses on domains not unsafe, primary first."""
+    """The user's verified addresses whose domain is not unsafe for them, primary first."""
     EmailAddress = guard.models.EmailAddress
     Domain = guard.models.Domain
+    # The Domain's columns under their own names (none clashes with the address columns),
+    # so each result row reads as a Domain row too.
+    columns = [getattr(Domain, column) for column in STATE_COLUMNS]
     rows = guard.db.session.execute(
-        sa.select(EmailAddress.id, EmailAddress.address, EmailAddress.registrable, Domain.verdict)
+        sa.select(
+            EmailAddress.id,
+            EmailAddress.address,
+            EmailAddress.registrable,
+            EmailAddress.verified_at,
+            *columns,
+        )
         .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
         .where(EmailAddress.user_id == user_id, EmailAddress.verified_at.is_not(None))
         .order_by(EmailAddress.primary.desc(), EmailAddress.id)
     )
     trusted = guard.settings.trusted_domains
-    return [
-        address
-        for row_id, address, registrable, verdict in rows
-        if row_id != exclude_id and (registrable in trusted or verdict not in _UNSAFE_VALUES)
-    ]
+    now = utcnow()
+    safe: list[str] = []
+    for row in rows:
+        if row.id == exclude_id:
+            continue
+        if row.registrable not in trusted:
+            state = (
+                DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
+            )
+            if address_verdict(guard, state, as_utc(row.verified_at), now).unsafe:
+                continue
+        safe.append(row.address)
+    return safe
 
 
 def notify_user(

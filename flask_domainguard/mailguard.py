@@ -16,11 +16,16 @@ nothing unless the current app has DomainGuard, and then applies ``DOMAINGUARD_M
 
 The reset rule: inside :func:`reset_mail_scope` (DomainGuard opens it around the host's
 decorated forgot-password view and around its own reset mail) every recipient must be a
-stored, verified address on a domain not unsafe (:func:`flask_domainguard.mail.is_safe_recipient`);
-all others are dropped. A host with its own reset flow wraps its send the same way::
+stored, verified address on a domain not unsafe for it
+(:func:`flask_domainguard.mail.is_safe_recipient`) and, by default, with evidence: the reset
+decision the scope was opened with allowed it, or a recent check judged its domain ``OK``.
+All others are dropped, and so is any recipient that does not parse as an address. A host
+with its own reset flow wraps its send the same way::
 
-    with guard.reset_mail_scope():
-        mail.send(message)
+    decision = guard.reset_decision(email)
+    if decision.allowed:
+        with guard.reset_mail_scope(decision):
+            mail.send(message)
 
 Dropped recipients are removed from the message; a message left without recipients is not
 sent. Nothing is raised: an error here would turn into a different answer to a reset request,
@@ -40,24 +45,38 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
+from .domainstate import load_state
 from .emails import InvalidAddress, parse_address
-from .mail import is_safe_recipient
-from .verdict import UNSAFE_KINDS
+from .mail import address_verdict, has_reset_evidence, is_safe_recipient
+from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
+    from .reset import ResetDecision
 
 log = logging.getLogger(__name__)
 
-_reset_scope: ContextVar[bool] = ContextVar("domainguard_reset_mail_scope", default=False)
+# None outside a reset scope; inside one, the address ids a reset decision just allowed.
+_reset_scope: ContextVar[frozenset[int] | None] = ContextVar(
+    "domainguard_reset_mail_scope", default=None
+)
 _install_lock = threading.Lock()
-_UNSAFE_VALUES = frozenset(kind.value for kind in UNSAFE_KINDS)
 
 
 @contextmanager
-def reset_mail_scope() -> Iterator[None]:
-    """Within this block, Flask-Mail delivers only to safe, verified addresses."""
-    token = _reset_scope.set(True)
+def reset_mail_scope(decision: ResetDecision | None = None) -> Iterator[None]:
+    """Within this block, Flask-Mail delivers only to addresses fit for a reset.
+
+    :param decision: the allowed :class:`~flask_domainguard.reset.ResetDecision` this mail
+        follows: its address passes on the decision's live evidence. Without one, every
+        recipient needs evidence in the stored state (see :func:`recipient_allowed`).
+    """
+    allowed = (
+        frozenset({decision.address.id})
+        if decision is not None and decision.allowed and decision.address is not None
+        else frozenset()
+    )
+    token = _reset_scope.set(allowed)
     try:
         yield
     finally:
@@ -66,7 +85,7 @@ def reset_mail_scope() -> Iterator[None]:
 
 def in_reset_scope() -> bool:
     """Whether the reset rule applies to mail sent now."""
-    return _reset_scope.get()
+    return _reset_scope.get() is not None
 
 
 def _address_of(recipient: Any) -> str:
@@ -78,7 +97,12 @@ def _address_of(recipient: Any) -> str:
 def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bool:
     """Whether ``recipient`` (text, ``"Name <addr>"`` or ``(name, addr)``) may get this mail.
 
-    :param strict: the reset rule (only stored, verified, safe addresses).
+    A recipient that does not parse as an address is refused: what cannot be read cannot be
+    checked (``"erin"@released.example`` is a real mailbox on a released domain).
+
+    :param strict: the reset rule: a stored, verified address whose domain is not unsafe for
+        it, with evidence (``DOMAINGUARD_RESET_LIVE_CHECK = "evidence"``): a reset decision
+        in this scope allowed it, or a recent check judged its domain ``OK`` for it.
     """
     from .addresses import find_address
 
@@ -86,15 +110,20 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
     try:
         parsed = parse_address(raw)
     except InvalidAddress:
-        return not strict
+        log.warning("withheld mail from a recipient that is not a valid address")
+        return False
     with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
         row = find_address(guard, parsed.normalized)
         if strict:
-            return row is not None and is_safe_recipient(guard, row)
+            if row is None or not is_safe_recipient(guard, row):
+                return False
+            if guard.settings.reset_live_check != "evidence":
+                return True
+            return row.id in (_reset_scope.get() or ()) or has_reset_evidence(guard, row)
         if row is None or row.registrable in guard.settings.trusted_domains:
             return True
-        domain = guard.db.session.get(guard.models.Domain, row.registrable)
-    return domain is None or domain.verdict not in _UNSAFE_VALUES
+        state = load_state(guard, row.registrable)
+        return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
 
 
 def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:

@@ -119,6 +119,10 @@ class Domain(_Row):
     unsafe_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When an unsafe verdict was first seen in the current run of unsafe checks."""
     lapse_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a lapse signal was first seen; cleared once the domain is seen renewed."""
+    changed_hands_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the domain was seen changing hands after a lapse (never cleared): addresses
+    verified before it are ``reregistered`` until verified again."""
     next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     failures: Mapped[int] = mapped_column(sa.Integer, default=0, nullable=False)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)

@@ -4,7 +4,7 @@ Three ways in, one rule: a reset goes only to a known, verified address whose do
 unsafe *now* (:func:`reset_decision`, with a live lookup when the last check is stale).
 
 1. Custom flows call ``guard.reset_decision(email)`` and, when allowed, send their mail
-   inside ``guard.reset_mail_scope()`` or through ``guard.send_reset_mail(decision)``.
+   inside ``guard.reset_mail_scope(decision)`` or through ``guard.send_reset_mail(decision)``.
 2. A host's own forgot-password view takes a decorator::
 
        @app.route("/forgot", methods=["GET", "POST"])
@@ -63,13 +63,14 @@ MAX_ADDRESS_LENGTH = 320
 ALLOWED = "allowed"
 UNKNOWN_ADDRESS = "unknown_address"
 UNVERIFIED = "unverified"
-LIVE_CHECK_FAILED = "live_check_failed"
+#: No successful, recent observation shows the domain safe for the address (the lookup failed).
+NO_EVIDENCE = "no_evidence"
 RATE_LIMITED = "rate_limited"
 #: Prefix of the domain reasons: ``domain_released``, ``domain_expired``, ``domain_reregistered``.
 DOMAIN_PREFIX = "domain_"
 
 #: Refusals the account's owner hears about (at their other, safe addresses).
-_NOTICE_REASONS = ("unverified", "domain_")
+_NOTICE_REASONS = ("unverified", "domain_", NO_EVIDENCE)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ResetDecision:
 
     :param allowed: mail the reset.
     :param reason: ``allowed``, ``unknown_address``, ``unverified``, ``domain_released``,
-        ``domain_expired``, ``domain_reregistered``, ``live_check_failed`` or ``rate_limited``.
+        ``domain_expired``, ``domain_reregistered``, ``no_evidence`` or ``rate_limited``.
     :param user: the host's user owning the address, or ``None`` when unknown.
     :param address: the :class:`~flask_domainguard.models.EmailAddress` row, or ``None``.
     :param verdict: the domain verdict the decision rests on, when one was needed.
@@ -114,14 +115,16 @@ def _lookup_row(guard: DomainGuard, normalized: str) -> EmailAddress | None:
 def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
     """Decide whether a password reset may be mailed to ``address`` (any spelling).
 
-    Allowed only for a stored, verified address whose domain is not unsafe for it. When the
-    domain's last successful check is older than ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` it is
-    looked up live (``DOMAINGUARD_RESET_LIVE_TIMEOUT``); a domain registered again after the
-    address was verified, released or expired is refused at once, without the sweep's
-    confirmation. A failed lookup falls back to the stored state, or refuses when
-    ``DOMAINGUARD_RESET_LIVE_CHECK = "required"``. Trusted providers are never looked up.
+    Allowed only for a stored, verified address on a domain that affirmative evidence shows
+    safe for it: a live lookup now, or a check younger than
+    ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` that judged it ``OK`` for this address (any other
+    stored verdict is looked up again). A domain registered again after the address was
+    verified, sold after it was seen lapsing, released or expired is refused at once, without
+    the sweep's confirmation. A lookup that fails leaves no evidence: refused as
+    ``no_evidence`` (with ``DOMAINGUARD_RESET_LIVE_CHECK = "fallback"`` the stored state
+    decides instead). Trusted providers are never looked up.
 
-    Records a live observation on the Domain row (and commits); never unverifies.
+    Records a successful live observation on the Domain row (and commits); never unverifies.
     """
     normalized, registrable = _parse(address)
     row = _lookup_row(guard, normalized)
@@ -137,12 +140,12 @@ def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
     if row.verified_at is None:
         return ResetDecision(False, UNVERIFIED, user, row)
     check = check_domain(guard, row.registrable, verified_at=row.verified_at, actor="reset")
-    if check.failed and guard.settings.reset_live_check == "required":
-        return ResetDecision(False, LIVE_CHECK_FAILED, user, row, check.verdict)
     if check.verdict.unsafe:
         return ResetDecision(
             False, DOMAIN_PREFIX + check.verdict.kind.value, user, row, check.verdict
         )
+    if not check.evidence and guard.settings.reset_live_check == "evidence":
+        return ResetDecision(False, NO_EVIDENCE, user, row, check.verdict)
     return ResetDecision(True, ALLOWED, user, row, check.verdict)
 
 
@@ -304,7 +307,7 @@ def send_reset_mail(
     values.update(
         link=link, address=row.address, user=decision.user, valid_for=guard.settings.reset_within
     )
-    with reset_mail_scope():
+    with reset_mail_scope(decision):
         send_mail(guard, [row.address], template, **values)
     with transaction(guard.db, guard.models) as tx:
         tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
@@ -316,6 +319,7 @@ _REFUSAL_TEXT = {
     "domain_released": "its domain is no longer registered, so anyone could register it",
     "domain_expired": "its domain has expired",
     "domain_reregistered": "its domain was registered again after you verified the address",
+    NO_EVIDENCE: "we could not confirm that its domain still belongs to you",
 }
 
 
@@ -386,7 +390,7 @@ def process_reset_request(
         if on_allowed is None:
             send_reset_mail(guard, decision)
         else:
-            with reset_mail_scope():
+            with reset_mail_scope(decision):
                 result = on_allowed(decision)
             with transaction(guard.db, guard.models) as tx:
                 tx.record(

@@ -47,13 +47,23 @@ from flask import current_app
 
 from . import signals
 from .addresses import unverify
+from .domainstate import (
+    STATE_COLUMNS,
+    DomainState,
+    advance,
+    depends_on_proof,
+    policy_of,
+    record,
+    row_values,
+    verdict_for,
+)
 from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
 from .mail import notify_user
 from .models import UnverifyReason
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
-from .verdict import Policy, Verdict, VerdictKind, is_lapse_signal, judge
+from .verdict import Verdict, VerdictKind, is_conclusive, judge
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -134,12 +144,10 @@ def next_check_after_failure(failures: int, retry_after: float | None = None) ->
 
 @dataclass(frozen=True)
 class Claim:
-    """A domain leased to this run, with the state its judgement needs."""
+    """A domain leased to this run. Its state is read again when the results are applied,
+    under the batch's locks (:meth:`Sweep.apply_results`)."""
 
     name: str
-    verdict: str | None
-    unsafe_since: datetime | None
-    lapse_seen_at: datetime | None
     failures: int
 
 
@@ -320,7 +328,7 @@ class Sweep:
         self.name_range = name_range
         self.cutoff = as_utc(cutoff) if cutoff is not None else utcnow()
         self.dry_run = dry_run
-        self.policy = Policy(grace=settings.grace, warn_within=settings.warn_within)
+        self.policy = policy_of(settings)
         concurrency = concurrency or settings.sweep_concurrency
         self.limits = LookupLimits(
             concurrency=concurrency,
@@ -441,7 +449,7 @@ class Sweep:
         db = self.guard.db
         D = self._D
         now = utcnow()
-        columns = (D.c.name, D.c.verdict, D.c.unsafe_since, D.c.lapse_seen_at, D.c.failures)
+        columns = (D.c.name, D.c.failures)
         if names is not None:
             where: list[sa.ColumnElement[bool]] = [D.c.name.in_(list(names))]
             trusted = sorted(self.settings.trusted_domains)
@@ -476,16 +484,7 @@ class Sweep:
             except BaseException:
                 db.session.rollback()
                 raise
-        return [
-            Claim(
-                name=row[0],
-                verdict=row[1],
-                unsafe_since=_aware(row[2]),
-                lapse_seen_at=_aware(row[3]),
-                failures=int(row[4] or 0),
-            )
-            for row in rows
-        ]
+        return [Claim(name=row[0], failures=int(row[1] or 0)) for row in rows]
 
     def release(self, names: Iterable[str] | None = None) -> None:
         """Give back this run's leases (all of them, or on ``names``) without checking."""
@@ -565,26 +564,15 @@ class Sweep:
             )
         return found
 
-    def _judge_address(
-        self,
-        obs: Observation,
-        base: Verdict,
-        row: _AddressRow,
-        now: datetime,
-        lapse: datetime | None,
-    ) -> Verdict:
-        # judge() differs between addresses only through verified_at, and only when the
-        # domain was registered after it (REREGISTERED): everything else shares one verdict.
-        registered_at = _aware(obs.registered_at)
-        if (
-            base.kind not in (VerdictKind.UNKNOWN, VerdictKind.RELEASED)
-            and registered_at is not None
-            and registered_at > row.verified_at
-        ):
-            return judge(
-                obs, now=now, verified_at=row.verified_at, lapse_seen_at=lapse, policy=self.policy
-            )
-        return base
+    def _load_states(self, names: Iterable[str]) -> dict[str, DomainState]:
+        """The stored states of ``names``, read after this batch took their locks, so a live
+        check's write between the claim and now is built on, not overwritten."""
+        D = self._D
+        wanted = list(names)
+        if not wanted:
+            return {}
+        query = sa.select(*(D.c[column] for column in STATE_COLUMNS)).where(D.c.name.in_(wanted))
+        return {row.name: DomainState.of(row) for row in self.guard.db.session.execute(query)}
 
     def apply_results(
         self, claims: Sequence[Claim], observations: dict[str, Observation]
@@ -593,7 +581,9 @@ class Sweep:
 
         One transaction for the batch; verdict-change signals after its commit, expiry
         warnings mailed after that. Results for domains whose lease this run lost are
-        dropped (the other sweeper acts on its own lookup). Returns the run's report.
+        dropped (the other sweeper acts on its own lookup). Each domain's state moves through
+        :mod:`.domainstate`, the same path as the live check's, and every verified address is
+        judged by its own proof date. Returns the run's report.
         """
         if not claims:
             return self.report
@@ -604,38 +594,40 @@ class Sweep:
         with transaction(db, guard.models) as tx:
             ours = set(names) if self.dry_run else self._confirm_leases(names, now)
             report.lost_leases += len(names) - len(ours)
-            work: list[tuple[Claim, Observation, datetime | None, Verdict]] = []
+            states = self._load_states(ours)
+            work: list[tuple[Claim, Observation, DomainState, Verdict, str | None]] = []
             for claim in claims:
                 if claim.name not in ours:
                     continue
                 obs = observations.get(claim.name) or Observation.failed(
                     claim.name, "no lookup result", source=getattr(self.backend, "name", "")
                 )
+                state = states.get(claim.name) or DomainState(name=claim.name)
                 try:
-                    lapse = claim.lapse_seen_at
-                    if is_lapse_signal(obs, now):
-                        lapse = lapse or now
-                    elif obs.error is None and obs.registered is not None:
-                        lapse = None  # a working lookup without a lapse: the owner renewed
-                    base = judge(obs, now=now, lapse_seen_at=lapse, policy=self.policy)
+                    new = advance(state, obs, now)
+                    base = (
+                        verdict_for(new, None, now, self.policy)
+                        if is_conclusive(obs)
+                        else judge(obs, now=now, policy=self.policy)
+                    )
                 except Exception:
                     log.exception("judging %s failed", claim.name)
                     obs = Observation.failed(
                         claim.name, "internal error judging the answer", source=obs.source
                     )
-                    lapse, base = claim.lapse_seen_at, judge(obs, now=now, policy=self.policy)
-                work.append((claim, obs, lapse, base))
+                    new, base = state, judge(obs, now=now, policy=self.policy)
+                work.append((claim, obs, new, base, state.verdict))
             need = [
                 claim.name
-                for claim, obs, _, base in work
+                for claim, _, new, base, _ in work
                 if base.kind is not VerdictKind.UNKNOWN
-                and (base.kind is not VerdictKind.OK or obs.registered_at is not None)
+                and (base.kind is not VerdictKind.OK or depends_on_proof(new))
             ]
             addresses = self._load_addresses(need)
             done: list[dict[str, Any]] = []
             failed: list[dict[str, Any]] = []
             planned: list[tuple[_AddressRow, Verdict]] = []
-            for claim, obs, lapse, base in work:
+            for claim, obs, new, base, previous in work:
                 report.checked += 1
                 if base.kind is VerdictKind.UNKNOWN:
                     report.errors += 1
@@ -643,20 +635,21 @@ class Sweep:
                     failed.append(self._failure_values(claim, obs, base, now))
                     continue
                 judged = [
-                    (row, self._judge_address(obs, base, row, now, lapse))
+                    (row, verdict_for(new, row.verified_at, now, self.policy))
                     for row in addresses.get(claim.name, ())
                 ]
-                verdict = max([base, *(v for _, v in judged)], key=lambda v: _SEVERITY[v.kind])
+                # The summary is the earliest proof's verdict, the most severe one.
+                verdict = max([v for _, v in judged] or [base], key=lambda v: _SEVERITY[v.kind])
                 report.count_verdict(verdict.kind)
-                values, confirmed = self._success_values(claim, obs, lapse, verdict, now)
+                values, confirmed = self._success_values(new, verdict, now)
                 done.append(values)
                 if confirmed:
                     planned.extend((row, v) for row, v in judged if v.unsafe)
                 warnings.extend(self._warnings_for(claim.name, judged))
                 if (
                     not self.dry_run
-                    and claim.verdict != verdict.kind.value
-                    and not (claim.verdict is None and verdict.kind is VerdictKind.OK)
+                    and previous != verdict.kind.value
+                    and not (previous is None and verdict.kind is VerdictKind.OK)
                 ):
                     # The first "ok" of a new domain is not news; every other change is.
                     tx.record(
@@ -665,7 +658,7 @@ class Sweep:
                         signal=signals.domain_verdict_changed,
                         domain=claim.name,
                         verdict=verdict.kind.value,
-                        previous=claim.verdict,
+                        previous=previous,
                         reason=verdict.reason,
                     )
             if self.dry_run:
@@ -693,24 +686,18 @@ class Sweep:
         }
 
     def _success_values(
-        self,
-        claim: Claim,
-        obs: Observation,
-        lapse: datetime | None,
-        verdict: Verdict,
-        now: datetime,
+        self, state: DomainState, verdict: Verdict, now: datetime
     ) -> tuple[dict[str, Any], bool]:
+        """The row's new values (the engine's columns and the schedule), and whether an
+        unsafe verdict is confirmed: first seen at least ``CONFIRM_AFTER`` ago."""
         settings = self.settings
         confirmed = False
-        unsafe_since: datetime | None = None
         if verdict.unsafe:
-            if claim.unsafe_since is None:
-                unsafe_since = now
+            if state.unsafe_since is None:
                 next_check = now + settings.confirm_after
                 self.report.unsafe_first_seen += 1
             else:
-                unsafe_since = claim.unsafe_since
-                confirm_at = claim.unsafe_since + settings.confirm_after
+                confirm_at = state.unsafe_since + settings.confirm_after
                 confirmed = now >= confirm_at
                 next_check = now + LAPSING_RECHECK if confirmed else confirm_at
         elif verdict.kind is VerdictKind.OK:
@@ -720,19 +707,8 @@ class Sweep:
             if verdict.until is not None and now < verdict.until < next_check:
                 next_check = verdict.until
         values = {
-            "b_name": claim.name,
-            "registered": obs.registered,
-            "statuses": "|".join(sorted(obs.statuses))[:500],
-            "expires_at": _aware(obs.expires_at),
-            "registered_at": _aware(obs.registered_at),
-            "transferred_at": _aware(obs.transferred_at),
-            "source": (obs.source or "")[:32] or None,
-            "checked_at": now,
-            "verdict": verdict.kind.value,
-            "verdict_until": verdict.until,
-            "verdict_reason": verdict.reason,
-            "unsafe_since": unsafe_since,
-            "lapse_seen_at": lapse,
+            "b_name": state.name,
+            **row_values(state, verdict, now),
             "next_check_at": next_check,
             "failures": 0,
             "last_error": None,
@@ -1186,11 +1162,13 @@ def apply_held(
 ) -> HeldOutcome:
     """Apply every held action whose domain a fresh lookup still finds unsafe for it.
 
-    An action whose address is gone, unverified already, or now judged safe becomes
-    ``obsolete``; one whose lookup fails stays held.
+    Each domain is looked up once; a successful answer is recorded through
+    :mod:`.domainstate` like any other check, and each action's address is judged by its own
+    proof date. An action whose address is gone, unverified already, or now judged safe
+    becomes ``obsolete``; one whose lookup fails stays held.
     """
     db, settings = guard.db, guard.settings
-    policy = Policy(grace=settings.grace, warn_within=settings.warn_within)
+    policy = policy_of(settings)
     outcome = HeldOutcome()
     actions = list(db.session.scalars(_held_query(guard)))
     if not actions:
@@ -1200,38 +1178,30 @@ def apply_held(
         observations = sweep.lookup_batch({a.domain for a in actions})
     finally:
         sweep.close()
-    Domain, EmailAddress = guard.models.Domain, guard.models.EmailAddress
+    now = utcnow()
+    states = {
+        name: record(guard, name, obs, actor=actor, now=now)
+        for name, obs in observations.items()
+        if is_conclusive(obs)
+    }
+    EmailAddress = guard.models.EmailAddress
     report = SweepReport()
     notices: list[_Notice] = []
-    now = utcnow()
     with transaction(db, guard.models) as tx:
-        for action in actions:
-            address = db.session.get(EmailAddress, action.address_id)
-            domain = db.session.get(Domain, action.domain)
-            obs = observations[action.domain]
-            lapse = domain.lapse_seen_at if domain is not None else None
-            if is_lapse_signal(obs, now):
-                lapse = lapse or now
-            verdict = judge(
-                obs,
-                now=now,
-                verified_at=address.verified_at if address is not None else None,
-                lapse_seen_at=lapse,
-                policy=policy,
-            )
-            if verdict.kind is VerdictKind.UNKNOWN:
+        for action in list(db.session.scalars(_held_query(guard))):
+            state = states.get(action.domain)
+            if state is None:
                 outcome.still_held += 1
                 outcome.errors += 1
                 continue
+            address = db.session.get(EmailAddress, action.address_id)
+            verified_at = address.verified_at if address is not None else None
+            verdict = verdict_for(state, verified_at, now, policy)
             action.resolved_at = now
-            if address is None or address.verified_at is None or not verdict.unsafe:
+            if address is None or verified_at is None or not verdict.unsafe:
                 action.resolution = OBSOLETE
                 outcome.obsolete += 1
-                why = (
-                    "no longer verified"
-                    if address is None or address.verified_at is None
-                    else verdict.reason
-                )
+                why = "no longer verified" if verified_at is None else verdict.reason
                 tx.record(
                     EventKind.HELD_DISMISSED,
                     actor=actor,

@@ -5,8 +5,9 @@
 
 1. lookup failed, ``error`` set, an ``unknown`` flag, ``registered=None``: ``UNKNOWN``;
 2. not registered: ``RELEASED``;
-3. created after the address was verified, or transferred after a lapse was seen:
-   ``REREGISTERED``;
+3. created after the address was verified, transferred after a lapse was seen (and after
+   the address was verified), or remembered to have changed hands after a lapse since the
+   address was verified (``changed_hands_at``): ``REREGISTERED``;
 4. ``pending delete`` without ``redemption period``, or Domainr ``deleting``: ``EXPIRED``;
 5. lapsing: ``IN_GRACE`` until lapse start + grace, ``EXPIRED`` from then on;
 6. expiring within the warn window: ``EXPIRING_SOON``;
@@ -202,8 +203,11 @@ def _utc(value: datetime) -> datetime | None:
         return None
 
 
-def _plausible(value: object) -> datetime | None:
-    """``value`` as aware UTC when it is a datetime in 1985-9999; otherwise ``None``."""
+def plausible_moment(value: object) -> datetime | None:
+    """``value`` as aware UTC when it is a datetime in 1985-9999; otherwise ``None``.
+
+    Dates outside that range are parser or registry artefacts and count as absent.
+    """
     if not isinstance(value, datetime):
         return None
     converted = _utc(value)
@@ -250,23 +254,28 @@ class _Reading:
     expires_at: datetime | None  # plausible expiration date, aware UTC
 
 
+def _unknown(obs: Observation, name: str, names: set[str]) -> str | None:
+    """Why nothing can be concluded from ``obs``, as a clause; ``None`` when something can."""
+    if obs.error is not None:
+        # Any error, even an empty string, marks the lookup as failed: never act on it.
+        detail = " ".join(str(obs.error).split()).rstrip(".") or "no detail"
+        return f"The lookup of {name} failed ({detail})"
+    if obs.registered is None:
+        return f"The status source could not tell whether {name} is registered"
+    if "unknown" in names:
+        # Domainr answers `unknown` when an upstream registry did not answer; whatever else
+        # the observation claims (even registered=True) was then inferred from nothing.
+        return f"The status source answered 'unknown' for {name}"
+    return None
+
+
 def _read(obs: Observation, now: datetime) -> _Reading:
     name = obs.domain or "the domain"
     elements = _read_statuses(obs.statuses or ())
     names = {n for element in elements for n in element}
-    expires_at = _plausible(obs.expires_at)
+    expires_at = plausible_moment(obs.expires_at)
 
-    unknown: str | None = None
-    if obs.error is not None:
-        # Any error, even an empty string, marks the lookup as failed: never act on it.
-        detail = " ".join(str(obs.error).split()).rstrip(".") or "no detail"
-        unknown = f"The lookup of {name} failed ({detail})"
-    elif obs.registered is None:
-        unknown = f"The status source could not tell whether {name} is registered"
-    elif "unknown" in names:
-        # Domainr answers `unknown` when an upstream registry did not answer; whatever else
-        # the observation claims (even registered=True) was then inferred from nothing.
-        unknown = f"The status source answered 'unknown' for {name}"
+    unknown = _unknown(obs, name, names)
 
     # When the backend's reading and Domainr's flags disagree, the reading that protects the
     # account wins: a wrongly refused reset is cheap to undo (and the shell only unverifies
@@ -307,6 +316,15 @@ def _read(obs: Observation, now: datetime) -> _Reading:
     )
 
 
+def is_conclusive(obs: Observation) -> bool:
+    """Whether ``obs`` tells anything: ``False`` for failed, ``unknown`` or undecided lookups.
+
+    An inconclusive observation must change nothing that a later judgement rests on.
+    """
+    names = {n for element in _read_statuses(obs.statuses or ()) for n in element}
+    return _unknown(obs, obs.domain or "the domain", names) is None
+
+
 def is_lapse_signal(obs: Observation, now: datetime) -> bool:
     """Whether ``obs`` shows its domain lapsing, expired or released at ``now``.
 
@@ -340,6 +358,7 @@ def judge(
     now: datetime,
     verified_at: datetime | None = None,
     lapse_seen_at: datetime | None = None,
+    changed_hands_at: datetime | None = None,
     policy: Policy | None = None,
 ) -> Verdict:
     """Judge ``obs`` at ``now`` by the lifecycle policy; never raises, does no I/O.
@@ -349,6 +368,10 @@ def judge(
     :param verified_at: when the address was last verified; ``None`` skips the
         re-registration check (there is nothing to compare the creation date with).
     :param lapse_seen_at: when a lapse signal (:func:`is_lapse_signal`) was first seen.
+    :param changed_hands_at: when the domain was last seen to change hands after a lapse (a
+        transfer or registration dated after ``lapse_seen_at``), remembered by
+        :mod:`flask_domainguard.domainstate` even when a later answer no longer shows it.
+        An address verified before it (or of unknown proof date) is ``REREGISTERED``.
     :param policy: grace period and warning window; the defaults when ``None``.
     """
     policy = policy if policy is not None else Policy()
@@ -371,8 +394,8 @@ def judge(
         )
 
     # Dates outside 1985-9999 count as absent, for our own records as for the registry's.
-    registered_at = _plausible(obs.registered_at)
-    verified = _plausible(verified_at)
+    registered_at = plausible_moment(obs.registered_at)
+    verified = plausible_moment(verified_at)
     # Strictly later: a creation at the very instant of verification is the registration
     # the user proved control of. Creation dates in the future are kept, since a registry's
     # clock a little ahead of ours must not hide a re-registration made minutes ago.
@@ -385,16 +408,31 @@ def judge(
             f"after the address was verified on {proved}.",
         )
 
-    transferred_at = _plausible(obs.transferred_at)
-    seen = _plausible(lapse_seen_at)
+    transferred_at = plausible_moment(obs.transferred_at)
+    seen = plausible_moment(lapse_seen_at)
     # Strictly later, for the same reason; a transfer before the lapse was seen is an
-    # ordinary change of registrar by the owner who verified the address.
-    if transferred_at is not None and seen is not None and transferred_at > seen:
+    # ordinary change of registrar by the owner who verified the address, and one before the
+    # address was verified was made before its owner proved control of the mailbox.
+    if (
+        transferred_at is not None
+        and seen is not None
+        and transferred_at > seen
+        and (verified is None or transferred_at > verified)
+    ):
         moved, noticed = _pair(transferred_at, seen)
         return _verdict(
             VerdictKind.REREGISTERED,
             None,
             f"{name} was transferred on {moved}, after it was seen lapsing on {noticed}, "
+            "so it may now belong to someone else.",
+        )
+
+    changed = plausible_moment(changed_hands_at)
+    if changed is not None and (verified is None or changed > verified):
+        return _verdict(
+            VerdictKind.REREGISTERED,
+            None,
+            f"{name} changed hands on {_day(changed)} after it was seen lapsing, "
             "so it may now belong to someone else.",
         )
 

@@ -14,8 +14,8 @@ Before an address is marked verified its domain is looked up live (PyPI learned 
 status re-unverified users right after they re-verified). A new verification is refused when
 anyone else could register or restore the domain now (released, expired). An address that
 was unverified *because of its domain* is held to more: only its owner, logged in and with a
-fresh second factor when they have 2FA, may re-verify it, and only on a lookup that shows the
-domain safe (or, if the lookup fails, a stored verdict that is not unsafe).
+fresh second factor when they have 2FA, may re-verify it, and only on evidence that the
+domain is safe: a successful lookup now, or a recent check that judged it ``OK``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from flask_login import current_user
 
 from . import signals, tokens
 from .addresses import AddressError, resolve_address
+from .domainstate import load_state
 from .journal import EventKind, transaction
 from .livecheck import DomainCheck, check_domain
-from .mail import is_safe_recipient, send_mail
+from .mail import address_verdict, is_safe_recipient, send_mail
 from .models import UnverifyReason
 from .ratelimit import RateLimiter
 from .timeutil import utcnow
-from .verdict import UNSAFE_KINDS, VerdictKind
+from .verdict import VerdictKind
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -94,7 +95,7 @@ class AddressState:
     :param primary: whether it is the user's primary address.
     :param verified: whether it is verified now.
     :param receives_resets: verified and on a domain not unsafe by the last check.
-    :param domain_verdict: the domain's stored verdict (``"ok"``, ``"expired"``, ...) or
+    :param domain_verdict: the stored verdict for this address (``"ok"``, ``"expired"``, ...) or
         ``None`` when never checked; trusted providers report ``"trusted"``.
     :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
     :param needs_login: re-verifying takes the owner logged in (a domain reason).
@@ -211,11 +212,11 @@ def send_verification(
             code="rate_limited",
         )
     if row.registrable not in settings.trusted_domains:
-        domain = guard.db.session.get(guard.models.Domain, row.registrable)
-        stored_unsafe = domain is not None and domain.verdict in {k.value for k in UNSAFE_KINDS}
+        state = load_state(guard, row.registrable)
+        stored_unsafe = address_verdict(guard, state, None, utcnow()).unsafe
         if check is None and (stored_unsafe or row.unverify_reason in DOMAIN_REASONS):
             check = check_domain(
-                guard, row.registrable, verified_at=None, force=True, actor="verification"
+                guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
             )
         if check is not None:
             refusal = _domain_refusal(guard, row, check)
@@ -260,11 +261,6 @@ def _domain_refusal(
     if check.trusted:
         return None
     strict = needs_owner(row)
-    if check.failed and guard.settings.reset_live_check == "required":
-        return VerificationRefused(
-            f"We could not check {name} just now. Please try again in a few minutes.",
-            code="lookup_failed",
-        )
     verdict = check.verdict
     # A new verification fears only a name anyone can take now; REREGISTERED relative to an
     # old verification is moot for a new one. An address that lost its verification to its
@@ -275,7 +271,8 @@ def _domain_refusal(
             f"{name} cannot be used for verification right now: {verdict.reason}",
             code="domain_unsafe",
         )
-    if strict and check.failed and verdict.kind is VerdictKind.UNKNOWN:
+    # ...and on evidence, as a reset needs it: a failed lookup never brings it back.
+    if strict and not check.evidence:
         return VerificationRefused(
             f"We could not confirm that {name} is safe again. Please try again later.",
             code="lookup_failed",
@@ -327,7 +324,10 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
             _journal_refusal(guard, row, refusal, actor=actor)
             raise refusal
 
-    check = check_domain(guard, row.registrable, verified_at=None, force=True, actor="verification")
+    # Judged for the proof about to be made: a change of hands before it is the new owner's.
+    check = check_domain(
+        guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
+    )
     domain_refusal = _domain_refusal(guard, row, check)
     if domain_refusal is not None:
         _journal_refusal(guard, row, domain_refusal, actor=actor)
@@ -384,8 +384,12 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
     """
     row = resolve_address(guard, address)
     trusted = row.registrable in guard.settings.trusted_domains
-    domain = None if trusted else guard.db.session.get(guard.models.Domain, row.registrable)
-    verdict = "trusted" if trusted else (domain.verdict if domain is not None else None)
+    verdict: str | None = "trusted"
+    if not trusted:
+        state = load_state(guard, row.registrable)
+        # This address's own verdict: the domain's summary may be about an older address.
+        own = address_verdict(guard, state, row.verified_at, utcnow())
+        verdict = None if state.checked_at is None else own.kind.value
     safe = is_safe_recipient(guard, row)
     reason = row.unverify_reason
     if row.verified_at is not None and safe:
@@ -458,7 +462,7 @@ def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> Rev
     :raises UnknownAddress: no such stored address.
     """
     row = resolve_address(guard, address)
-    check = check_domain(guard, row.registrable, verified_at=None, force=True, actor=actor)
+    check = check_domain(guard, row.registrable, verified_at=utcnow(), force=True, actor=actor)
     refusal = _domain_refusal(guard, row, check)
     if refusal is None and check.failed and not check.trusted:
         # An operator is told plainly that nothing was learnt, even where a user would be

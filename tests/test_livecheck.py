@@ -11,7 +11,8 @@ from flask import Flask
 from freezegun import freeze_time
 
 from flask_domainguard.journal import EventKind
-from flask_domainguard.livecheck import check_domain, lookup, record_observation, stored_verdict
+from flask_domainguard.domainstate import DomainState, policy_of, record, verdict_for
+from flask_domainguard.livecheck import check_domain, lookup
 from flask_domainguard.status.observation import Observation
 from flask_domainguard.verdict import VerdictKind
 from tests.guard_helpers import (
@@ -60,8 +61,8 @@ def test_record_observation_stores_the_facts_and_journals_changes(
     guard: Any, make_user: Any
 ) -> None:
     add(guard, make_user(), "a@example-shop.com")
-    verdict = record_observation(guard, "example-shop.com", obs(), actor="reset")
-    assert verdict.kind is VerdictKind.OK
+    state = record(guard, "example-shop.com", obs(), actor="reset")
+    assert state.verdict == VerdictKind.OK.value
     row = domain(guard)
     assert (row.registered, row.status_set, row.source, row.checked_at) == (
         True,
@@ -70,7 +71,7 @@ def test_record_observation_stores_the_facts_and_journals_changes(
         NOW,
     )
     assert row.verdict == "ok" and row.unsafe_since is None and row.lapse_seen_at is None
-    record_observation(guard, "example-shop.com", obs(), actor="reset")
+    record(guard, "example-shop.com", obs(), actor="reset")
     assert len(events(guard, EventKind.DOMAIN_VERDICT)) == 1, "unchanged verdict, no new row"
 
 
@@ -81,16 +82,16 @@ def test_unsafe_verdict_starts_the_confirmation_clock(
     row = domain(guard)
     row.next_check_at = NOW + timedelta(days=7)
     guard.db.session.commit()
-    record_observation(guard, "example-shop.com", obs(registered=False), actor="reset")
+    record(guard, "example-shop.com", obs(registered=False), actor="reset")
     row = domain(guard)
     assert row.verdict == "released"
     assert row.unsafe_since == NOW
     assert row.lapse_seen_at == NOW
     assert row.next_check_at == NOW + guard.settings.confirm_after
     frozen.tick(timedelta(hours=1))
-    record_observation(guard, "example-shop.com", obs(registered=False), actor="reset")
+    record(guard, "example-shop.com", obs(registered=False), actor="reset")
     assert domain(guard).unsafe_since == NOW, "the first sighting is kept"
-    record_observation(guard, "example-shop.com", obs(), actor="reset")
+    record(guard, "example-shop.com", obs(), actor="reset")
     row = domain(guard)
     assert row.unsafe_since is None and row.lapse_seen_at is None and row.verdict == "ok"
 
@@ -100,10 +101,10 @@ def test_domain_verdict_is_judged_for_the_earliest_verified_address(
 ) -> None:
     add(guard, make_user(), "old@example-shop.com", verified_at=datetime(2010, 1, 1, tzinfo=UTC))
     add(guard, make_user(), "new@example-shop.com", verified_at=datetime(2024, 1, 1, tzinfo=UTC))
-    verdict = record_observation(
+    state = record(
         guard, "example-shop.com", obs(registered_at=datetime(2020, 1, 1, tzinfo=UTC)), actor="x"
     )
-    assert verdict.kind is VerdictKind.REREGISTERED
+    assert state.verdict == VerdictKind.REREGISTERED.value
 
 
 def test_failed_lookup_leaves_the_row_alone(app: Flask, guard: Any, make_user: Any) -> None:
@@ -112,7 +113,8 @@ def test_failed_lookup_leaves_the_row_alone(app: Flask, guard: Any, make_user: A
     write_status(app, {})
     check = check_domain(guard, "example-shop.com", verified_at=NOW - timedelta(days=9))
     assert check.looked_up and check.failed
-    assert check.verdict.kind is VerdictKind.OK  # the stored state
+    assert check.verdict.kind is VerdictKind.OK  # the stored state...
+    assert not check.evidence  # ...five days old: no evidence for a reset
     assert check.observation is not None and check.observation.registered is None
     assert domain(guard).checked_at == NOW - timedelta(days=5)
 
@@ -132,7 +134,7 @@ def test_trusted_domains_are_never_looked_up(guard: Any) -> None:
     assert CountingBackend.calls == []
 
 
-def test_stored_verdict_never_kinder_than_the_sweep(guard: Any, make_user: Any) -> None:
+def test_stored_verdict_never_kinder_than_the_stored_summary(guard: Any, make_user: Any) -> None:
     add(guard, make_user(), "a@example-shop.com")
     # Facts that would read OK, with the sweep's verdict 'expired' (e.g. from another source).
     row = set_domain(
@@ -142,7 +144,7 @@ def test_stored_verdict_never_kinder_than_the_sweep(guard: Any, make_user: Any) 
         verdict="expired",
         expires_at=NOW + timedelta(days=300),
     )
-    verdict = stored_verdict(guard, row, verified_at=None, now=NOW)
+    verdict = verdict_for(DomainState.of(row), None, NOW, policy_of(guard.settings))
     assert verdict.kind is VerdictKind.EXPIRED and verdict.unsafe
 
 

@@ -12,6 +12,7 @@ from flask import Flask
 from flask_mail import Mail, Message
 
 from flask_domainguard.mailguard import in_reset_scope, install_mail_guard
+from flask_domainguard.reset import ResetDecision
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp
 from tests.guard_helpers import add, set_domain
@@ -34,6 +35,7 @@ def smtp_app(
     add(guard, user, GONE)
     add(guard, user, UNVERIFIED, verified=False)
     set_domain(guard, "gone-shop.com", checked_at=utcnow() - timedelta(hours=1), verdict="expired")
+    set_domain(guard, "safe-shop.com", checked_at=utcnow() - timedelta(hours=1))
     yield app
 
 
@@ -60,6 +62,36 @@ def test_reset_scope_lets_only_safe_verified_addresses_through(
         send(smtp_app, recipients=[SAFE, GONE, OUTSIDER, UNVERIFIED, "not an address"])
     assert not in_reset_scope()
     assert smtp_sink.envelopes == [("news@host.test", [SAFE])]
+
+
+def test_reset_scope_needs_evidence_or_the_decision(
+    smtp_app: Flask, guard: Any, make_user: Any, smtp_sink: SMTPSink
+) -> None:
+    """A host flow that skips the decision cannot mail a reset to a domain nobody checked
+    lately; the decision it was opened with vouches for its own address only."""
+    user = make_user()
+    stale = add(guard, user, "me@stale-shop.com")
+    set_domain(guard, "stale-shop.com", checked_at=utcnow() - timedelta(days=3))
+    with guard.reset_mail_scope():
+        send(smtp_app, recipients=[stale.address])
+    assert smtp_sink.envelopes == []
+
+    decision = ResetDecision(True, "allowed", user, stale)
+    with guard.reset_mail_scope(decision):
+        send(smtp_app, recipients=[stale.address, SAFE])
+        send(smtp_app, recipients=[GONE])
+    assert smtp_sink.envelopes == [("news@host.test", [stale.address, SAFE])]
+
+
+def test_unparseable_recipients_are_refused_and_logged(
+    smtp_app: Flask, smtp_sink: SMTPSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attack case 6: a quoted local part the parser refuses, on a released domain, must not
+    slip through the net because it cannot be looked up."""
+    send(smtp_app, recipients=['"erin"@released.example', SAFE])
+    assert smtp_sink.envelopes == [("news@host.test", [SAFE])]
+    assert "not a valid address" in caplog.text
+    assert "erin" not in caplog.text, "no address text in the log"
 
 
 @pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="reset")

@@ -175,9 +175,13 @@ def test_stored_observation_is_judged_with_the_address_verified_at(
     )
     old = guard.reset_decision("old@example-shop.com")
     assert not old.allowed and old.reason == "domain_reregistered"
-    # Verified after the new registration: this address is the new owner's, and safe.
+    # A stored verdict other than OK is never reused as evidence: it was looked up again
+    # (the lookup failed: the domain is not in the status file) and the stored facts decided.
+    assert CountingBackend.calls == ["example-shop.com"]
+    # Verified after the new registration: this address is the new owner's, and safe; its
+    # own verdict on the fresh check is OK, which is evidence without a lookup.
     assert guard.reset_decision("new@example-shop.com").allowed
-    assert CountingBackend.calls == []
+    assert CountingBackend.calls == ["example-shop.com"]
 
 
 def test_stored_grace_runs_out_with_time_alone(guard: Any, make_user: Any, frozen: Any) -> None:
@@ -192,7 +196,8 @@ def test_stored_grace_runs_out_with_time_alone(guard: Any, make_user: Any, froze
     )
     decision = guard.reset_decision("a@example-shop.com")
     assert not decision.allowed and decision.reason == "domain_expired"
-    assert CountingBackend.calls == []
+    # An in-grace check is no evidence however fresh: looked up (and failed) first.
+    assert CountingBackend.calls == ["example-shop.com"]
 
 
 def test_stored_released_verdict_is_honoured(guard: Any, make_user: Any, frozen: Any) -> None:
@@ -216,10 +221,11 @@ def test_live_pending_delete_is_refused_as_expired(
     assert guard.reset_decision("a@example-shop.com").reason == "domain_expired"
 
 
+@pytest.mark.settings(DOMAINGUARD_RESET_LIVE_CHECK="fallback")
 def test_failed_lookup_falls_back_to_stored_state(
     app: Flask, guard: Any, make_user: Any, frozen: Any
 ) -> None:
-    """The default 'fallback': a domain missing from the status file (registered=None)."""
+    """The weaker 'fallback': a domain missing from the status file (registered=None)."""
     add(guard, make_user(), "ok@example-shop.com")
     add(guard, make_user(), "gone@vanished-shop.com")
     checked = NOW - timedelta(days=3)
@@ -241,21 +247,37 @@ def test_failed_lookup_falls_back_to_stored_state(
     assert guard.db.session.get(guard.models.Domain, "example-shop.com").checked_at == checked
 
 
-@pytest.mark.settings(DOMAINGUARD_RESET_LIVE_CHECK="required")
-def test_required_refuses_when_the_lookup_fails(
+def test_failed_lookup_is_no_evidence_by_default(
     app: Flask, guard: Any, make_user: Any, frozen: Any
 ) -> None:
+    """Attack case 1: the lookup fails and the stored check is stale or missing. The
+    default refuses (``no_evidence``) instead of reading the failure as safe."""
+    add(guard, make_user(), "stale@example-shop.com")
+    add(guard, make_user(), "never@never-checked.com")
+    set_domain(guard, "example-shop.com", checked_at=NOW - timedelta(days=3))
+    write_status(app, {})
+    for address in ("stale@example-shop.com", "never@never-checked.com"):
+        decision = guard.reset_decision(address)
+        assert not decision.allowed and decision.reason == "no_evidence", address
+    assert sorted(CountingBackend.calls) == ["example-shop.com", "never-checked.com"]
+
+
+@pytest.mark.settings(DOMAINGUARD_RESET_LIVE_CHECK="required")
+def test_required_is_the_old_name_of_evidence(
+    app: Flask, guard: Any, make_user: Any, frozen: Any
+) -> None:
+    assert guard.settings.reset_live_check == "evidence"
     add(guard, make_user(), "ok@example-shop.com")
     set_domain(guard, "example-shop.com", checked_at=NOW - timedelta(days=3))
     write_status(app, {})
     decision = guard.reset_decision("ok@example-shop.com")
-    assert not decision.allowed and decision.reason == "live_check_failed"
+    assert not decision.allowed and decision.reason == "no_evidence"
     # With a fresh check no lookup is due, so nothing can fail.
     set_domain(guard, "example-shop.com", checked_at=NOW - timedelta(hours=1))
     assert guard.reset_decision("ok@example-shop.com").allowed
 
 
-@pytest.mark.settings(DOMAINGUARD_STATUS_BACKEND=FAILING)
+@pytest.mark.settings(DOMAINGUARD_STATUS_BACKEND=FAILING, DOMAINGUARD_RESET_LIVE_CHECK="fallback")
 def test_erroring_backend_falls_back(guard: Any, make_user: Any, frozen: Any) -> None:
     add(guard, make_user(), "ok@example-shop.com")
     set_domain(guard, "example-shop.com", checked_at=NOW - timedelta(days=3))
@@ -263,11 +285,11 @@ def test_erroring_backend_falls_back(guard: Any, make_user: Any, frozen: Any) ->
     assert FailingBackend.calls == ["example-shop.com"]
 
 
-@pytest.mark.settings(DOMAINGUARD_STATUS_BACKEND=FAILING, DOMAINGUARD_RESET_LIVE_CHECK="required")
-def test_erroring_backend_with_required_refuses(guard: Any, make_user: Any, frozen: Any) -> None:
+@pytest.mark.settings(DOMAINGUARD_STATUS_BACKEND=FAILING)
+def test_erroring_backend_leaves_no_evidence(guard: Any, make_user: Any, frozen: Any) -> None:
     add(guard, make_user(), "ok@example-shop.com")
     set_domain(guard, "example-shop.com", checked_at=NOW - timedelta(days=3))
-    assert guard.reset_decision("ok@example-shop.com").reason == "live_check_failed"
+    assert guard.reset_decision("ok@example-shop.com").reason == "no_evidence"
 
 
 @pytest.mark.settings(DOMAINGUARD_RESET_LIVE_CHECK="off")
@@ -343,5 +365,5 @@ def test_a_backend_ignoring_its_timeout_cannot_hold_the_decision(
     decision = guard.reset_decision("a@example-shop.com")
     elapsed = time.monotonic() - started
     assert elapsed < 5, f"took {elapsed:.1f}s"
-    # Never checked and the lookup failed: nothing says unsafe, and 'fallback' lets it through.
-    assert decision.allowed
+    # Never checked and the lookup failed: no evidence, so no reset.
+    assert not decision.allowed and decision.reason == "no_evidence"

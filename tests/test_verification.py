@@ -232,16 +232,29 @@ def test_failed_lookup_lets_a_new_address_through(
     assert row.verified_at is not None
 
 
-@pytest.mark.settings(DOMAINGUARD_RESET_LIVE_CHECK="required")
-def test_required_live_check_refuses_when_the_lookup_fails(
-    app: Flask, guard: Any, make_user: Any, client: FlaskClient, outbox: list[Any]
+@pytest.mark.settings(DOMAINGUARD_VERIFY_WITHIN=timedelta(days=5))
+def test_reverification_needs_evidence_as_a_reset_does(
+    app: Flask, guard: Any, make_user: Any, outbox: list[Any]
 ) -> None:
-    write_status(app, {})
-    row = add(guard, make_user(), "new@example-shop.com", verified=False)
-    guard.send_verification(row)
-    assert confirm(client, mailed_link(outbox)).status_code == 409
+    """An address its domain cost comes back only on evidence: a stored OK check two days old
+    and a failed lookup are not enough (the new owner could be the one clicking)."""
+    user = make_user()
+    row = add(guard, user, "me@example-shop.com")
+    unverify(guard, row, UnverifyReason.DOMAIN_EXPIRED)
+    write_status(app, {"example-shop.com": OK})
+    with freeze_time(utcnow()) as clock:
+        guard.send_verification(row)
+        link = mailed_link(outbox)
+        clock.tick(timedelta(days=2))
+        write_status(app, {})  # the lookup at confirmation fails
+        owner = app.test_client()
+        login(owner, user)
+        response = confirm(owner, link)
+    assert response.status_code == 409
     guard.db.session.refresh(row)
     assert row.verified_at is None
+    refused = events(guard, EventKind.VERIFICATION_REFUSED)
+    assert refused[-1].details["reason"] == "lookup_failed"
 
 
 # -- tokens --------------------------------------------------------------------------------
