@@ -200,6 +200,19 @@ def verdict_for(
     the address), even where the kept facts would not reproduce it (statuses are truncated
     to fit their column).
     """
+    if state.verdict in _ADDRESS_FREE:
+        verdict = _judge_stored(state, verified_at, now, policy)
+        if verdict.unsafe:
+            return verdict
+        kind = VerdictKind(state.verdict)
+        reason = f"The last check found {state.name} {kind.value}."
+        return Verdict(kind=kind, unsafe=True, until=None, reason=reason)
+    return _judge_stored(state, verified_at, now, policy)
+
+
+def _judge_stored(
+    state: DomainState, verified_at: datetime | None, now: datetime, policy: Policy
+) -> Verdict:
     if state.observation is None:
         return Verdict(
             kind=VerdictKind.UNKNOWN,
@@ -207,7 +220,7 @@ def verdict_for(
             until=None,
             reason=f"{state.name} has not been checked successfully yet.",
         )
-    verdict = judge(
+    return judge(
         state.observation,
         now=now,
         verified_at=verified_at,
@@ -215,11 +228,6 @@ def verdict_for(
         changed_hands_at=state.changed_hands_at,
         policy=policy,
     )
-    if not verdict.unsafe and state.verdict in _ADDRESS_FREE:
-        kind = VerdictKind(state.verdict)
-        reason = f"The last check found {state.name} {kind.value}."
-        return Verdict(kind=kind, unsafe=True, until=None, reason=reason)
-    return verdict
 
 
 #: Stored summaries that hold for every address, whatever its proof date.

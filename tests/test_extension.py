@@ -47,7 +47,7 @@ def test_unknown_key_is_an_error_naming_the_key_and_a_fix(database_url: str) -> 
         ("DOMAINGUARD_GRACE", "30 days", "timedelta"),
         ("DOMAINGUARD_GRACE", timedelta(days=-1), "negative"),
         ("DOMAINGUARD_STATUS_BACKEND", "whois", "rdap"),
-        ("DOMAINGUARD_RESET_LIVE_CHECK", "always", "required"),
+        ("DOMAINGUARD_RESET_LIVE_CHECK", "always", "evidence"),
         ("DOMAINGUARD_2FA_LIMIT", "five a minute", "5 per 5 minutes"),
         ("DOMAINGUARD_TRUSTED_DOMAINS", "gmail.com", "set or list"),
         ("DOMAINGUARD_2FA_REQUIRED_SINCE", "last year", "ISO date"),
