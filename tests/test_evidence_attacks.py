@@ -88,7 +88,8 @@ def test_a_sale_while_lapsing_is_remembered_by_every_later_sweep(
     start = LAPSED + timedelta(days=10)
     with freeze_time(start) as clock:
         write_status(app, {"lapsed-shop.com": lapsing(start)})
-        assert runner.invoke(args=["domainguard", "sweep", "--domain", "lapsed-shop.com"]).exit_code == 0
+        sweep = ["domainguard", "sweep", "--domain", "lapsed-shop.com"]
+        assert runner.invoke(args=sweep).exit_code == 0
         domain = guard.db.session.get(guard.models.Domain, "lapsed-shop.com")
         assert domain.verdict == "in_grace" and domain.lapse_seen_at == start
 
@@ -251,9 +252,7 @@ def test_a_trusted_provider_gets_its_reset_with_the_source_down(
     assert sum(status_server.hits.values()) == 0, "trusted providers are never looked up"
 
 
-def test_a_registration_before_the_proof_is_allowed(
-    app: Flask, guard: Any, victim: Any
-) -> None:
+def test_a_registration_before_the_proof_is_allowed(app: Flask, guard: Any, victim: Any) -> None:
     """A domain registered (even re-registered) before the address was verified is the one
     its owner proved: allowed."""
     write_status(

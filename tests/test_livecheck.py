@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard.journal import EventKind
 from flask_domainguard.domainstate import DomainState, policy_of, record, verdict_for
+from flask_domainguard.journal import EventKind
 from flask_domainguard.livecheck import check_domain, lookup
 from flask_domainguard.status.observation import Observation
 from flask_domainguard.verdict import VerdictKind
