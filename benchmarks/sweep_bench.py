@@ -311,6 +311,7 @@ def reset_state(config: dict[str, Any]) -> None:
                 verdict_reason=None,
                 unsafe_since=None,
                 lapse_seen_at=None,
+                changed_hands_at=None,
                 registered=None,
                 statuses="",
                 failures=0,
