@@ -344,7 +344,7 @@ def reverify_command(address: str, send: bool, as_json: bool) -> None:
     The link goes out only when the domain is safe for a new verification, and is journalled
     as sent by ``admin:<your login name>``. An address that lost its verification to its
     domain still needs its owner logged in (with 2FA) to confirm the link. Mailing needs
-    SERVER_NAME set, to build the link outside a request.
+    DOMAINGUARD_EXTERNAL_URL (or SERVER_NAME), to build the link outside a request.
 
     Exit codes: 0 the domain is safe (the link was sent with --send, unless the address is
     already verified); 1 no such address; 3 unsafe, nothing sent; 4 the lookup failed,
@@ -355,10 +355,12 @@ def reverify_command(address: str, send: bool, as_json: bool) -> None:
     from .addresses import UnknownAddress
     from .verification import reverify
 
-    if send and not current_app.config.get("SERVER_NAME"):
+    if send and not (
+        guard_for_app().settings.external_url or current_app.config.get("SERVER_NAME")
+    ):
         raise click.UsageError(
-            "--send builds a link outside a request: set SERVER_NAME (and "
-            "PREFERRED_URL_SCHEME) in the app's config."
+            "--send builds a link outside a request: set DOMAINGUARD_EXTERNAL_URL (e.g. "
+            "'https://example.com') or SERVER_NAME in the app's config."
         )
     try:
         login = getpass.getuser()

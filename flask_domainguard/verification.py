@@ -25,12 +25,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, has_request_context, url_for
+from flask import current_app, has_request_context
 from flask_login import current_user
 
 from . import signals, tokens
 from .addresses import AddressError, resolve_address
 from .journal import EventKind, transaction
+from .links import verify_link
 from .livecheck import DomainCheck, check_domain
 from .mail import is_safe_recipient, send_mail
 from .models import UnverifyReason
@@ -223,7 +224,7 @@ def send_verification(
                 _journal_refusal(guard, row, refusal, actor=actor)
                 raise refusal
     token = verification_token(row)
-    link = url_for("domainguard.verify_address", token=token, _external=True)
+    link = verify_link(token)
     send_mail(
         guard,
         [row.address],

@@ -114,7 +114,9 @@ def test_settings_outside_an_app_say_what_to_do() -> None:
 def test_string_uuid_user_keys(tmp_path: Any) -> None:
     app = Flask("uuidhost")
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'uuid.sqlite'}", SECRET_KEY="x"
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'uuid.sqlite'}",
+        SECRET_KEY="x",
+        DOMAINGUARD_EXTERNAL_URL="https://uuid.host.test",
     )
     hostapp.uuid_db.init_app(app)
     hostapp.uuid_guard.init_app(app)
