@@ -171,3 +171,29 @@ def _expiry_context() -> dict[str, Any]:
         "reason": "example.com expires on 2030-01-01.",
         "app_name": "hostapp",
     }
+
+
+def test_importing_a_mapped_class_by_module_fails_at_once_naming_guard_models() -> None:
+    with pytest.raises(ImportError, match=r"guard\.models\.EmailAddress"):
+        from flask_domainguard.models import EmailAddress  # noqa: F401
+    import flask_domainguard.models as models_module
+
+    with pytest.raises(ImportError, match=r"guard\.models\.Domain"):
+        _ = models_module.Domain
+    with pytest.raises(AttributeError):
+        _ = models_module.NoSuchThing
+
+
+def test_guard_models_are_the_mapped_classes_for_queries(guard: Any, make_user: Any) -> None:
+    import sqlalchemy as sa
+
+    user = make_user("q@example.org")
+    guard.add_address(user, "q@example.org", verified=True)
+    guard.add_address(user, "q2@example.org")
+    EmailAddress = guard.models.EmailAddress
+    unverified = hostapp.db.session.scalars(
+        sa.select(EmailAddress).where(
+            EmailAddress.user_id == user.id, EmailAddress.verified_at.is_(None)
+        )
+    ).all()
+    assert [row.address for row in unverified] == ["q2@example.org"]
