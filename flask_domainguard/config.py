@@ -279,10 +279,12 @@ def _optional_link_template(value: Any) -> str | None:
 
 
 def _backend(value: Any) -> str:
+    expected = "expected 'rdap', 'fastly', 'domainr', 'static' or a class as 'module:Class'"
     if not isinstance(value, str) or not value:
-        raise TypeError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
-    if value not in {"rdap", "fastly", "domainr", "static"} and "." not in value:
-        raise ValueError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
+        raise TypeError(expected)
+    # The same forms as `--backend`: 'package.module:Class', 'module:Class', 'module.Class'.
+    if value not in {"rdap", "fastly", "domainr", "static"} and not {".", ":"} & set(value):
+        raise ValueError(expected)
     return value
 
 
@@ -354,7 +356,7 @@ OPTIONS: dict[str, Option] = {
         "rdap",
         _backend,
         "Where domain status comes from: 'rdap', 'fastly', 'domainr', 'static' "
-        "or a dotted class path.",
+        "or your own class as 'module:Class' (as `--backend` takes it).",
     ),
     "DOMAINGUARD_STATIC_STATUS_FILE": _opt(
         "static_status_file",
