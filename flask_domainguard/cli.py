@@ -166,6 +166,50 @@ def twofactor_reset_command(user: str, reason: str, actor: str | None, as_json: 
     sys.exit(0 if done else 3)
 
 
+@domainguard_cli.command("unverify")
+@click.argument("address")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(["bounce", "manual"]),
+    help="bounce: mail to it bounces for good; manual: an administrator's decision.",
+)
+@click.option("--actor", default=None, help="Who does it; default the OS user name.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def unverify_command(address: str, reason: str, actor: str | None, as_json: bool) -> None:
+    """Unverify ADDRESS: no resets or account mail go there until its owner verifies it again.
+
+    For an address whose mail bounces for good, or one an administrator no longer trusts.
+    Journalled as ``admin:<actor>`` with the reason, and sent as the ``address_unverified``
+    signal. The owner verifies it again with a new link (``/domainguard/verify/``).
+
+    Exit codes: 0 unverified; 1 no such address; 2 usage error; 3 it was not verified,
+    nothing changed.
+    """
+    from .addresses import UnknownAddress
+
+    guard = guard_for_app()
+    who = f"admin:{actor or _os_user()}"
+    try:
+        changed = guard.unverify(address, reason=reason, actor=who)
+    except UnknownAddress as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    row = guard.find_address(address)
+    if as_json:
+        print_json({"address": row.address, "unverified": changed, "reason": reason, "actor": who})
+    else:
+        print_table(
+            [
+                ("address", row.address),
+                ("unverified", "yes" if changed else "no (it was not verified)"),
+                ("reason", reason),
+            ]
+        )
+    sys.exit(0 if changed else 3)
+
+
 @domainguard_cli.command("2fa-rotate-keys")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @with_appcontext
