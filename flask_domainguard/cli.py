@@ -338,8 +338,19 @@ def sweep_command(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @with_appcontext
 def report_command(held_only: bool, limit: int, as_json: bool) -> None:
-    """What needs a person's attention: accounts with only a custom-domain address, domains
-    expiring or in grace, held unverifications, domains whose lookups keep failing.
+    """What needs a person's attention, most urgent first. Sections (their --json keys):
+
+    \b
+      at_risk      accounts whose every verified address is on a custom domain
+                   and that have no 2FA (soonest expiring domain first)
+      custom_only  accounts whose verified addresses are all on custom domains
+      expiring     domains expiring within DOMAINGUARD_WARN_WITHIN
+      in_grace     lapsing domains, and when they count as expired
+      held         unverifications the circuit breaker held for review
+      failing      domains whose lookups failed 3 or more times in a row
+      without_2fa  active users who must enrol in 2FA and have not
+
+    Each gives a full count and its first --limit rows. Reads stored results only.
 
     Exit codes: 0 always (the report itself is the result); 2 usage error.
     """

@@ -292,3 +292,19 @@ def test_the_libraries_reset_pages_work_in_the_example(seeded: Flask) -> None:
     assert again.post("/login", data={"email": ALICE, "password": DEMO_PASSWORD}).status_code == 200
     login = again.post("/login", data={"email": ALICE, "password": "a-new-password-1"})
     assert login.status_code == 302
+
+
+@pytest.mark.settings(DOMAINGUARD_2FA_REQUIRED_SINCE=None)
+def test_the_admin_page_shows_the_accounts_most_at_risk_first(seeded: Flask) -> None:
+    seeded.test_cli_runner().invoke(args=["domainguard", "sweep"])
+    client = seeded.test_client()
+    client.post("/login", data={"email": ALICE, "password": DEMO_PASSWORD})
+    page = client.get("/admin").get_data(as_text=True)
+    sections = re.findall(r'<section id="report-(\w+)"', page)
+    assert sections[0] == "at_risk", sections
+    at_risk = page[page.index('id="report-at_risk"') : page.index('id="report-custom_only"')]
+    # Nobody in the demo has 2FA yet: the six custom-domain-only accounts are listed, soonest
+    # expiry first (bob's domain expires in 12 days); heidi and frank (gmail, outlook) are not.
+    assert 'data-count="6"' in at_risk, at_risk
+    assert at_risk.index("bob@renew-soon.example") < at_risk.index(ALICE)
+    assert "heidi@gmail.com" not in at_risk and "frank@" not in at_risk
