@@ -32,10 +32,26 @@ PREFIX = "domainguard_"
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite)."""
+    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite).
+
+    In the database it is exactly ``sa.DateTime(timezone=True)``, and that is how Alembic's
+    autogenerate writes it: migrations then run as generated, with nothing of this package
+    to import (see :meth:`__repr__`).
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Alembic writes a type of a module outside SQLAlchemy as f"{type.__module__}.{type!r}",
+        # which needs an import the generated file lacks. The schema is the plain column type,
+        # so name it as migration files import SQLAlchemy ("import sqlalchemy as sa"). Only
+        # this instance attribute changes; the class keeps its module for pickling and docs.
+        self.__module__ = "sa"
+
+    def __repr__(self) -> str:
+        return "DateTime(timezone=True)"
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
