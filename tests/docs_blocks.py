@@ -98,7 +98,47 @@ def block_under(path: Path, heading: str, lang: str = "python") -> Block:
 
 
 def run_python(block: Block, namespace: dict[str, object]) -> dict[str, object]:
-    """Run a Python block as written in ``namespace`` (the names its page says it needs)."""
+    """Run a Python block as written, as the module ``docs_example``, with ``namespace`` in it.
+
+    A real module (in ``sys.modules`` while it runs), because libraries look names up through
+    a class's module, as SQLAlchemy does for ``Mapped[...]`` annotations.
+    """
+    import sys
+    import types
+
+    module = types.ModuleType("docs_example")
+    module.__dict__.update(namespace)
     code = compile(block.code, block.id, "exec")
-    exec(code, namespace)  # noqa: S102 - the documentation's own code, which is the point
-    return namespace
+    sys.modules[module.__name__] = module
+    try:
+        exec(code, module.__dict__)  # noqa: S102 - the documentation's own code, which is the point
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
+
+
+def free_names(code: str) -> set[str]:
+    """Names a Python block reads but never defines or imports: what it needs from outside."""
+    import builtins
+    import symtable
+
+    top = symtable.symtable(code, "<block>", "exec")
+    defined = {
+        s.get_name()
+        for s in top.get_symbols()
+        if s.is_assigned() or s.is_imported() or s.is_namespace()
+    }
+    needed: set[str] = set()
+
+    def walk(table: symtable.SymbolTable) -> None:
+        for symbol in table.get_symbols():
+            if not symbol.is_referenced():
+                continue
+            reads_global = symbol.is_global() or table is top
+            if reads_global and symbol.get_name() not in defined:
+                needed.add(symbol.get_name())
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    return {name for name in needed if not hasattr(builtins, name) and name != "__name__"}
