@@ -277,6 +277,13 @@ OPTIONS: dict[str, Option] = {
         _text,
         "Attribute of the host's user model holding its existing address (read by `adopt`).",
     ),
+    "DOMAINGUARD_USER_CREATED_ATTR": _opt(
+        "user_created_attr",
+        None,
+        _optional_text,
+        "Mapped column of the host's user model holding when the user signed up (e.g. "
+        "'created_at'): `adopt --verified` dates each adopted address's proof by it.",
+    ),
     "DOMAINGUARD_URL_PREFIX": _opt(
         "url_prefix", "/domainguard", _text, "URL prefix of the extension's blueprint."
     ),
@@ -548,6 +555,7 @@ class Settings:
     """Validated, typed view of one app's ``DOMAINGUARD_*`` config (see :data:`OPTIONS`)."""
 
     user_email_attr: str
+    user_created_attr: str | None
     url_prefix: str
     register_blueprint: bool
     mail_sender: str | None
