@@ -65,6 +65,9 @@ BOOTSTRAP_RETRY = timedelta(minutes=15)
 
 RDAP_ACCEPT = "application/rdap+json, application/json;q=0.9"
 
+#: RFC 9083 event actions that mean the name was registered again (counted as registrations).
+_REREGISTRATIONS = ("reregistration", "reinstantiation")  # as compared by _event_key
+
 # EPP spells some statuses differently from RDAP (RFC 8056, section 2).
 _STATUS_ALIASES = {"ok": "active"}
 
@@ -119,11 +122,23 @@ def parse_rdap_domain(doc: Mapping[str, Any]) -> Observation:
 
     - ``domain``: ``ldhName`` lower-cased, or ``unicodeName`` converted to its A-label.
     - ``statuses``: ``status[]`` in RFC 8056 spelling (:func:`normalize_status`).
-    - ``registered_at``: the latest ``registration`` event; ``transferred_at`` the latest
-      ``transfer``; ``expires_at`` the latest ``expiration``, or the latest
-      ``registrar expiration`` when no ``expiration`` has a usable date.
+    - ``registered_at``: the latest of the events that start a registration in RFC 9083
+      (section 10.2.3): ``registration`` (initially registered), ``reregistration``
+      (registered again after the initial registration) and ``reinstantiation``
+      (registered again after removal). A domain registered in 2001 and re-registered ten
+      minutes ago was registered ten minutes ago, for whoever proved an address before.
+    - ``transferred_at``: the latest ``transfer``; ``expires_at`` the latest ``expiration``,
+      or the latest ``registrar expiration`` when no ``expiration`` has a usable date.
+    - Ignored: ``last changed`` (any update, e.g. name servers; not a change of holder),
+      ``deletion`` (registries date the delete command of a name that then sits in
+      redemption, which ``status[]`` says; a name registered again after a deletion carries
+      its own registration event), ``locked``, ``unlocked``, ``last update of RDAP
+      database``.
     - Dates that are missing, unparseable or outside years 1985..9999 (registry test data has
-      294247) are ``None`` (:func:`~flask_domainguard.status.base.parse_datetime`).
+      294247) are ``None`` (:func:`~flask_domainguard.status.base.parse_datetime`), except on
+      a ``reregistration`` or ``reinstantiation``: such an event says the name was
+      registered anew, and without its date nobody can tell whether that was before or
+      after an address was proven, so the document is an error.
     - ``status`` or ``events`` of the wrong shape make the whole document an error rather
       than a half-read one, since a dropped ``pending delete`` would read as healthy.
     """
@@ -186,23 +201,32 @@ def _parse_rdap_domain(doc: Mapping[str, Any]) -> Observation:
         action = event.get("eventAction")
         if not isinstance(action, str):
             return bad("an event has no eventAction string")
+        kind = _event_key(action)
         when = parse_datetime(event.get("eventDate"))
         if when is not None:
-            dates.setdefault(normalize_status(action), []).append(when)
+            dates.setdefault(kind, []).append(when)
+        elif kind in _REREGISTRATIONS:
+            return bad(f"a {kind} event has no usable eventDate")
 
-    def latest(action: str) -> datetime | None:
-        found = dates.get(action)
+    def latest(*actions: str) -> datetime | None:
+        found = [when for action in actions for when in dates.get(action, ())]
         return max(found) if found else None
 
     return Observation(
         domain=domain,
         registered=True,
         statuses=statuses,
-        expires_at=latest("expiration") or latest("registrar expiration"),
-        registered_at=latest("registration"),
+        expires_at=latest("expiration") or latest("registrarexpiration"),
+        registered_at=latest("registration", *_REREGISTRATIONS),
         transferred_at=latest("transfer"),
         source=SOURCE,
     )
+
+
+def _event_key(action: str) -> str:
+    """An event action compared without case, spaces, ``_`` or ``-`` (``reRegistration``,
+    ``registrar_expiration``), as registries spell them in more ways than RFC 9083 does."""
+    return "".join(char for char in action.lower() if char not in " \t\r\n_-")
 
 
 def parse_bootstrap(doc: Any) -> dict[str, tuple[str, ...]]:
