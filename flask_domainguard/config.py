@@ -367,6 +367,13 @@ OPTIONS: dict[str, Option] = {
         _positive_int,
         "Larger status answers are errors, never read whole.",
     ),
+    "DOMAINGUARD_STATUS_ALLOW_PRIVATE": _opt(
+        "status_allow_private",
+        False,
+        _bool,
+        "Let URLs from the network (RDAP bootstrap entries, redirects) reach private, loopback "
+        "and link-local addresses, over plain http too: tests and air-gapped mirrors only.",
+    ),
     # -- lifecycle policy --------------------------------------------------------------
     "DOMAINGUARD_GRACE": _opt(
         "grace",
@@ -572,6 +579,7 @@ class Settings:
     domainr_url: str
     http_timeout: float
     max_response_bytes: int
+    status_allow_private: bool
     grace: timedelta
     warn_within: timedelta
     confirm_after: timedelta

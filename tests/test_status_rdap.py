@@ -911,6 +911,7 @@ def test_against_a_real_server(tmp_path: Path, rdap_server: str) -> None:
         bootstrap_file=tmp_path / "boot.json",
         servers={},
         timeout=0.5,
+        allow_private=True,  # the bootstrap lists this server on 127.0.0.1
     )
 
     async def sweep() -> list[Observation]:
@@ -938,6 +939,7 @@ def test_owned_client_survives_new_event_loops(tmp_path: Path, rdap_server: str)
         bootstrap_file=tmp_path / "boot.json",
         servers={},
         timeout=2.0,
+        allow_private=True,  # the bootstrap lists this server on 127.0.0.1
     )
     for _ in range(3):
         assert run(b.observe("google.com")).registered is True

@@ -12,6 +12,10 @@ How answers are read, in the order the safety of an account depends on them:
 - Everything else (429, 5xx, timeouts, TLS and connection errors, oversized or non-JSON
   bodies, another object class, another domain) is ``registered=None`` with ``error`` set.
 - A TLD with no known RDAP server is ``registered=None``, never "released".
+- Server URLs from the bootstrap file (and redirects to other origins) come from the
+  network: they must be https to a public address (:mod:`flask_domainguard.netguard`), or
+  the lookup fails. Configured servers (``DOMAINGUARD_RDAP_SERVERS``, the bootstrap URL) are
+  trusted as given.
 
 ``links[]`` with ``rel: related`` (the registrar's own RDAP server) are not followed: the
 registry's answer carries the lifecycle statuses and dates the verdict needs, and a second
@@ -308,6 +312,8 @@ class RdapBackend:
     :param servers: base URLs by suffix (``DOMAINGUARD_RDAP_SERVERS``). Entries equal to the
         built-in :data:`~flask_domainguard.config.DEFAULT_RDAP_SERVERS` only complete the
         bootstrap (IANA wins once it lists the TLD); any other entry overrides it.
+    :param allow_private: let bootstrap entries and redirects reach private addresses
+        (``DOMAINGUARD_STATUS_ALLOW_PRIVATE``).
 
     The server for a domain is the longest matching suffix among all sources; at equal length
     a configured override beats the bootstrap, which beats a built-in default.
@@ -331,8 +337,12 @@ class RdapBackend:
         servers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         max_response_bytes: int | None = None,
+        allow_private: bool | None = None,
     ) -> None:
         base = settings if settings is not None else load_settings({})
+        self.allow_private = (
+            allow_private if allow_private is not None else base.status_allow_private
+        )
         self.bootstrap_url = bootstrap_url or base.rdap_bootstrap_url
         self.bootstrap_ttl = bootstrap_ttl if bootstrap_ttl is not None else base.rdap_bootstrap_ttl
         self.timeout = timeout if timeout is not None else base.http_timeout
@@ -394,9 +404,9 @@ class RdapBackend:
         name = to_alabel(domain) or domain.strip().lower()
         if self._bootstrap is None:
             self._load_cache_file()
-        base = self._base_url(name)
-        if base is not None:
-            return _netloc(base)
+        found = self._base(name)
+        if found is not None:
+            return _netloc(found[0])
         return f"rdap:{name.rsplit('.', 1)[-1]}"
 
     async def ensure_bootstrap(self, *, client: httpx.AsyncClient | None = None) -> bool:
@@ -408,7 +418,8 @@ class RdapBackend:
     def base_url(self, domain: str) -> str | None:
         """The RDAP base URL for ``domain`` from what is known now (no fetch)."""
         name = to_alabel(domain)
-        return self._base_url(name) if name else None
+        found = self._base(name) if name else None
+        return found[0] if found else None
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
@@ -425,19 +436,22 @@ class RdapBackend:
 
     async def _observe(self, asked: str, http: httpx.AsyncClient, timeout: float) -> Observation:
         await self._services(http)
-        base = self._base_url(asked)
-        if base is None:
+        found = self._base(asked)
+        if found is None:
             tld = asked.rsplit(".", 1)[-1]
             if self._bootstrap is None and self._bootstrap_error:
                 problem = f"RDAP bootstrap unavailable ({self._bootstrap_error})"
                 return Observation.failed(asked, problem, source=SOURCE)
             return Observation.failed(asked, f"no RDAP server known for .{tld}", source=SOURCE)
+        base, configured = found
         result = await fetch_json(
             http,
             f"{base}domain/{asked}",
             headers=self._headers,
             max_bytes=self.max_response_bytes,
             timeout=timeout,
+            trusted=configured,
+            allow_private=self.allow_private,
         )
         obs = interpret_answer(asked, base, result)
         logger.debug(
@@ -445,18 +459,20 @@ class RdapBackend:
         )
         return obs
 
-    def _base_url(self, domain: str) -> str | None:
+    def _base(self, domain: str) -> tuple[str, bool] | None:
+        """The base URL for ``domain`` and whether it is configured (trusted) rather than
+        read from the bootstrap file (from the network)."""
         labels = domain.split(".")
         services = self._bootstrap.services if self._bootstrap else {}
         # Longest suffix first; the domain itself is never its own suffix.
         for start in range(1, len(labels)):
             suffix = ".".join(labels[start:])
             if suffix in self._overrides:
-                return self._overrides[suffix]
+                return self._overrides[suffix], True
             if suffix in services:
-                return services[suffix][0]
+                return services[suffix][0], False
             if suffix in self._defaults:
-                return self._defaults[suffix]
+                return self._defaults[suffix], True
         return None
 
     # -- bootstrap -------------------------------------------------------------------------
@@ -561,6 +577,7 @@ class RdapBackend:
             headers={"Accept": "application/json", "User-Agent": user_agent()},
             max_bytes=BOOTSTRAP_MAX_BYTES,
             timeout=max(self.timeout, 10.0),
+            allow_private=self.allow_private,  # for redirects: the URL itself is configured
         )
         if result.error:
             return result.error
