@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 import click
@@ -62,6 +63,18 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _iso_date(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date such as 2021-03-01 (a day, no time: it means "
+            "00:00 UTC that day)."
+        ) from None
+
+
 @domainguard_cli.command("adopt")
 @click.option(
     "--verified/--unverified",
@@ -69,28 +82,60 @@ def print_json(data: Any) -> None:
     default=None,
     help="Whether the host already verified these addresses (required: no default).",
 )
+@click.option(
+    "--verified-since",
+    metavar="DATE",
+    callback=_iso_date,
+    help="With --verified: the date (ISO, 00:00 UTC) your app proved these addresses; no "
+    "later than the first confirmation it could have sent. Wins over "
+    "DOMAINGUARD_USER_CREATED_ATTR.",
+)
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @with_appcontext
-def adopt_command(verified: bool | None, batch_size: int, as_json: bool) -> None:
+def adopt_command(
+    verified: bool | None, verified_since: date | None, batch_size: int, as_json: bool
+) -> None:
     """Import the host's existing user addresses as primary addresses.
 
     Reads ``DOMAINGUARD_USER_EMAIL_ATTR`` (default ``email``) of every user, in batches.
     Idempotent: addresses already stored are left alone. Invalid addresses are listed, never
     lost: fix them in the host's table and run again.
 
-    Exit codes: 0 done; 1 done, but some addresses were invalid or taken; 2 usage error.
+    --verified needs a proof date, never "now": --verified-since DATE for everybody, or each
+    user's DOMAINGUARD_USER_CREATED_ATTR (users without a plausible one are listed, not
+    adopted). --verified-since wins when both are given.
+
+    Exit codes: 0 done; 1 done, but some addresses were invalid, taken or undated (listed);
+    2 usage error.
     """
+    from .adopt import AdoptError, proof_source
+
     if verified is None:
         raise click.UsageError(
             "Say how to treat the imported addresses: --verified if your app already confirmed "
             "them by mail, --unverified if not (their owners then verify before a reset)."
         )
     guard = guard_for_app()
+    try:
+        proof_source(guard, verified=verified, verified_since=verified_since)
+    except AdoptError as exc:
+        raise click.UsageError(str(exc)) from None
+    if verified and verified_since is not None and guard.settings.user_created_attr:
+        click.echo(
+            f"--verified-since {verified_since.isoformat()} dates every address; "
+            f"DOMAINGUARD_USER_CREATED_ATTR ({guard.settings.user_created_attr!r}) is not used "
+            "in this run.",
+            err=True,
+        )
     total = guard.db.session.query(guard.user_model).count()
     with progress(total, "Adopting addresses") as bar:
         report = adopt_addresses(
-            guard, verified=verified, batch_size=batch_size, on_batch=bar.update
+            guard,
+            verified=verified,
+            verified_since=verified_since,
+            batch_size=batch_size,
+            on_batch=bar.update,
         )
     if as_json:
         print_json(asdict(report))
@@ -99,9 +144,12 @@ def adopt_command(verified: bool | None, batch_size: int, as_json: bool) -> None
         for problem in report.problems:
             click.echo(f"  user {problem.user_id}: {problem.address!r}: {problem.error}")
         if report.problems:
+            columns = [current_app.config["DOMAINGUARD_USER_EMAIL_ATTR"]]
+            if verified and verified_since is None:
+                columns.append(guard.settings.user_created_attr)
             click.echo(
-                f"Column {current_app.config['DOMAINGUARD_USER_EMAIL_ATTR']!r} of the listed "
-                "users needs fixing; run adopt again afterwards.",
+                f"Column {' or '.join(repr(c) for c in columns)} of the listed users needs "
+                "fixing; run adopt again afterwards.",
                 err=True,
             )
     sys.exit(1 if report.problems else 0)

@@ -315,6 +315,13 @@ OPTIONS: dict[str, Option] = {
         _text,
         "Attribute of the host's user model holding its existing address (read by `adopt`).",
     ),
+    "DOMAINGUARD_USER_CREATED_ATTR": _opt(
+        "user_created_attr",
+        None,
+        _optional_text,
+        "Mapped column of the host's user model holding when the user signed up (e.g. "
+        "'created_at'): `adopt --verified` dates each adopted address's proof by it.",
+    ),
     "DOMAINGUARD_URL_PREFIX": _opt(
         "url_prefix", "/domainguard", _text, "URL prefix of the extension's blueprint."
     ),
@@ -419,6 +426,13 @@ OPTIONS: dict[str, Option] = {
         1024 * 1024,
         _positive_int,
         "Larger status answers are errors, never read whole.",
+    ),
+    "DOMAINGUARD_STATUS_ALLOW_PRIVATE": _opt(
+        "status_allow_private",
+        False,
+        _bool,
+        "Let URLs from the network (RDAP bootstrap entries, redirects) reach private, loopback "
+        "and link-local addresses, over plain http too: tests and air-gapped mirrors only.",
     ),
     # -- lifecycle policy --------------------------------------------------------------
     "DOMAINGUARD_GRACE": _opt(
@@ -611,6 +625,7 @@ class Settings:
     """Validated, typed view of one app's ``DOMAINGUARD_*`` config (see :data:`OPTIONS`)."""
 
     user_email_attr: str
+    user_created_attr: str | None
     url_prefix: str
     external_url: str | None
     reset_url: str | None
@@ -630,6 +645,7 @@ class Settings:
     domainr_url: str
     http_timeout: float
     max_response_bytes: int
+    status_allow_private: bool
     grace: timedelta
     warn_within: timedelta
     confirm_after: timedelta

@@ -12,17 +12,25 @@ sweep falls back to httpx's own transport when proxy variables are set), no HTTP
 upgrades. Redirects and decompression stay with httpx and the backends, as before.
 Timeouts are the caller's (:func:`flask_domainguard.status.http.fetch_json` bounds every
 exchange); a cancelled exchange closes its connection.
+
+A request carrying a :class:`~flask_domainguard.netguard.PeerGuard` (a URL from the network)
+connects only to addresses the guard allows: each resolved address is checked before the
+socket connects, and a kept-alive connection's peer before it is reused, so nothing (not even
+a TLS hello) goes to a refused address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 
 import httpx
+
+from .netguard import PEER_CHECK, AddressRefused, PeerGuard
 
 __all__ = ["FastTransport"]
 
@@ -31,12 +39,15 @@ _CHUNK = 64 * 1024
 
 
 class _Connection:
-    __slots__ = ("idle_since", "reader", "writer")
+    __slots__ = ("idle_since", "peer", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        peer = writer.get_extra_info("peername")
+        #: The address connected to (without port), as the peer-address checks need it.
+        self.peer: str = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken transport must not raise
@@ -128,6 +139,32 @@ class _Body(httpx.AsyncByteStream):
         self._transport._release(self._origin, conn, reuse=self._complete and self._reusable)
 
 
+async def _guarded_socket(host: str, port: int, guard: PeerGuard) -> socket.socket:
+    """A TCP socket connected to the first resolved address of ``host`` that ``guard``
+    allows; refused addresses are never connected to."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last_error: OSError | None = None
+    for family, kind, proto, _name, address in infos:
+        if guard.check(str(address[0])) is not None:
+            continue
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if guard.refused is not None and last_error is None:
+        raise AddressRefused(guard.refused)
+    raise last_error or OSError(f"no address for {host}")
+
+
 class FastTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive, at most ``max_connections`` connections (see the module).
 
@@ -141,7 +178,9 @@ class FastTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive_expiry
         self._ssl: ssl.SSLContext | None = None
 
-    async def _connect(self, origin: tuple[str, str, int]) -> _Connection:
+    async def _connect(
+        self, origin: tuple[str, str, int], guard: PeerGuard | None = None
+    ) -> _Connection:
         scheme, host, port = origin
         idle = self._idle.get(origin)
         now = time.monotonic()
@@ -151,18 +190,40 @@ class FastTransport(httpx.AsyncBaseTransport):
             # did (or sent garbage), so only quiet, recent connections are reused.
             if now - conn.idle_since < self._keepalive and not conn.reader.at_eof():
                 transport = conn.writer.transport
-                if not transport.is_closing() and not conn.reader._buffer:  # type: ignore[attr-defined]
+                quiet = not transport.is_closing() and not conn.reader._buffer  # type: ignore[attr-defined]
+                if quiet and (guard is None or guard.check(conn.peer) is None):
                     return conn
             conn.close()
+        ssl_context: ssl.SSLContext | None = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = _ssl_context()
+            ssl_context = self._ssl
+        if guard is None:
             reader, writer = await asyncio.open_connection(
-                host, port, ssl=self._ssl, server_hostname=host, limit=_MAX_HEAD
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context else None,
+                limit=_MAX_HEAD,
             )
         else:
-            reader, writer = await asyncio.open_connection(host, port, limit=_MAX_HEAD)
-        return _Connection(reader, writer)
+            sock = await _guarded_socket(host, port, guard)
+            try:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock,
+                    ssl=ssl_context,
+                    server_hostname=host if ssl_context else None,
+                    limit=_MAX_HEAD,
+                )
+            except BaseException:
+                sock.close()
+                raise
+        conn = _Connection(reader, writer)
+        if guard is not None and guard.check(conn.peer) is not None:  # belt and braces
+            conn.close()
+            raise AddressRefused(guard.refused or "refused address")
+        return conn
 
     def _release(self, origin: tuple[str, str, int], conn: _Connection, *, reuse: bool) -> None:
         if reuse:
@@ -181,8 +242,9 @@ class FastTransport(httpx.AsyncBaseTransport):
         await self._slots.acquire()
         conn: _Connection | None = None
         try:
+            guard = request.extensions.get(PEER_CHECK)
             try:
-                conn = await self._connect(origin)
+                conn = await self._connect(origin, guard)
             except (OSError, ssl.SSLError) as exc:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
             body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]

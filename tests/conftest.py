@@ -20,6 +20,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from tests import hostapp
 from tests.pgserver import PostgresServer, find_pg_bin
+from tests.rdap_support import RdapServer
 from tests.sweep_support import StatusServer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -88,12 +89,24 @@ def status_server() -> Iterator[StatusServer]:
 
 
 @pytest.fixture
+def rdap_registry() -> Iterator[RdapServer]:
+    """A real RDAP server on 127.0.0.1 that counts every request (tests/rdap_support.py)."""
+    server = RdapServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def app_config(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> dict[str, Any]:
     """The test app's config: ``@pytest.mark.settings(KEY=value)`` adds to it, and
-    ``@pytest.mark.use_status_server`` points the status backend at :func:`status_server`."""
+    ``@pytest.mark.use_status_server`` points the status backend at :func:`status_server`,
+    ``@pytest.mark.use_rdap_registry("tld", ...)`` the 'rdap' backend at :func:`rdap_registry`."""
     server: dict[str, Any] = {}
     if request.node.get_closest_marker("use_status_server") is not None:
         server = request.getfixturevalue("status_server").config()
+    rdap = request.node.get_closest_marker("use_rdap_registry")
+    if rdap is not None:
+        server = request.getfixturevalue("rdap_registry").config(*rdap.args)
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
         "DOMAINGUARD_STATUS_BACKEND": "static",

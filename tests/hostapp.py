@@ -7,6 +7,7 @@ Two user models exist so both key types are exercised: ``User`` (integer key) an
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
@@ -30,6 +31,9 @@ class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str | None] = mapped_column(nullable=True)
     password_hash: Mapped[str] = mapped_column(default="")
+    # When the user signed up (naive UTC, as many hosts store it); read by `adopt` when
+    # DOMAINGUARD_USER_CREATED_ATTR names it.
+    created_at: Mapped[datetime | None] = mapped_column(nullable=True, default=None)
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password)

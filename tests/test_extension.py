@@ -141,7 +141,7 @@ def test_user_model_must_be_mapped() -> None:
 
 
 def test_host_user_table_is_unchanged(app: Flask) -> None:
-    assert set(hostapp.User.__table__.c.keys()) == {"id", "email", "password_hash"}
+    assert set(hostapp.User.__table__.c.keys()) == {"id", "email", "password_hash", "created_at"}
     tables = set(hostapp.db.metadata.tables)
     ours = {t for t in tables if t.startswith("domainguard_")}
     assert ours and tables - ours == {"users"}

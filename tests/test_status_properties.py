@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flask_domainguard.status.base import parse_datetime
 from flask_domainguard.status.fastly import parse_fastly_status
 from flask_domainguard.status.observation import Observation
 from flask_domainguard.status.rdap import parse_rdap_domain
@@ -44,7 +45,7 @@ RDAP_STATUSES = [
 ]  # fmt: skip
 RDAP_ACTIONS = [
     "registration", "expiration", "registrar expiration", "transfer", "last changed",
-    "deletion", "last update of RDAP database", "reregistration",
+    "deletion", "last update of RDAP database", "reregistration", "reinstantiation",
 ]  # fmt: skip
 DATE_TEXTS = st.one_of(
     st.datetimes(min_value=datetime(1900, 1, 1), timezones=st.just(UTC)).map(
@@ -123,6 +124,15 @@ def test_rdap_plausible_documents(doc: dict[str, Any], now: datetime) -> None:
     check_rdap(obs, now)
     for moment in (obs.expires_at, obs.registered_at, obs.transferred_at):
         assert moment is None or (moment.tzinfo is not None and 1985 <= moment.year <= 9999)
+    if obs.error is None:
+        # registered_at is the latest (re-)registration with a usable date; one without a
+        # usable date would have made the document an error.
+        starts = [
+            parse_datetime(e.get("eventDate"))
+            for e in doc.get("events", [])
+            if e["eventAction"] in ("registration", "reregistration", "reinstantiation")
+        ]
+        assert obs.registered_at == max((d for d in starts if d is not None), default=None)
 
 
 @settings(max_examples=200, deadline=None)

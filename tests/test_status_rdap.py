@@ -29,6 +29,8 @@ from flask_domainguard.status.rdap import (
     parse_rdap_domain,
 )
 from flask_domainguard.verdict import VerdictKind, judge
+from tests.guard_helpers import add
+from tests.rdap_support import RdapServer, domain_doc
 
 T = TypeVar("T")
 UTC = timezone.utc
@@ -267,6 +269,87 @@ def test_parse_events_and_names() -> None:
 
     doc["events"].append({"eventAction": "expiration", "eventDate": "2030-01-01T00:00:00Z"})
     assert parse_rdap_domain(doc).expires_at == dt("2030-01-01T00:00:00")
+
+
+# -- RFC 9083 event actions (section 10.2.3): which ones say the name changed hands ---------
+
+
+def test_reregistration_counts_as_a_registration_and_the_latest_wins() -> None:
+    doc = rdap_doc(
+        events=[
+            {"eventAction": "registration", "eventDate": "2001-01-01T00:00:00Z"},
+            {"eventAction": "reregistration", "eventDate": "2024-05-01T10:00:00Z"},
+            {"eventAction": "reregistration", "eventDate": "2019-05-01T10:00:00Z"},
+        ]
+    )
+    assert parse_rdap_domain(doc).registered_at == dt("2024-05-01T10:00:00")
+    # A registration later than every reregistration is still the latest.
+    doc["events"].append({"eventAction": "registration", "eventDate": "2025-01-01T00:00:00Z"})
+    assert parse_rdap_domain(doc).registered_at == dt("2025-01-01T00:00:00")
+
+
+def test_reinstantiation_counts_as_a_registration() -> None:
+    doc = rdap_doc(
+        events=[
+            {"eventAction": "registration", "eventDate": "2001-01-01T00:00:00Z"},
+            {"eventAction": "reinstantiation", "eventDate": "2023-03-03T00:00:00Z"},
+        ]
+    )
+    assert parse_rdap_domain(doc).registered_at == dt("2023-03-03T00:00:00")
+
+
+def test_last_changed_deletion_and_locks_do_not_move_any_date() -> None:
+    doc = rdap_doc(
+        events=[
+            {"eventAction": "registration", "eventDate": "2001-01-01T00:00:00Z"},
+            {"eventAction": "expiration", "eventDate": "2031-01-01T00:00:00Z"},
+            {"eventAction": "last changed", "eventDate": "2025-01-01T00:00:00Z"},
+            {"eventAction": "deletion", "eventDate": "2025-02-01T00:00:00Z"},
+            {"eventAction": "locked", "eventDate": "2025-03-01T00:00:00Z"},
+            {"eventAction": "unlocked", "eventDate": "2025-04-01T00:00:00Z"},
+            {"eventAction": "last update of RDAP database", "eventDate": "2025-05-01T00:00:00Z"},
+        ]
+    )
+    obs = parse_rdap_domain(doc)
+    assert obs.registered_at == dt("2001-01-01T00:00:00")
+    assert obs.expires_at == dt("2031-01-01T00:00:00")
+    assert obs.transferred_at is None
+
+
+@pytest.mark.parametrize("date", [None, "", "not a date", "1970-01-01T00:00:00Z", 20240501, []])
+@pytest.mark.parametrize("action", ["reregistration", "reinstantiation", "reRegistration"])
+def test_a_reregistration_without_a_usable_date_is_an_error_not_ignored(
+    action: str, date: Any
+) -> None:
+    """Dropping it would judge the name on its first registration: OK, for a new holder."""
+    events: list[dict[str, Any]] = [
+        {"eventAction": "registration", "eventDate": "2001-01-01T00:00:00Z"},
+        {"eventAction": action},
+    ]
+    if date is not None:
+        events[1]["eventDate"] = date
+    obs = parse_rdap_domain(rdap_doc(events=events))
+    assert obs.registered is None
+    assert obs.error is not None and "no usable eventDate" in obs.error
+
+
+def test_a_reregistration_ten_minutes_ago_judges_reregistered() -> None:
+    """Issue 11, case 5: registered 2001, re-registered ten minutes ago, address proven 2020."""
+    now = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    doc = rdap_doc(
+        "example.com",
+        status=["active"],
+        events=[
+            {"eventAction": "registration", "eventDate": "2001-01-01T00:00:00Z"},
+            {"eventAction": "reregistration", "eventDate": "2025-06-01T11:50:00Z"},
+            {"eventAction": "expiration", "eventDate": "2026-06-01T11:50:00Z"},
+        ],
+    )
+    verdict = judge(parse_rdap_domain(doc), now=now, verified_at=datetime(2020, 3, 1, tzinfo=UTC))
+    assert verdict.kind is VerdictKind.REREGISTERED and verdict.unsafe
+    # The same name proven after the re-registration is the new holder's, and fine.
+    later = judge(parse_rdap_domain(doc), now=now, verified_at=now - timedelta(minutes=5))
+    assert later.kind is VerdictKind.OK
 
 
 def test_unicode_name_becomes_a_label() -> None:
@@ -828,6 +911,7 @@ def test_against_a_real_server(tmp_path: Path, rdap_server: str) -> None:
         bootstrap_file=tmp_path / "boot.json",
         servers={},
         timeout=0.5,
+        allow_private=True,  # the bootstrap lists this server on 127.0.0.1
     )
 
     async def sweep() -> list[Observation]:
@@ -855,6 +939,7 @@ def test_owned_client_survives_new_event_loops(tmp_path: Path, rdap_server: str)
         bootstrap_file=tmp_path / "boot.json",
         servers={},
         timeout=2.0,
+        allow_private=True,  # the bootstrap lists this server on 127.0.0.1
     )
     for _ in range(3):
         assert run(b.observe("google.com")).registered is True
@@ -888,3 +973,35 @@ def test_lookups_do_not_queue_behind_a_stale_refresh(tmp_path: Path) -> None:
     quick, first = run(scenario())
     assert quick.registered is True and first.registered is True
     assert json.loads(cache.read_text())["fetched_at"] != "2020-01-01T00:00:00Z"
+
+
+# -- through the product: guard.reset_decision with a real RDAP server ------------------------
+
+
+@pytest.mark.use_rdap_registry("example")
+def test_reset_is_refused_after_a_reregistration_ten_minutes_ago(
+    guard: Any, make_user: Any, rdap_registry: RdapServer
+) -> None:
+    """Issue 11, case 5, end to end: the registry answers registration 2001 and a
+    reregistration ten minutes ago; the address was proven in 2020. No reset mail."""
+    now = datetime.now(UTC)
+    rdap_registry.docs["rereg.example"] = domain_doc(
+        "rereg.example",
+        ("registration", "2001-01-01T00:00:00Z"),
+        ("reregistration", (now - timedelta(minutes=10)).isoformat()),
+        ("expiration", (now + timedelta(days=365)).isoformat()),
+    )
+    rdap_registry.docs["steady.example"] = domain_doc(
+        "steady.example",
+        ("registration", "2001-01-01T00:00:00Z"),
+        ("expiration", (now + timedelta(days=365)).isoformat()),
+    )
+    proven = datetime(2020, 3, 1, tzinfo=UTC)
+    add(guard, make_user(), "erin@rereg.example", verified_at=proven)
+    add(guard, make_user(), "sam@steady.example", verified_at=proven)
+
+    decision = guard.reset_decision("erin@rereg.example")
+    assert not decision.allowed
+    assert decision.reason == "domain_reregistered"
+    assert rdap_registry.hits["/rdap/domain/rereg.example"] == 1, "the registry was asked"
+    assert guard.reset_decision("sam@steady.example").allowed, "a steady domain stays open"

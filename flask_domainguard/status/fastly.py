@@ -229,6 +229,7 @@ class _StatusApiBackend:
         self.url = url
         self.timeout = timeout if timeout is not None else settings.http_timeout
         self.max_response_bytes = max_response_bytes or settings.max_response_bytes
+        self.allow_private = settings.status_allow_private
         self._client = client
         self._owned_client = LoopClient()
         self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
@@ -275,6 +276,7 @@ class _StatusApiBackend:
                 secrets=[self._key],
                 max_bytes=self.max_response_bytes,
                 timeout=timeout or self.timeout,
+                allow_private=self.allow_private,  # for redirects: the URL itself is configured
             )
             obs = self._interpret(asked, result)
         except Exception as exc:

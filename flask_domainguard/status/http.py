@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
 from ..timeutil import utcnow
 
 __all__ = ["MAX_REDIRECTS", "MAX_RETRY_AFTER", "FetchResult", "fetch_json", "parse_retry_after"]
@@ -127,6 +128,8 @@ async def fetch_json(
     secret_headers: Mapping[str, str] | None = None,
     secrets: Iterable[str] = (),
     max_redirects: int = MAX_REDIRECTS,
+    trusted: bool = True,
+    allow_private: bool = False,
 ) -> FetchResult:
     """GET ``url`` and decode its JSON body, within ``timeout`` seconds and ``max_bytes``.
 
@@ -134,11 +137,19 @@ async def fetch_json(
     injected client's settings, an ``https`` URL never redirects to plain ``http``, and
     ``secret_headers`` (API keys) go to the first origin only.
 
+    A URL that came from the network (``trusted=False``: an RDAP bootstrap entry), and any
+    redirect to another origin than a trusted ``url``'s, must be https to a public address
+    (:mod:`flask_domainguard.netguard`); a refused one is a failed fetch with ``error`` set,
+    and nothing is sent to it.
+
     :param headers: sent with every request.
     :param secret_headers: sent only to the origin of ``url``.
     :param secrets: strings to blank out of any error text (keys in query strings).
     :param timeout: seconds for the whole exchange, body included (httpx's own timeouts are
         per operation, so a server dripping one byte a second would never trip them).
+    :param trusted: ``url`` is the operator's own (configuration), not from the network.
+    :param allow_private: network-derived URLs may reach private addresses, over plain http
+        too (``DOMAINGUARD_STATUS_ALLOW_PRIVATE``).
     """
     start = httpx.URL(url)
     secret_list = [s for s in secrets if s]
@@ -153,6 +164,8 @@ async def fetch_json(
                 timeout=timeout,
                 secrets=secret_list,
                 max_redirects=max_redirects,
+                trusted=trusted,
+                allow_private=allow_private,
             ),
             timeout,
         )
@@ -171,23 +184,46 @@ async def _fetch(
     timeout: float,
     secrets: list[str],
     max_redirects: int,
+    trusted: bool,
+    allow_private: bool,
 ) -> FetchResult:
     current = start
     hosts: list[str] = []
+    status: int | None = None  # of the redirect that led here
     for _hop in range(max_redirects + 1):
         host = _netloc(current)
         hosts.append(host)
+        same_origin = current.scheme == start.scheme and current.netloc == start.netloc
         send_headers = dict(headers)
-        if current.scheme == start.scheme and current.netloc == start.netloc:
+        if same_origin:
             send_headers.update(secret_headers)
+        guard: PeerGuard | None = None
+        if not (trusted and same_origin):
+            refusal = url_refusal(current, allow_private=allow_private)
+            if refusal is not None:
+                return _refused(current, status, hosts, refusal)
+            guard = PeerGuard(
+                current, allow_private=allow_private, proxied=proxied(client, current)
+            )
         try:
-            request = client.build_request("GET", current, headers=send_headers, timeout=timeout)
+            request = client.build_request(
+                "GET",
+                current,
+                headers=send_headers,
+                timeout=timeout,
+                extensions=guard.extensions() if guard is not None else None,
+            )
             response = await client.send(request, stream=True, follow_redirects=False)
+        except AddressRefused as exc:
+            return _refused(current, status, hosts, str(exc))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return FetchResult(
                 url=current, error=_redact(_describe(exc, host), secrets), hosts=tuple(hosts)
             )
         try:
+            refusal = guard.response_refusal(response) if guard is not None else None
+            if refusal is not None:
+                return _refused(current, status, hosts, refusal)
             location = response.headers.get("location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 try:
@@ -215,6 +251,7 @@ async def _fetch(
                         hosts=tuple(hosts),
                     )
                 current = target
+                status = response.status_code
                 continue
             return await _read(response, current, max_bytes, secrets, tuple(hosts))
         finally:
@@ -222,6 +259,20 @@ async def _fetch(
     return FetchResult(
         url=current,
         error=f"more than {max_redirects} redirects, starting at {hosts[0]}",
+        hosts=tuple(hosts),
+    )
+
+
+def _refused(url: httpx.URL, status: int | None, hosts: list[str], why: str) -> FetchResult:
+    """A network-derived URL that may not be contacted: a failed fetch, never an answer."""
+    if len(hosts) > 1:
+        error = f"{hosts[-2]} redirected to {hosts[-1]}, not followed: {why}"
+    else:
+        error = f"{hosts[-1]} not contacted: {why}"
+    return FetchResult(
+        url=url,
+        status=status,
+        error=error + " (a URL from the network must be https to a public address)",
         hosts=tuple(hosts),
     )
 

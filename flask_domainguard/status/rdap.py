@@ -12,6 +12,10 @@ How answers are read, in the order the safety of an account depends on them:
 - Everything else (429, 5xx, timeouts, TLS and connection errors, oversized or non-JSON
   bodies, another object class, another domain) is ``registered=None`` with ``error`` set.
 - A TLD with no known RDAP server is ``registered=None``, never "released".
+- Server URLs from the bootstrap file (and redirects to other origins) come from the
+  network: they must be https to a public address (:mod:`flask_domainguard.netguard`), or
+  the lookup fails. Configured servers (``DOMAINGUARD_RDAP_SERVERS``, the bootstrap URL) are
+  trusted as given.
 
 ``links[]`` with ``rel: related`` (the registrar's own RDAP server) are not followed: the
 registry's answer carries the lifecycle statuses and dates the verdict needs, and a second
@@ -64,6 +68,9 @@ BOOTSTRAP_MAX_BYTES = 8 * 1024 * 1024
 BOOTSTRAP_RETRY = timedelta(minutes=15)
 
 RDAP_ACCEPT = "application/rdap+json, application/json;q=0.9"
+
+#: RFC 9083 event actions that mean the name was registered again (counted as registrations).
+_REREGISTRATIONS = ("reregistration", "reinstantiation")  # as compared by _event_key
 
 # EPP spells some statuses differently from RDAP (RFC 8056, section 2).
 _STATUS_ALIASES = {"ok": "active"}
@@ -119,11 +126,23 @@ def parse_rdap_domain(doc: Mapping[str, Any]) -> Observation:
 
     - ``domain``: ``ldhName`` lower-cased, or ``unicodeName`` converted to its A-label.
     - ``statuses``: ``status[]`` in RFC 8056 spelling (:func:`normalize_status`).
-    - ``registered_at``: the latest ``registration`` event; ``transferred_at`` the latest
-      ``transfer``; ``expires_at`` the latest ``expiration``, or the latest
-      ``registrar expiration`` when no ``expiration`` has a usable date.
+    - ``registered_at``: the latest of the events that start a registration in RFC 9083
+      (section 10.2.3): ``registration`` (initially registered), ``reregistration``
+      (registered again after the initial registration) and ``reinstantiation``
+      (registered again after removal). A domain registered in 2001 and re-registered ten
+      minutes ago was registered ten minutes ago, for whoever proved an address before.
+    - ``transferred_at``: the latest ``transfer``; ``expires_at`` the latest ``expiration``,
+      or the latest ``registrar expiration`` when no ``expiration`` has a usable date.
+    - Ignored: ``last changed`` (any update, e.g. name servers; not a change of holder),
+      ``deletion`` (registries date the delete command of a name that then sits in
+      redemption, which ``status[]`` says; a name registered again after a deletion carries
+      its own registration event), ``locked``, ``unlocked``, ``last update of RDAP
+      database``.
     - Dates that are missing, unparseable or outside years 1985..9999 (registry test data has
-      294247) are ``None`` (:func:`~flask_domainguard.status.base.parse_datetime`).
+      294247) are ``None`` (:func:`~flask_domainguard.status.base.parse_datetime`), except on
+      a ``reregistration`` or ``reinstantiation``: such an event says the name was
+      registered anew, and without its date nobody can tell whether that was before or
+      after an address was proven, so the document is an error.
     - ``status`` or ``events`` of the wrong shape make the whole document an error rather
       than a half-read one, since a dropped ``pending delete`` would read as healthy.
     """
@@ -186,23 +205,32 @@ def _parse_rdap_domain(doc: Mapping[str, Any]) -> Observation:
         action = event.get("eventAction")
         if not isinstance(action, str):
             return bad("an event has no eventAction string")
+        kind = _event_key(action)
         when = parse_datetime(event.get("eventDate"))
         if when is not None:
-            dates.setdefault(normalize_status(action), []).append(when)
+            dates.setdefault(kind, []).append(when)
+        elif kind in _REREGISTRATIONS:
+            return bad(f"a {kind} event has no usable eventDate")
 
-    def latest(action: str) -> datetime | None:
-        found = dates.get(action)
+    def latest(*actions: str) -> datetime | None:
+        found = [when for action in actions for when in dates.get(action, ())]
         return max(found) if found else None
 
     return Observation(
         domain=domain,
         registered=True,
         statuses=statuses,
-        expires_at=latest("expiration") or latest("registrar expiration"),
-        registered_at=latest("registration"),
+        expires_at=latest("expiration") or latest("registrarexpiration"),
+        registered_at=latest("registration", *_REREGISTRATIONS),
         transferred_at=latest("transfer"),
         source=SOURCE,
     )
+
+
+def _event_key(action: str) -> str:
+    """An event action compared without case, spaces, ``_`` or ``-`` (``reRegistration``,
+    ``registrar_expiration``), as registries spell them in more ways than RFC 9083 does."""
+    return "".join(char for char in action.lower() if char not in " \t\r\n_-")
 
 
 def parse_bootstrap(doc: Any) -> dict[str, tuple[str, ...]]:
@@ -284,6 +312,8 @@ class RdapBackend:
     :param servers: base URLs by suffix (``DOMAINGUARD_RDAP_SERVERS``). Entries equal to the
         built-in :data:`~flask_domainguard.config.DEFAULT_RDAP_SERVERS` only complete the
         bootstrap (IANA wins once it lists the TLD); any other entry overrides it.
+    :param allow_private: let bootstrap entries and redirects reach private addresses
+        (``DOMAINGUARD_STATUS_ALLOW_PRIVATE``).
 
     The server for a domain is the longest matching suffix among all sources; at equal length
     a configured override beats the bootstrap, which beats a built-in default.
@@ -307,8 +337,12 @@ class RdapBackend:
         servers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         max_response_bytes: int | None = None,
+        allow_private: bool | None = None,
     ) -> None:
         base = settings if settings is not None else load_settings({})
+        self.allow_private = (
+            allow_private if allow_private is not None else base.status_allow_private
+        )
         self.bootstrap_url = bootstrap_url or base.rdap_bootstrap_url
         self.bootstrap_ttl = bootstrap_ttl if bootstrap_ttl is not None else base.rdap_bootstrap_ttl
         self.timeout = timeout if timeout is not None else base.http_timeout
@@ -370,9 +404,9 @@ class RdapBackend:
         name = to_alabel(domain) or domain.strip().lower()
         if self._bootstrap is None:
             self._load_cache_file()
-        base = self._base_url(name)
-        if base is not None:
-            return _netloc(base)
+        found = self._base(name)
+        if found is not None:
+            return _netloc(found[0])
         return f"rdap:{name.rsplit('.', 1)[-1]}"
 
     async def ensure_bootstrap(self, *, client: httpx.AsyncClient | None = None) -> bool:
@@ -384,7 +418,8 @@ class RdapBackend:
     def base_url(self, domain: str) -> str | None:
         """The RDAP base URL for ``domain`` from what is known now (no fetch)."""
         name = to_alabel(domain)
-        return self._base_url(name) if name else None
+        found = self._base(name) if name else None
+        return found[0] if found else None
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
@@ -401,19 +436,22 @@ class RdapBackend:
 
     async def _observe(self, asked: str, http: httpx.AsyncClient, timeout: float) -> Observation:
         await self._services(http)
-        base = self._base_url(asked)
-        if base is None:
+        found = self._base(asked)
+        if found is None:
             tld = asked.rsplit(".", 1)[-1]
             if self._bootstrap is None and self._bootstrap_error:
                 problem = f"RDAP bootstrap unavailable ({self._bootstrap_error})"
                 return Observation.failed(asked, problem, source=SOURCE)
             return Observation.failed(asked, f"no RDAP server known for .{tld}", source=SOURCE)
+        base, configured = found
         result = await fetch_json(
             http,
             f"{base}domain/{asked}",
             headers=self._headers,
             max_bytes=self.max_response_bytes,
             timeout=timeout,
+            trusted=configured,
+            allow_private=self.allow_private,
         )
         obs = interpret_answer(asked, base, result)
         logger.debug(
@@ -421,18 +459,20 @@ class RdapBackend:
         )
         return obs
 
-    def _base_url(self, domain: str) -> str | None:
+    def _base(self, domain: str) -> tuple[str, bool] | None:
+        """The base URL for ``domain`` and whether it is configured (trusted) rather than
+        read from the bootstrap file (from the network)."""
         labels = domain.split(".")
         services = self._bootstrap.services if self._bootstrap else {}
         # Longest suffix first; the domain itself is never its own suffix.
         for start in range(1, len(labels)):
             suffix = ".".join(labels[start:])
             if suffix in self._overrides:
-                return self._overrides[suffix]
+                return self._overrides[suffix], True
             if suffix in services:
-                return services[suffix][0]
+                return services[suffix][0], False
             if suffix in self._defaults:
-                return self._defaults[suffix]
+                return self._defaults[suffix], True
         return None
 
     # -- bootstrap -------------------------------------------------------------------------
@@ -537,6 +577,7 @@ class RdapBackend:
             headers={"Accept": "application/json", "User-Agent": user_agent()},
             max_bytes=BOOTSTRAP_MAX_BYTES,
             timeout=max(self.timeout, 10.0),
+            allow_private=self.allow_private,  # for redirects: the URL itself is configured
         )
         if result.error:
             return result.error
