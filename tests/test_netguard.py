@@ -413,3 +413,17 @@ def test_the_setting_is_a_boolean_off_by_default_and_reaches_every_backend() -> 
     for name in ("rdap", "fastly"):
         backend: Any = create_backend(settings, name=name)
         assert backend.allow_private is True
+
+
+@pytest.mark.use_rdap_registry("example")
+def test_reset_is_refused_when_the_lookup_is_redirected_to_a_local_service(
+    guard: Any, make_user: Any, rdap_registry: RdapServer, second_server: RdapServer
+) -> None:
+    """Case 7 at the reset: the local service would answer "healthy", which would be
+    evidence; the hop is refused, so there is none and no reset is mailed."""
+    second_server.docs["victim.example"] = domain_doc("victim.example", *HEALTHY)
+    rdap_registry.redirects["victim.example"] = f"{second_server.base}domain/victim.example"
+    add(guard, make_user(), "ann@victim.example")
+    decision = guard.reset_decision("ann@victim.example")
+    assert not decision.allowed and decision.reason == "no_evidence"
+    assert second_server.total_hits() == 0
