@@ -94,11 +94,30 @@ def _address_of(recipient: Any) -> str:
     return parseaddr(str(recipient))[1]
 
 
+def _delivered_domain(recipient: Any) -> str | None:
+    """The A-label domain Flask-Mail will deliver ``recipient`` to; ``None`` if unreadable.
+
+    Flask-Mail encodes a Unicode domain with Python's IDNA 2003 codec and smtplib reads the
+    envelope address back with :func:`~email.utils.parseaddr`. IDNA 2003 maps some letters
+    that IDNA 2008 keeps (``straße.com`` goes to ``strasse.com``, another registrable domain),
+    so the address judged must be the one the mail will reach.
+    """
+    from flask_mail import sanitize_address
+
+    try:
+        return parse_address(parseaddr(sanitize_address(recipient))[1]).domain
+    except Exception:
+        return None
+
+
 def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bool:
     """Whether ``recipient`` (text, ``"Name <addr>"`` or ``(name, addr)``) may get this mail.
 
     A recipient that does not parse as an address is refused: what cannot be read cannot be
-    checked (``"erin"@released.example`` is a real mailbox on a released domain).
+    checked (``"erin"@released.example`` is a real mailbox on a released domain). So is one
+    that Flask-Mail would deliver to another domain than the one read here (IDNA 2003 against
+    IDNA 2008: ``kontakt@straße.com`` is stored as ``xn--strae-oqa.com`` and sent to
+    ``strasse.com``).
 
     :param strict: the reset rule: a stored, verified address whose domain is not unsafe for
         it, with evidence (``DOMAINGUARD_RESET_LIVE_CHECK = "evidence"``): a reset decision
@@ -111,6 +130,9 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
         parsed = parse_address(raw)
     except InvalidAddress:
         log.warning("withheld mail from a recipient that is not a valid address")
+        return False
+    if _delivered_domain(recipient) != parsed.domain:
+        log.warning("withheld mail from a recipient that Flask-Mail would send to another domain")
         return False
     with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
         row = find_address(guard, parsed.normalized)

@@ -90,11 +90,6 @@ def domain_row(guard: Any, name: str = DOMAIN) -> Any:
 STRASSE = "kontakt@straße.com"  # stored as kontakt@xn--strae-oqa.com (IDNA 2008, UTS #46)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the safety net judges the IDNA 2008 domain (xn--strae-oqa.com) but Flask-Mail "
-    "encodes with IDNA 2003 and delivers to strasse.com, a domain nobody checked",
-)
 def test_the_safety_net_judges_the_domain_flask_mail_delivers_to(
     smtp_app: Flask, guard: Any, make_user: Any, smtp_sink: SMTPSink
 ) -> None:
