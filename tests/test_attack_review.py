@@ -168,12 +168,6 @@ def test_the_safety_net_stays_shut_after_the_sweep_unverifies(
 
 
 @pytest.mark.parametrize("asked_after", [timedelta(hours=6), timedelta(days=2)])
-@pytest.mark.xfail(
-    strict=True,
-    reason="an answer still in the auto-renew period with a future expiration date (Verisign "
-    "moves it a year on at expiry) clears the lapse memory, and a stored OK check while a "
-    "lapse is unresolved counts as evidence: a sale that follows is not seen",
-)
 def test_a_lifted_hold_in_the_auto_renew_period_does_not_erase_the_lapse(
     app: Flask, guard: Any, victim: Any, asked_after: timedelta
 ) -> None:
