@@ -265,12 +265,6 @@ def test_apply_held_does_not_release_a_caught_domain(
 # -- concurrent writers -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sweep batch stores the observation it looked up before a live check recorded a "
-    "newer one: the re-registration the live check saw is overwritten by older healthy facts, "
-    "stamped fresh, and becomes a day of reset evidence",
-)
 def test_a_sweep_batch_does_not_store_older_facts_over_a_newer_live_check(
     app: Flask, guard: Any, victim: Any
 ) -> None:
@@ -295,6 +289,8 @@ def test_a_sweep_batch_does_not_store_older_facts_over_a_newer_live_check(
         batch.close()
         batch.finish()
 
+        row = domain_row(guard)
+        assert row.registered_at == caught and row.lease_owner is None, "only the lease went"
         clock.tick(timedelta(minutes=1))
         decision = guard.reset_decision(VICTIM)
     assert not decision.allowed, (decision.reason, domain_row(guard).registered_at)
