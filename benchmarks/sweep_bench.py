@@ -89,6 +89,8 @@ def create_app() -> Flask:
     """The benchmark's host app; config from the JSON in ``SWEEP_BENCH_CONFIG``."""
     app = Flask("sweep_bench")
     app.config.update(MAIL_SUPPRESS_SEND=True, MAIL_DEFAULT_SENDER="bench@localhost")
+    # Where mailed links would point (init_app wants one outside debug and testing).
+    app.config["DOMAINGUARD_EXTERNAL_URL"] = "http://127.0.0.1"
     app.config.update(json.loads(os.environ["SWEEP_BENCH_CONFIG"]))
     db.init_app(app)
     guard.init_app(app)

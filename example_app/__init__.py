@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 from flask_login import LoginManager
@@ -33,6 +34,13 @@ def load_user(user_id: str) -> User | None:
     return db.session.get(User, int(user_id))
 
 
+@guard.set_password_setter  # DomainGuard: how the library's own reset pages store a password
+def store_password(user: User, new_password: str) -> None:  # DomainGuard
+    if len(new_password) < 10:  # the same rule as the app's own forms
+        raise ValueError("Use at least 10 characters.")
+    user.set_password(new_password)  # DomainGuard
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The application factory."""
     app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
@@ -46,6 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         MAIL_DEFAULT_SENDER="Example App <no-reply@example-app.test>",
         # The demo keeps mail on the /mailbox page instead of sending it.
         MAIL_SUPPRESS_SEND=True,
+        # DomainGuard: mailed links point here, never at the Host header a request names.
+        # A deployment sets its public address, e.g. EXAMPLE_DOMAINGUARD_EXTERNAL_URL=https://...
+        DOMAINGUARD_EXTERNAL_URL="http://127.0.0.1:5000",  # DomainGuard
         DOMAINGUARD_STATUS_BACKEND="static",  # DomainGuard: offline demo status source
         DOMAINGUARD_STATIC_STATUS_FILE=str(Path(app.instance_path) / "demo-status.json"),
         DOMAINGUARD_TOTP_ISSUER="Example App",  # DomainGuard
@@ -56,6 +67,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("EXAMPLE")
     if config:
         app.config.update(config)
+    if app.config.get("TRUSTED_HOSTS") is None:
+        # Answer only for the site's own host name: requests naming another Host get a 400.
+        app.config["TRUSTED_HOSTS"] = [urlsplit(app.config["DOMAINGUARD_EXTERNAL_URL"]).hostname]
 
     db.init_app(app)
     login_manager.init_app(app)

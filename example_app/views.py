@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from flask_mail import Message
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response
 from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
@@ -34,6 +37,10 @@ from . import guard
 from .models import User, db
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
+
+#: Checked when no account has the address, so that login costs the same either way.
+_DUMMY_PASSWORD_HASH = generate_password_hash("no account has this password")
 
 
 def _valid_address(form: FlaskForm, field: Any) -> None:
@@ -82,25 +89,46 @@ def index() -> str:
     return render_template("index.html")
 
 
+def _tell_owner(address: str, what: str) -> None:
+    """Mail an address that already belongs to an account that someone tried to use it.
+
+    Only to a verified address on a safe domain (DomainGuard decides): an unverified or
+    lapsed address may be read by someone else, who must not learn that the account exists.
+    """
+    if not guard.safe_to_mail(address):  # DomainGuard
+        return
+    current_app.extensions["mail"].send(
+        Message(
+            subject="Someone tried to use your address at Example App",
+            recipients=[address],
+            body=f"Someone tried to {what} with {address}, which already belongs to your "
+            "Example App account. Nothing was changed.\n\nIf it was you: log in, or ask for a "
+            "password reset if you forgot your password. If it was not you, ignore this mail.",
+        )
+    )
+
+
 @bp.route("/register", methods=["GET", "POST"])
 def register() -> Any:
+    # The answer never says whether the address has an account: a new address gets a
+    # verification link, a taken one a note to its owner, and both the same page.
     form = RegisterForm()
     if form.validate_on_submit():
-        email = form.email.data.strip().lower()
+        email = parse_address(form.email.data).normalized
+        password_hash = generate_password_hash(form.password.data)  # the same work either way
         taken = guard.find_address(email) is not None  # DomainGuard: any user's address
-        if not taken and db.session.query(User).filter_by(email=email).first() is None:
-            user = User(email=email, name=form.name.data)
-            user.set_password(form.password.data)
+        if taken or db.session.query(User).filter_by(email=email).first() is not None:
+            _tell_owner(email, "create an account")
+        else:
+            user = User(email=email, name=form.name.data, password_hash=password_hash)
             db.session.add(user)
             db.session.commit()
             try:  # DomainGuard: track the address and mail its verification link
                 guard.send_verification(guard.add_address(user, email, primary=True))
-            except (InvalidAddress, AddressTaken, VerificationError) as exc:
-                flash(str(exc), "error")
-            login_user(user)
-            flash("Welcome! Check your mail to verify your address.", "info")
-            return redirect(url_for("auth.account"))
-        form.email.errors.append("That address is already registered. Log in instead.")
+            except (AddressTaken, VerificationError) as exc:
+                # Shown on the account page once they log in, never in this answer.
+                log.info("registration: no verification mail (%s)", type(exc).__name__)
+        return render_template("register_done.html", email=email)
     return render_template("register.html", form=form)
 
 
@@ -109,7 +137,11 @@ def login() -> Any:
     form = LoginForm()
     if form.validate_on_submit():
         user = db.session.query(User).filter_by(email=form.email.data.strip().lower()).first()
-        if user is not None and user.check_password(form.password.data):
+        if user is None:
+            # Equal work for unknown addresses: a password hash is checked either way, so
+            # the answer time does not tell which addresses have accounts.
+            check_password_hash(_DUMMY_PASSWORD_HASH, form.password.data)
+        elif user.check_password(form.password.data):
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))
         flash("Wrong address or password.", "error")
@@ -131,12 +163,13 @@ def forgot() -> Any:
     if request.method == "POST":
         decision = g.domainguard_reset  # DomainGuard
         user = decision.user
-        token = _serializer().dumps([user.id, user.password_hash[-16:]])
-        link = url_for("auth.reset", token=token, _external=True)
+        address = decision.address.address  # DomainGuard: the verified, safe address
+        token = _serializer().dumps([user.id, user.password_hash[-16:], address])
+        link = guard.external_link("auth.reset", token=token)  # DomainGuard: never the Host header
         current_app.extensions["mail"].send(
             Message(
                 subject="Reset your Example App password",
-                recipients=[decision.address.address],  # DomainGuard: the verified address
+                recipients=[address],
                 body=f"Someone asked to reset your password. If it was you, open:\n\n{link}"
                 "\n\nThe link works for one hour. If it was not you, ignore this mail.",
             )
@@ -145,16 +178,28 @@ def forgot() -> Any:
     return render_template("forgot.html", form=form)
 
 
+def _reset_user(token: str) -> User | None:
+    """The user a reset link may set a password for, or ``None`` when the link is no good."""
+    try:
+        user_id, fingerprint, address = _serializer().loads(token, max_age=3600)
+    except (BadSignature, SignatureExpired, TypeError, ValueError):
+        return None
+    user = db.session.get(User, user_id) if isinstance(user_id, int) else None
+    # Bound to the password hash: the link dies once the password changes.
+    if user is None or not hmac.compare_digest(user.password_hash[-16:], str(fingerprint)):
+        return None
+    # DomainGuard: the address the link went to must still be this user's, verified, and on
+    # a safe domain now (the sweep may have unverified it since the mail went out).
+    decision = guard.reset_decision(str(address))  # DomainGuard
+    if not decision.allowed or decision.user is None or decision.user.id != user.id:
+        return None
+    return user
+
+
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 def reset(token: str) -> Any:
-    try:
-        user_id, fingerprint = _serializer().loads(token, max_age=3600)
-    except (BadSignature, SignatureExpired):
-        flash("That reset link is invalid or has expired. Ask for a new one.", "error")
-        return redirect(url_for("auth.forgot"))
-    user = db.session.get(User, user_id)
-    # Bound to the password hash: the link dies once the password changes.
-    if user is None or user.password_hash[-16:] != fingerprint:
+    user = _reset_user(token)
+    if user is None:
         flash("That reset link is invalid or has expired. Ask for a new one.", "error")
         return redirect(url_for("auth.forgot"))
     form = ResetForm()
@@ -163,7 +208,11 @@ def reset(token: str) -> Any:
         db.session.commit()
         flash("Password changed. Log in with your new password.", "info")
         return redirect(url_for("auth.login"))
-    return render_template("reset.html", form=form)
+    response = current_app.make_response(render_template("reset.html", form=form))
+    # The token is in the URL: keep it out of caches and Referer headers.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 class AddAddressForm(FlaskForm):
@@ -197,15 +246,25 @@ def _only_custom(states: list[Any]) -> bool:
 @guard.require_fresh_2fa  # DomainGuard: changing addresses takes password + a fresh second factor
 def add_address() -> Any:
     # A page of its own (not a form on /account) so the confirmation step can come back to it.
+    # The answer is the same whether or not the address belongs to an account already.
     form = AddAddressForm()
     if form.validate_on_submit():
-        try:  # DomainGuard: track the address and mail its verification link
-            guard.send_verification(guard.add_address(current_user, form.email.data))
-        except (InvalidAddress, AddressTaken, VerificationError) as exc:
+        try:
+            email = parse_address(form.email.data).normalized
+        except InvalidAddress as exc:
             form.email.errors.append(str(exc))
-        else:
-            flash("Address added: open the link we mailed to it to verify it.", "info")
-            return redirect(url_for("auth.account"))
+            return render_template("add_address.html", form=form)
+        existing = guard.find_address(email)  # DomainGuard: any user's address
+        if existing is None:
+            try:  # DomainGuard: track the address and mail its verification link
+                guard.send_verification(guard.add_address(current_user, email))
+            except (AddressTaken, VerificationError) as exc:
+                # The account page shows the address's state; this answer stays the same.
+                log.info("add address: no verification mail (%s)", type(exc).__name__)
+        elif existing.user_id != current_user.id:
+            _tell_owner(email, "add it to another account")
+        flash(f"We mailed a link to {email}: open it to verify the address.", "info")
+        return redirect(url_for("auth.account"))
     return render_template("add_address.html", form=form)
 
 

@@ -293,3 +293,31 @@ def unverify(
         **details,
     )
     return True
+
+
+def unverify_address(
+    guard: DomainGuard,
+    address: EmailAddress | str,
+    *,
+    reason: UnverifyReason | str,
+    actor: str,
+    **details: Any,
+) -> bool:
+    """Unverify a stored address in its own transaction: a bounce, an administrator's call.
+
+    :param reason: an :class:`~.models.UnverifyReason` or its value (``"bounce"``, ``"manual"``).
+    :param actor: who decided, for the journal (``admin:<name>``, ``bounce:<provider>``).
+    :returns: ``False`` when the address was not verified (nothing changed, nothing journalled).
+    :raises UnknownAddress: no such stored address.
+    :raises ValueError: an unknown reason, or an empty actor.
+    """
+    try:
+        why = UnverifyReason(reason)
+    except ValueError:
+        known = ", ".join(r.value for r in UnverifyReason)
+        raise ValueError(f"unknown unverify reason {reason!r}; known: {known}") from None
+    if not actor.strip():
+        raise ValueError("actor must say who unverified the address, e.g. 'admin:carol'")
+    with transaction(guard.db, guard.models) as tx:
+        row = resolve_address(guard, address)
+        return unverify(tx, row, why, actor=actor.strip()[:120], **details)

@@ -1,4 +1,8 @@
-"""``flask domainguard check``: one live lookup of one domain, judged, nothing written."""
+"""``flask domainguard check``: one live lookup of one domain, judged, nothing written.
+
+Trusted mail providers (``DOMAINGUARD_TRUSTED_DOMAINS``) are not looked up: the sweep and the
+reset never look them up either, so a lookup would show something nothing acts on.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ class CheckResult:
     target: str
     domain: str
     trusted: bool
-    observation: Observation
+    observation: Observation | None
+    """``None`` for a trusted provider: never looked up."""
     verdict: Verdict
     verified_at: datetime | None
 
@@ -51,7 +56,10 @@ class CheckResult:
             "target": self.target,
             "domain": self.domain,
             "trusted": self.trusted,
-            "observation": {
+            "looked_up": obs is not None,
+            "observation": None
+            if obs is None
+            else {
                 "registered": obs.registered,
                 "statuses": sorted(obs.statuses),
                 "expires_at": _iso(obs.expires_at),
@@ -73,8 +81,13 @@ class CheckResult:
         """Rows for a readable table."""
         obs = self.observation
         rows: list[tuple[str, Any]] = [("domain", self.domain)]
-        if self.trusted:
-            rows.append(("trusted", "yes (the sweep never looks it up)"))
+        if obs is None:
+            return [
+                *rows,
+                ("trusted", "yes: a large mail provider, never looked up"),
+                ("verdict", self.verdict.kind.value),
+                ("reason", self.verdict.reason),
+            ]
         rows += [
             ("registered", {True: "yes", False: "no", None: "could not tell"}[obs.registered]),
             ("statuses", ", ".join(sorted(obs.statuses)) or "-"),
@@ -126,6 +139,15 @@ def check_target(
 
     domain, verified_at = _target_domain(guard, target)
     settings = guard.settings
+    if domain in settings.trusted_domains:
+        trusted = Verdict(
+            kind=VerdictKind.OK,
+            unsafe=False,
+            until=None,
+            reason=f"{domain} is a trusted mail provider (DOMAINGUARD_TRUSTED_DOMAINS): "
+            "never looked up, always safe.",
+        )
+        return CheckResult(target, domain, True, None, trusted, verified_at)
     backend = guard.status_backend(backend_name)
     limits = LookupLimits(concurrency=1, per_server=1, retries=0, timeout=settings.http_timeout)
 

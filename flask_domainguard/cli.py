@@ -166,6 +166,50 @@ def twofactor_reset_command(user: str, reason: str, actor: str | None, as_json: 
     sys.exit(0 if done else 3)
 
 
+@domainguard_cli.command("unverify")
+@click.argument("address")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(["bounce", "manual"]),
+    help="bounce: mail to it bounces for good; manual: an administrator's decision.",
+)
+@click.option("--actor", default=None, help="Who does it; default the OS user name.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def unverify_command(address: str, reason: str, actor: str | None, as_json: bool) -> None:
+    """Unverify ADDRESS: no resets or account mail go there until its owner verifies it again.
+
+    For an address whose mail bounces for good, or one an administrator no longer trusts.
+    Journalled as ``admin:<actor>`` with the reason, and sent as the ``address_unverified``
+    signal. The owner verifies it again with a new link (``/domainguard/verify/``).
+
+    Exit codes: 0 unverified; 1 no such address; 2 usage error; 3 it was not verified,
+    nothing changed.
+    """
+    from .addresses import UnknownAddress
+
+    guard = guard_for_app()
+    who = f"admin:{actor or _os_user()}"
+    try:
+        changed = guard.unverify(address, reason=reason, actor=who)
+    except UnknownAddress as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    row = guard.find_address(address)
+    if as_json:
+        print_json({"address": row.address, "unverified": changed, "reason": reason, "actor": who})
+    else:
+        print_table(
+            [
+                ("address", row.address),
+                ("unverified", "yes" if changed else "no (it was not verified)"),
+                ("reason", reason),
+            ]
+        )
+    sys.exit(0 if changed else 3)
+
+
 @domainguard_cli.command("2fa-rotate-keys")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @with_appcontext
@@ -294,8 +338,19 @@ def sweep_command(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @with_appcontext
 def report_command(held_only: bool, limit: int, as_json: bool) -> None:
-    """What needs a person's attention: accounts with only a custom-domain address, domains
-    expiring or in grace, held unverifications, domains whose lookups keep failing.
+    """What needs a person's attention, most urgent first. Sections (their --json keys):
+
+    \b
+      at_risk      accounts whose every verified address is on a custom domain
+                   and that have no 2FA (soonest expiring domain first)
+      custom_only  accounts whose verified addresses are all on custom domains
+      expiring     domains expiring within DOMAINGUARD_WARN_WITHIN
+      in_grace     lapsing domains, and when they count as expired
+      held         unverifications the circuit breaker held for review
+      failing      domains whose lookups failed 3 or more times in a row
+      without_2fa  active users who must enrol in 2FA and have not
+
+    Each gives a full count and its first --limit rows. Reads stored results only.
 
     Exit codes: 0 always (the report itself is the result); 2 usage error.
     """
@@ -344,7 +399,7 @@ def reverify_command(address: str, send: bool, as_json: bool) -> None:
     The link goes out only when the domain is safe for a new verification, and is journalled
     as sent by ``admin:<your login name>``. An address that lost its verification to its
     domain still needs its owner logged in (with 2FA) to confirm the link. Mailing needs
-    SERVER_NAME set, to build the link outside a request.
+    DOMAINGUARD_EXTERNAL_URL (or SERVER_NAME), to build the link outside a request.
 
     Exit codes: 0 the domain is safe (the link was sent with --send, unless the address is
     already verified); 1 no such address; 3 unsafe, nothing sent; 4 the lookup failed,
@@ -355,10 +410,12 @@ def reverify_command(address: str, send: bool, as_json: bool) -> None:
     from .addresses import UnknownAddress
     from .verification import reverify
 
-    if send and not current_app.config.get("SERVER_NAME"):
+    if send and not (
+        guard_for_app().settings.external_url or current_app.config.get("SERVER_NAME")
+    ):
         raise click.UsageError(
-            "--send builds a link outside a request: set SERVER_NAME (and "
-            "PREFERRED_URL_SCHEME) in the app's config."
+            "--send builds a link outside a request: set DOMAINGUARD_EXTERNAL_URL (e.g. "
+            "'https://example.com') or SERVER_NAME in the app's config."
         )
     try:
         login = getpass.getuser()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 PREFIX = "DOMAINGUARD_"
 
@@ -252,11 +253,43 @@ def _attr_or_callable(value: Any) -> str | Callable[[Any], str | None]:
     return _text(value)
 
 
+def _optional_site_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("expected the site's address as text, e.g. 'https://example.com'")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("expected an absolute http(s) URL such as 'https://example.com'")
+    if parts.query or parts.fragment:
+        raise ValueError("expected a site address without '?query' or '#fragment'")
+    return value.strip().rstrip("/")
+
+
+def _optional_link_template(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("expected text such as 'https://app.example/reset?token={token}'")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("expected an absolute http(s) URL template")
+    try:
+        value.format(token="t")  # noqa: S106 - a placeholder, not a password
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("the only placeholder allowed is {token}") from None
+    if value.count("{token}") != 1:
+        raise ValueError("expected exactly one {token} placeholder")
+    return value
+
+
 def _backend(value: Any) -> str:
+    expected = "expected 'rdap', 'fastly', 'domainr', 'static' or a class as 'module:Class'"
     if not isinstance(value, str) or not value:
-        raise TypeError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
-    if value not in {"rdap", "fastly", "domainr", "static"} and "." not in value:
-        raise ValueError("expected 'rdap', 'fastly', 'domainr', 'static' or a dotted class path")
+        raise TypeError(expected)
+    # The same forms as `--backend`: 'package.module:Class', 'module:Class', 'module.Class'.
+    if value not in {"rdap", "fastly", "domainr", "static"} and not {".", ":"} & set(value):
+        raise ValueError(expected)
     return value
 
 
@@ -285,6 +318,28 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_URL_PREFIX": _opt(
         "url_prefix", "/domainguard", _text, "URL prefix of the extension's blueprint."
     ),
+    "DOMAINGUARD_EXTERNAL_URL": _opt(
+        "external_url",
+        None,
+        _optional_site_url,
+        "The site's public address (e.g. 'https://example.com'): every mailed link is built "
+        "on it, never on the request's Host header. None uses SERVER_NAME with "
+        "PREFERRED_URL_SCHEME; with neither, init_app refuses outside debug and testing.",
+    ),
+    "DOMAINGUARD_RESET_URL": _opt(
+        "reset_url",
+        None,
+        _optional_link_template,
+        "Reset links for a front end of your own, e.g. 'https://app.example/reset?token={token}'; "
+        "None links to the blueprint's reset page.",
+    ),
+    "DOMAINGUARD_VERIFY_URL": _opt(
+        "verify_url",
+        None,
+        _optional_link_template,
+        "Verification links for a front end of your own, e.g. "
+        "'https://app.example/verify?token={token}'; None links to the blueprint's page.",
+    ),
     "DOMAINGUARD_REGISTER_BLUEPRINT": _opt(
         "register_blueprint", True, _bool, "Register the extension's views and templates."
     ),
@@ -306,7 +361,7 @@ OPTIONS: dict[str, Option] = {
         "rdap",
         _backend,
         "Where domain status comes from: 'rdap', 'fastly', 'domainr', 'static' "
-        "or a dotted class path.",
+        "or your own class as 'module:Class' (as `--backend` takes it).",
     ),
     "DOMAINGUARD_STATIC_STATUS_FILE": _opt(
         "static_status_file",
@@ -557,6 +612,9 @@ class Settings:
 
     user_email_attr: str
     url_prefix: str
+    external_url: str | None
+    reset_url: str | None
+    verify_url: str | None
     register_blueprint: bool
     mail_sender: str | None
     trusted_domains: frozenset[str]

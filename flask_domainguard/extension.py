@@ -12,6 +12,7 @@ from flask import Flask, current_app
 
 from . import addresses
 from .config import Settings, apply_defaults, load_settings
+from .links import check_link_base
 from .models import Models, define_models
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from . import twofactor
-    from .models import EmailAddress
+    from .models import EmailAddress, UnverifyReason
     from .reset import ResetDecision, ResetGrant
     from .status.base import StatusBackend
     from .verification import AddressState, Outcome
@@ -77,7 +78,9 @@ class DomainGuard:
         """Validate ``DOMAINGUARD_*`` config and register models, CLI, views and hooks on ``app``.
 
         :raises RuntimeError: when DomainGuard is already registered on ``app``, or ``db`` is not.
-        :raises flask_domainguard.config.ConfigError: for an unknown key or a bad value.
+        :raises flask_domainguard.config.ConfigError: for an unknown key or a bad value, or
+            when neither ``DOMAINGUARD_EXTERNAL_URL`` nor ``SERVER_NAME`` says where mailed
+            links point (allowed only with ``app.debug`` or ``app.testing``).
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
@@ -91,6 +94,7 @@ class DomainGuard:
             )
         apply_defaults(app.config)
         settings = load_settings(app.config)
+        check_link_base(app, settings)
         app.extensions[EXTENSION_KEY] = _AppState(guard=self, settings=settings)
         if settings.reset_live_check != "evidence":
             log.warning(
@@ -166,6 +170,16 @@ class DomainGuard:
         self.password_checker = checker
         return checker
 
+    def external_link(self, endpoint: str, **values: Any) -> str:
+        """An absolute URL for ``endpoint`` on ``DOMAINGUARD_EXTERNAL_URL`` (or ``SERVER_NAME``).
+
+        For links a host mails itself (its own reset page): never built on the request's
+        ``Host`` header, and usable outside requests. See :mod:`flask_domainguard.links`.
+        """
+        from .links import external_link
+
+        return external_link(endpoint, **values)
+
     # -- users ---------------------------------------------------------------------------
 
     def user_id_of(self, user: Any) -> Any:
@@ -195,6 +209,23 @@ class DomainGuard:
     def remove_address(self, address: EmailAddress | str) -> None:
         """Remove an address; never the user's last verified one."""
         addresses.remove_address(self, address)
+
+    def unverify(
+        self,
+        address: EmailAddress | str,
+        *,
+        reason: UnverifyReason | str,
+        actor: str,
+        **details: Any,
+    ) -> bool:
+        """Unverify ``address`` (a bounce, an administrator's decision); journalled, signalled.
+
+        The address stops receiving resets and notices at once; its owner verifies it again
+        with a new link. See :func:`flask_domainguard.addresses.unverify_address`.
+
+        :returns: ``False`` when it was not verified (nothing changed).
+        """
+        return addresses.unverify_address(self, address, reason=reason, actor=actor, **details)
 
     def find_address(self, address: str) -> EmailAddress | None:
         """The stored row for ``address`` (any spelling), or ``None``."""

@@ -3,7 +3,16 @@
 The host's user table is never changed: our tables point at its primary key, whatever its
 type (integer, string, UUID). Because that key's type is only known once the host hands us
 its ``user_model``, the mapped classes are built per ``db`` by :func:`define_models` from the
-typed mixins below; code and type checkers use the mixin names (``EmailAddress``, ...).
+typed column templates below, and each guard has its own at ``guard.models``::
+
+    EmailAddress = guard.models.EmailAddress
+    db.session.scalars(sa.select(EmailAddress).where(EmailAddress.verified_at.is_(None)))
+
+Type checkers know the templates by the public names (``EmailAddress``, ``Domain``, ...), so
+``from flask_domainguard.models import EmailAddress`` serves annotations under
+``TYPE_CHECKING``. At run time that import fails at once with a message naming
+``guard.models.EmailAddress``: a module-level name cannot know which app's guard is meant,
+and an unmapped template would only fail later, inside a query.
 """
 
 from __future__ import annotations
@@ -23,10 +32,26 @@ PREFIX = "domainguard_"
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite)."""
+    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite).
+
+    In the database it is exactly ``sa.DateTime(timezone=True)``, and that is how Alembic's
+    autogenerate writes it: migrations then run as generated, with nothing of this package
+    to import (see :meth:`__repr__`).
+    """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Alembic writes a type of a module outside SQLAlchemy as f"{type.__module__}.{type!r}",
+        # which needs an import the generated file lacks. The schema is the plain column type,
+        # so name it as migration files import SQLAlchemy ("import sqlalchemy as sa"). Only
+        # this instance attribute changes; the class keeps its module for pickling and docs.
+        self.__module__ = "sa"
+
+    def __repr__(self) -> str:
+        return "DateTime(timezone=True)"
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -79,7 +104,7 @@ class _Row:
         def __init__(self, **columns: Any) -> None: ...
 
 
-class EmailAddress(_Row):
+class _EmailAddress(_Row):
     """One address of one user; at most one primary per user (enforced by a partial index)."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -111,7 +136,7 @@ class EmailAddress(_Row):
         return f"<EmailAddress {self.address} {state}{' primary' if self.primary else ''}>"
 
 
-class Domain(_Row):
+class _Domain(_Row):
     """One registrable domain: the last observation, the verdict and the sweep schedule."""
 
     name: Mapped[str] = mapped_column(sa.String(253), primary_key=True)
@@ -149,7 +174,7 @@ class Domain(_Row):
         return f"<Domain {self.name} {self.verdict or 'unchecked'}>"
 
 
-class Event(_Row):
+class _Event(_Row):
     """The journal: one row per security-relevant state change, written in its transaction."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -169,7 +194,7 @@ class Event(_Row):
         return f"<Event {self.kind} {self.address or ''} by {self.actor}>"
 
 
-class UserState(_Row):
+class _UserState(_Row):
     """Per-user facts the host's table does not hold: last login (for the 2FA rule)."""
 
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -180,7 +205,7 @@ class UserState(_Row):
         user_id: Mapped[Any]
 
 
-class TOTPDevice(_Row):
+class _TOTPDevice(_Row):
     """A user's TOTP secret, encrypted at rest; active once confirmed."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -194,7 +219,7 @@ class TOTPDevice(_Row):
         user_id: Mapped[Any]
 
 
-class RecoveryCode(_Row):
+class _RecoveryCode(_Row):
     """One single-use recovery code, stored hashed."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -206,7 +231,7 @@ class RecoveryCode(_Row):
         user_id: Mapped[Any]
 
 
-class RateCounter(_Row):
+class _RateCounter(_Row):
     """A fixed-window attempt counter shared by every worker process through the database."""
 
     key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
@@ -214,14 +239,14 @@ class RateCounter(_Row):
     count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
 
 
-class UsedToken(_Row):
+class _UsedToken(_Row):
     """Digests of single-use tokens already spent, kept until they would have expired."""
 
     digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
 
 
-class HeldAction(_Row):
+class _HeldAction(_Row):
     """An unverification the circuit breaker held for a person to review."""
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -238,6 +263,48 @@ class HeldAction(_Row):
     :mod:`flask_domainguard.sweep`); then ``applied``, ``dismissed`` or ``obsolete``."""
     run_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, index=True)
     """The sweep run that planned it: the circuit breaker counts a run's actions by it."""
+
+
+_TEMPLATES: dict[str, type[_Row]] = {
+    "EmailAddress": _EmailAddress,
+    "Domain": _Domain,
+    "Event": _Event,
+    "UserState": _UserState,
+    "TOTPDevice": _TOTPDevice,
+    "RecoveryCode": _RecoveryCode,
+    "RateCounter": _RateCounter,
+    "UsedToken": _UsedToken,
+    "HeldAction": _HeldAction,
+}
+
+if TYPE_CHECKING:
+    # The names annotations use; at run time they resolve through guard.models instead.
+    EmailAddress = _EmailAddress
+    Domain = _Domain
+    Event = _Event
+    UserState = _UserState
+    TOTPDevice = _TOTPDevice
+    RecoveryCode = _RecoveryCode
+    RateCounter = _RateCounter
+    UsedToken = _UsedToken
+    HeldAction = _HeldAction
+
+
+class MappedClassError(ImportError):
+    """A mapped class was imported from this module instead of taken from ``guard.models``."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TEMPLATES:
+        raise MappedClassError(
+            f"flask_domainguard.models.{name} is not a mapped class: DomainGuard maps its "
+            f"tables per guard, in your db. Use guard.models.{name} (e.g. "
+            f"{name} = guard.models.{name}, then sa.select({name})); for type annotations "
+            f"only, import it under `if TYPE_CHECKING:`.",
+            name=name,
+            path=__file__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -257,7 +324,8 @@ class Models:
     user_pk: sa.Column[Any]
 
 
-_registry: dict[int, Models] = {}
+#: Models by ``id(db)``; the db is kept too, so its id cannot be reused by a later db.
+_registry: dict[int, tuple[Any, Models]] = {}
 
 
 def _user_pk_column(user_model: type[Any]) -> sa.Column[Any]:
@@ -282,7 +350,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
     :param db: the host's ``flask_sqlalchemy.SQLAlchemy`` instance.
     :param user_model: the host's user model; our tables reference its primary key.
     """
-    cached = _registry.get(id(db))
+    entry = _registry.get(id(db))
+    cached = entry[1] if entry is not None and entry[0] is db else None
     if cached is not None:
         if cached.user_model is not user_model:
             raise ValueError(
@@ -307,7 +376,7 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     base = db.Model
 
-    class EmailAddressRow(EmailAddress, base):  # type: ignore[valid-type,misc]
+    class EmailAddressRow(_EmailAddress, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "email_address"
         user_id: Mapped[Any] = user_fk()
         registrable: Mapped[str] = mapped_column(
@@ -328,11 +397,11 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
                 ),
             )
 
-    class DomainRow(Domain, base):  # type: ignore[valid-type,misc]
+    class DomainRow(_Domain, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "domain"
         __table_args__ = (sa.Index(PREFIX + "domain_due", "next_check_at", "lease_until"),)
 
-    class EventRow(Event, base):  # type: ignore[valid-type,misc]
+    class EventRow(_Event, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "event"
         user_id: Mapped[Any] = user_fk(nullable=True, ondelete="SET NULL")
         address_id: Mapped[int | None] = mapped_column(
@@ -342,7 +411,7 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
             index=True,
         )
 
-    class UserStateRow(UserState, base):  # type: ignore[valid-type,misc]
+    class UserStateRow(_UserState, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "user_state"
         user_id: Mapped[Any] = mapped_column(
             user_pk.type.copy(),
@@ -350,21 +419,21 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
             primary_key=True,
         )
 
-    class TOTPDeviceRow(TOTPDevice, base):  # type: ignore[valid-type,misc]
+    class TOTPDeviceRow(_TOTPDevice, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "totp_device"
         user_id: Mapped[Any] = user_fk(unique=True)
 
-    class RecoveryCodeRow(RecoveryCode, base):  # type: ignore[valid-type,misc]
+    class RecoveryCodeRow(_RecoveryCode, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "recovery_code"
         user_id: Mapped[Any] = user_fk()
 
-    class RateCounterRow(RateCounter, base):  # type: ignore[valid-type,misc]
+    class RateCounterRow(_RateCounter, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "rate_counter"
 
-    class UsedTokenRow(UsedToken, base):  # type: ignore[valid-type,misc]
+    class UsedTokenRow(_UsedToken, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "used_token"
 
-    class HeldActionRow(HeldAction, base):  # type: ignore[valid-type,misc]
+    class HeldActionRow(_HeldAction, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "held_action"
 
     for row, name in (
@@ -393,5 +462,5 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         user_model=user_model,
         user_pk=user_pk,
     )
-    _registry[id(db)] = models
+    _registry[id(db)] = (db, models)
     return models

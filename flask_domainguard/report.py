@@ -1,8 +1,11 @@
 """What an operator should look at: ``flask domainguard report``.
 
 Read-only queries over the stored sweep results, each a section with a full count and the
-first ``limit`` rows:
+first ``limit`` rows, most urgent first:
 
+- ``at_risk``: accounts whose every verified address is on a custom (untrusted) domain *and*
+  that have no 2FA: one lapsed domain and a reset opens them, so they come first (soonest
+  expiring domain first);
 - ``custom_only``: accounts whose verified addresses are all on custom (untrusted) domains:
   if that domain lapses they can no longer receive a reset, so ask them to add another;
 - ``expiring``: domains expiring within ``DOMAINGUARD_WARN_WITHIN``;
@@ -31,9 +34,10 @@ __all__ = ["FAILING_AFTER", "SECTIONS", "Report", "Section", "build_report", "re
 #: A domain counts as "keeps failing" after this many failed checks in a row.
 FAILING_AFTER = 3
 
-SECTIONS = ("custom_only", "expiring", "in_grace", "held", "failing", "without_2fa")
+SECTIONS = ("at_risk", "custom_only", "expiring", "in_grace", "held", "failing", "without_2fa")
 
 _TITLES = {
+    "at_risk": "Accounts most at risk: every verified address on a custom domain, and no 2FA",
     "custom_only": "Accounts whose verified addresses are all on custom domains",
     "expiring": "Domains expiring within the warning window",
     "in_grace": "Domains in grace (lapsing)",
@@ -65,9 +69,10 @@ class Report:
     sections: dict[str, Section]
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready data (``--json``)."""
+        """JSON-ready data (``--json``); ``sections`` names them in the report's order."""
         return {
             "generated_at": self.generated_at.isoformat(),
+            "sections": list(self.sections),
             **{name: section.as_dict() for name, section in self.sections.items()},
         }
 
@@ -86,32 +91,71 @@ def _verified_counts(guard: DomainGuard) -> Any:
     )
 
 
-def _custom_only(guard: DomainGuard, limit: int) -> Section:
-    A = guard.models.EmailAddress
-    session = guard.db.session
+def _only_custom_users(guard: DomainGuard) -> Any:
+    """Users whose verified addresses are all on custom domains, with their soonest expiry."""
+    A, D = guard.models.EmailAddress, guard.models.Domain
     trusted = sorted(guard.settings.trusted_domains)
     is_trusted = sa.case((A.registrable.in_(trusted), 1), else_=0) if trusted else sa.literal(0)
-    users = (
-        sa.select(A.user_id)
+    return (
+        sa.select(A.user_id, sa.func.min(D.expires_at).label("soonest"))
+        .join(D, D.name == A.registrable, isouter=True)
         .where(A.verified_at.is_not(None))
         .group_by(A.user_id)
         # Every verified address custom, however many: each domain can lapse, and none of
         # them is a fallback the user is sure to keep (the account page warns the same way).
         .having(sa.func.sum(is_trusted) == 0)
     )
-    count = int(session.scalar(sa.select(sa.func.count()).select_from(users.subquery())) or 0)
-    sample = list(session.scalars(users.order_by(A.user_id).limit(limit)))
-    rows = []
-    if sample:
-        query = (
-            sa.select(A.user_id, A.address, A.registrable)
-            .where(A.user_id.in_(sample), A.verified_at.is_not(None))
-            .order_by(A.user_id)
+
+
+def _address_rows(guard: DomainGuard, user_ids: list[Any]) -> list[dict[str, Any]]:
+    """One row per verified address of these users, in the users' order."""
+    if not user_ids:
+        return []
+    A, D = guard.models.EmailAddress, guard.models.Domain
+    query = (
+        sa.select(A.user_id, A.address, A.registrable, D.expires_at)
+        .join(D, D.name == A.registrable, isouter=True)
+        .where(A.user_id.in_(user_ids), A.verified_at.is_not(None))
+        .order_by(A.address)
+    )
+    by_user: dict[Any, list[dict[str, Any]]] = {}
+    for user_id, address, domain, expires_at in guard.db.session.execute(query):
+        by_user.setdefault(user_id, []).append(
+            {
+                "user_id": user_id,
+                "address": address,
+                "domain": domain,
+                "expires_at": _iso(expires_at),
+            }
         )
-        rows = [
-            {"user_id": user_id, "address": address, "domain": domain}
-            for user_id, address, domain in session.execute(query)
-        ]
+    return [row for user_id in user_ids for row in by_user.get(user_id, [])]
+
+
+def _at_risk(guard: DomainGuard, limit: int) -> Section:
+    A, T = guard.models.EmailAddress, guard.models.TOTPDevice
+    session = guard.db.session
+    has_2fa = sa.select(T.id).where(T.user_id == A.user_id, T.confirmed_at.is_not(None)).exists()
+    users = _only_custom_users(guard).where(~has_2fa).subquery()
+    count = int(session.scalar(sa.select(sa.func.count()).select_from(users)) or 0)
+    # Soonest expiring domain first (unknown expiry last): the first to lapse is the first
+    # that lets a stranger reset the password.
+    order = (users.c.soonest.is_(None), users.c.soonest, users.c.user_id)
+    sample = list(session.scalars(sa.select(users.c.user_id).order_by(*order).limit(limit)))
+    columns = ["user_id", "address", "domain", "expires_at"]
+    return Section("at_risk", _TITLES["at_risk"], count, columns, _address_rows(guard, sample))
+
+
+def _custom_only(guard: DomainGuard, limit: int) -> Section:
+    session = guard.db.session
+    users = _only_custom_users(guard).subquery()
+    count = int(session.scalar(sa.select(sa.func.count()).select_from(users)) or 0)
+    sample = list(
+        session.scalars(sa.select(users.c.user_id).order_by(users.c.user_id).limit(limit))
+    )
+    rows = [
+        {k: row[k] for k in ("user_id", "address", "domain")}
+        for row in _address_rows(guard, sample)
+    ]
     return Section(
         "custom_only", _TITLES["custom_only"], count, ["user_id", "address", "domain"], rows
     )
@@ -200,7 +244,9 @@ def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: in
     ]
     sections: dict[str, Section] = {}
     for name in wanted:
-        if name == "custom_only":
+        if name == "at_risk":
+            sections[name] = _at_risk(guard, limit)
+        elif name == "custom_only":
             sections[name] = _custom_only(guard, limit)
         elif name == "expiring":
             sections[name] = _domains(

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import current_app, g, has_request_context, render_template, request, url_for
+from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
 
 from . import signals, tokens
@@ -42,6 +42,7 @@ from .addresses import find_address
 from .background import jobs_for
 from .emails import InvalidAddress, parse_address
 from .journal import EventKind, transaction
+from .links import reset_link
 from .livecheck import check_domain
 from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
 from .mailguard import reset_mail_scope
@@ -262,20 +263,6 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
 # -- mailing -------------------------------------------------------------------------------
 
 
-def _warn_about_host_header() -> None:
-    app = current_app
-    if app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS"):
-        return
-    if not app.extensions.get("domainguard.host_warning"):
-        app.extensions["domainguard.host_warning"] = True
-        # The link's host comes from the request's Host header unless the app pins it: a
-        # forged header would otherwise mail the user a link to the attacker's site.
-        log.warning(
-            "reset links take their host from the request: set SERVER_NAME or TRUSTED_HOSTS "
-            "so a forged Host header cannot point them elsewhere"
-        )
-
-
 def send_reset_mail(
     guard: DomainGuard,
     target: ResetDecision | str,
@@ -289,8 +276,8 @@ def send_reset_mail(
     :param template: ``domainguard/mail/<template>.txt`` (and ``.html``); it gets ``link``,
         ``address``, ``user``, ``valid_for``, ``app_name`` and ``context``.
 
-    The link's host is the request's unless ``SERVER_NAME`` is set: set it, or
-    ``TRUSTED_HOSTS``, so a forged ``Host`` header cannot redirect the link.
+    The link is built on ``DOMAINGUARD_EXTERNAL_URL`` (or ``SERVER_NAME``), never on the
+    request's ``Host`` header; ``DOMAINGUARD_RESET_URL`` points it at a front end of the host's.
     :returns: whether the mail was sent. Refusals are not errors: the caller answers the
         requester the same way either way.
     """
@@ -299,10 +286,7 @@ def send_reset_mail(
     # A decision is trusted only as far as the stored state agrees with it.
     if not decision.allowed or row is None or not is_safe_recipient(guard, row):
         return False
-    _warn_about_host_header()
-    link = url_for(
-        "domainguard.reset_password", token=reset_token(guard, decision.user, row), _external=True
-    )
+    link = reset_link(reset_token(guard, decision.user, row))
     values: dict[str, Any] = {"app_name": current_app.name, **context}
     values.update(
         link=link, address=row.address, user=decision.user, valid_for=guard.settings.reset_within

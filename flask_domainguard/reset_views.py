@@ -2,7 +2,8 @@
 
 ``/reset`` asks for an address and always answers with the same page; ``/reset/<token>``
 (GET shows the form, nothing is spent) sets a new password through ``guard.password_setter``
-and sends the user to log in: a reset never logs anyone in and never skips 2FA.
+and sends the user to log in: a reset never logs anyone in and never skips 2FA. Clients that
+prefer JSON get JSON from both (see :mod:`.views`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from . import tokens
 from .reset import MAX_ADDRESS_LENGTH, complete_reset, read_reset_token, submit_reset_request
-from .views import bp
+from .twofactor_gate import wants_json
+from .views import bp, csrf_body, form_errors, json_answer
+
+#: The one answer to every valid reset request, for JSON clients.
+SENT = {
+    "status": "sent",
+    "message": "If an account uses that address and the address is verified, a link to reset "
+    "the password is on its way.",
+}
 
 
 class ResetRequestForm(FlaskForm):  # type: ignore[misc]
@@ -54,11 +63,16 @@ def _private(page: str, status: int = 200) -> Response:
 def reset_request() -> ResponseReturnValue:
     """Ask for a reset link; every valid submission gets the same page."""
     form = ResetRequestForm()
+    json = wants_json()
     if request.method == "POST":
         if form.validate_on_submit():
             submit_reset_request(_guard(), form.email.data or "", client=request.remote_addr)
-            return render_template("domainguard/reset/sent.html")
+            return json_answer(SENT) if json else render_template("domainguard/reset/sent.html")
+        if json:
+            return json_answer(form_errors(form), 400)
         return render_template("domainguard/reset/request.html", form=form), 400
+    if json:
+        return json_answer(csrf_body())
     return render_template("domainguard/reset/request.html", form=form)
 
 
@@ -72,9 +86,12 @@ def _login_url() -> str | None:
 def reset_password(token: str) -> ResponseReturnValue:
     """The link in the reset mail: choose a new password."""
     guard = _guard()
+    json = wants_json()
     try:
         read_reset_token(guard, token)
     except tokens.TokenError as exc:
+        if json:
+            return json_answer({"error": "invalid_token", "message": str(exc)}, 400, private=True)
         page = render_template("domainguard/reset/invalid.html", message=str(exc))
         return _private(page, 400)
     form = NewPasswordForm()
@@ -82,12 +99,22 @@ def reset_password(token: str) -> ResponseReturnValue:
         try:
             complete_reset(guard, token, form.password.data or "")
         except tokens.TokenError as exc:
+            if json:
+                body = {"error": "invalid_token", "message": str(exc)}
+                return json_answer(body, 400, private=True)
             page = render_template("domainguard/reset/invalid.html", message=str(exc))
             return _private(page, 400)
         except ValueError as exc:  # the host's setter refused this password
             form.password.errors = [*form.password.errors, str(exc)]
         else:
+            if json:
+                done: dict[str, Any] = {"status": "password_changed", "login_url": _login_url()}
+                return json_answer(done, private=True)
             page = render_template("domainguard/reset/done.html", login_url=_login_url())
             return _private(page)
     status = 400 if request.method == "POST" else 200
+    if json:
+        return json_answer(
+            form_errors(form) if status == 400 else csrf_body(), status, private=True
+        )
     return _private(render_template("domainguard/reset/password.html", form=form), status)

@@ -25,13 +25,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, has_request_context, url_for
+from flask import current_app, has_request_context
 from flask_login import current_user
 
 from . import signals, tokens
 from .addresses import AddressError, resolve_address
 from .domainstate import load_state
 from .journal import EventKind, transaction
+from .links import verify_link
 from .livecheck import DomainCheck, check_domain
 from .mail import address_verdict, is_safe_recipient, send_mail
 from .mailguard import verification_mail_scope
@@ -216,7 +217,7 @@ def send_verification(
                 _journal_refusal(guard, row, refusal, actor=actor)
                 raise refusal
     token = verification_token(row)
-    link = url_for("domainguard.verify_address", token=token, _external=True)
+    link = verify_link(token)
     with verification_mail_scope(row):
         send_mail(
             guard,
@@ -420,6 +421,8 @@ class ReverifyReport:
     """What ``flask domainguard reverify`` found and did.
 
     :param exit_code: 0 safe (and mailed, with ``send``); 3 unsafe; 4 the lookup failed.
+    :param lookup_error: what went wrong when the live lookup failed (``verdict`` and
+        ``reason`` then come from the stored state).
     """
 
     address: str
@@ -433,6 +436,7 @@ class ReverifyReport:
     sent: bool
     refusal: str | None
     exit_code: int
+    lookup_error: str | None = None
 
     def rows(self) -> list[tuple[str, Any]]:
         """``name  value`` rows for :func:`flask_domainguard.cli.print_table`."""
@@ -442,10 +446,17 @@ class ReverifyReport:
             ("verified", "yes" if self.verified else f"no ({self.unverify_reason or 'never'})"),
             ("verdict", self.verdict),
             ("reason", self.reason),
-            ("looked up", "yes" if self.looked_up else "no (trusted provider)"),
+            ("looked up", self._looked_up_text()),
             ("safe to verify", "yes" if self.safe else f"no ({self.refusal})"),
             ("link sent", "yes" if self.sent else "no"),
         ]
+
+    def _looked_up_text(self) -> str:
+        if not self.looked_up:
+            return "no (trusted provider)"
+        if self.lookup_error:
+            return f"yes, and it failed: {self.lookup_error} (verdict from the stored state)"
+        return "yes"
 
 
 def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> ReverifyReport:
@@ -487,4 +498,7 @@ def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> Rev
         sent=sent,
         refusal=refusal.code if refusal is not None else None,
         exit_code=code,
+        lookup_error=(check.observation.error or "no answer")
+        if check.failed and check.observation is not None
+        else None,
     )

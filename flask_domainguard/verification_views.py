@@ -2,11 +2,13 @@
 
 ``GET /verify/<token>`` shows a confirmation button and changes nothing, so mail scanners
 that fetch links verify nothing; only its ``POST`` verifies. ``/verify/`` lists the logged-in
-user's addresses with their state, and ``POST /verify/send`` mails a new link.
+user's addresses with their state, and ``POST /verify/send`` mails a new link. Clients that
+prefer JSON get JSON from each (see :mod:`.views`).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +21,7 @@ from wtforms.validators import DataRequired
 
 from . import tokens
 from .addresses import AddressError
+from .twofactor_gate import wants_json
 from .verification import (
     VerificationError,
     address_state,
@@ -27,7 +30,7 @@ from .verification import (
     read_verification_token,
     send_verification,
 )
-from .views import bp
+from .views import bp, csrf_body, form_errors, json_answer
 
 
 class ConfirmAddressForm(FlaskForm):  # type: ignore[misc]
@@ -84,9 +87,12 @@ def _unauthorized() -> ResponseReturnValue:
 def verify_address(token: str) -> ResponseReturnValue:
     """Show the confirmation page (GET) or verify the address (POST)."""
     guard = _guard()
+    json = wants_json()
     try:
         row, _ = read_verification_token(guard, token)
     except tokens.TokenError as exc:
+        if json:
+            return json_answer({"error": "invalid_token", "message": str(exc)}, 400, private=True)
         page = render_template("domainguard/verify/invalid.html", message=str(exc))
         return _no_store(current_app.make_response((page, 400)))
     form = ConfirmAddressForm()
@@ -94,9 +100,15 @@ def verify_address(token: str) -> ResponseReturnValue:
         try:
             outcome = confirm_verification(guard, token, user=_logged_in_user())
         except tokens.TokenError as exc:
+            if json:
+                body = {"error": "invalid_token", "message": str(exc)}
+                return json_answer(body, 400, private=True)
             page = render_template("domainguard/verify/invalid.html", message=str(exc))
             return _no_store(current_app.make_response((page, 400)))
         except VerificationError as exc:
+            if json:
+                body = {"error": exc.code, "message": str(exc), "address": row.address}
+                return json_answer(body, 409, private=True)
             page = render_template(
                 "domainguard/verify/refused.html",
                 address=row.address,
@@ -104,17 +116,31 @@ def verify_address(token: str) -> ResponseReturnValue:
                 code=exc.code,
             )
             return _no_store(current_app.make_response((page, 409)))
+        if json:
+            body = {"status": outcome.value, "address": row.address}
+            return json_answer(body, private=True)
         page = render_template(
             "domainguard/verify/done.html", address=row.address, outcome=outcome.value
         )
         return _no_store(current_app.make_response(page))
     status = 400 if request.method == "POST" else 200
+    needs_login = needs_owner(row) and _logged_in_user() is None
+    if json:
+        if status == 400:
+            return json_answer(form_errors(form), 400, private=True)
+        state: dict[str, Any] = {
+            "address": row.address,
+            "already_verified": row.verified_at is not None,
+            "needs_login": needs_login,
+            **csrf_body(),
+        }
+        return json_answer(state, private=True)
     page = render_template(
         "domainguard/verify/confirm.html",
         form=form,
         address=row.address,
         already=row.verified_at is not None,
-        needs_login=needs_owner(row) and _logged_in_user() is None,
+        needs_login=needs_login,
     )
     return _no_store(current_app.make_response((page, status)))
 
@@ -127,6 +153,10 @@ def verify_status() -> ResponseReturnValue:
         return _unauthorized()
     guard = _guard()
     rows = guard.addresses_of(user)
+    if wants_json():
+        states = [address_state(guard, row) for row in rows]
+        body = [{"id": row.id, **asdict(state)} for row, state in zip(rows, states, strict=True)]
+        return json_answer({"addresses": body, **csrf_body()})
     entries = []
     for row in rows:
         form = SendVerificationForm(formdata=None, address_id=str(row.id), next=request.path)
@@ -141,21 +171,31 @@ def send_verification_link() -> ResponseReturnValue:
     if user is None:
         return _unauthorized()
     guard = _guard()
+    json = wants_json()
     form = SendVerificationForm()
     back = safe_next(form.next.data, url_for("domainguard.verify_status"))
     if not form.validate_on_submit():
+        if json:
+            return json_answer(form_errors(form), 400)
         flash("The form expired; please try again.", "error")
         return redirect(back)
-    raw_id = form.address_id.data or ""
+    raw_id = str(form.address_id.data or "")
     row = guard.db.session.get(guard.models.EmailAddress, int(raw_id)) if raw_id.isdigit() else None
     # Someone else's address id gets the same answer as a missing one.
     if row is None or row.user_id != guard.user_id_of(user):
+        if json:
+            return json_answer({"error": "no_such_address"}, 404)
         flash("No such address on your account.", "error")
         return redirect(back)
     try:
         send_verification(guard, row)
     except (VerificationError, AddressError) as exc:
+        if json:
+            code = getattr(exc, "code", "refused")
+            return json_answer({"error": code, "message": str(exc)}, 409)
         flash(str(exc), "error")
     else:
+        if json:
+            return json_answer({"status": "sent", "address": row.address})
         flash(f"A verification link is on its way to {row.address}.", "success")
     return redirect(back)

@@ -1,9 +1,17 @@
 """The extension's blueprint: its templates (overridable under ``templates/domainguard/``)
-and the pages of the verification, reset and 2FA flows."""
+and the pages of the verification, reset and 2FA flows.
+
+The reset and verification endpoints answer JSON to clients that prefer it (the 2FA gate's
+rule, :func:`.twofactor_gate.wants_json`), for hosts whose front end is a JavaScript app
+(see ``DOMAINGUARD_RESET_URL`` / ``DOMAINGUARD_VERIFY_URL``): a ``GET`` gives the
+``csrf_token`` to send back in the JSON body of the ``POST``.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify
 
 from .config import Settings
 
@@ -29,3 +37,25 @@ def register_views(app: Flask, settings: Settings) -> None:
     )
 
     app.register_blueprint(bp, url_prefix=settings.url_prefix)
+
+
+def json_answer(body: dict[str, Any], status: int = 200, *, private: bool = False) -> Response:
+    """A JSON response; ``private`` for answers about a token (no caching, no Referer)."""
+    response = jsonify(body)
+    response.status_code = status
+    if private:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def form_errors(form: Any) -> dict[str, Any]:
+    """The ``400`` body for a form that did not validate (CSRF included)."""
+    return {"error": "invalid_form", "errors": dict(form.errors)}
+
+
+def csrf_body() -> dict[str, Any]:
+    """The ``GET`` answer for JSON clients: the token their ``POST`` must send back."""
+    from flask_wtf.csrf import generate_csrf
+
+    return {"csrf_token": generate_csrf()}

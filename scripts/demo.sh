@@ -10,6 +10,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
 export FLASK_APP=example_app
+HOST=${DEMO_HOST:-127.0.0.1}
+PORT=${DEMO_PORT:-5000}
+# Mailed links point at the address the demo is served on (and only that host is answered).
+export EXAMPLE_DOMAINGUARD_EXTERNAL_URL=${EXAMPLE_DOMAINGUARD_EXTERNAL_URL:-"http://$HOST:$PORT"}
 .venv/bin/flask seed
 # Production confirms an unsafe verdict on a second check DOMAINGUARD_CONFIRM_AFTER (6 h) after
 # the first; the demo confirms at once, so two sweeps show unverified addresses right away.
@@ -18,7 +22,5 @@ for _ in 1 2; do
   # Exit code 1 reports the demo's deliberately unknown domain; the demo goes on.
   EXAMPLE_DOMAINGUARD_CONFIRM_AFTER=0 .venv/bin/flask domainguard sweep || true
 done
-HOST=${DEMO_HOST:-127.0.0.1}
-PORT=${DEMO_PORT:-5000}
 echo "Example app on http://$HOST:$PORT/ (Ctrl-C stops it)"
 exec .venv/bin/flask run --host "$HOST" --port "$PORT"

@@ -10,9 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask_domainguard.config import OPTIONS
+ROOT = Path(__file__).resolve().parents[1]
+# This checkout's package, not whichever one the environment has installed (a worktree).
+sys.path.insert(0, str(ROOT))
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+from flask_domainguard.config import OPTIONS  # noqa: E402
+
+DOC = ROOT / "docs" / "configuration.md"
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
 

@@ -85,6 +85,8 @@ class LiveApp:
             "EXAMPLE_SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'example.sqlite'}",
             "EXAMPLE_DOMAINGUARD_STATIC_STATUS_FILE": str(self.status_file),
             "EXAMPLE_SECRET_KEY": os.urandom(16).hex(),
+            # Mailed links point at the site's own address (and TRUSTED_HOSTS follows it).
+            "EXAMPLE_DOMAINGUARD_EXTERNAL_URL": self.url,
             **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

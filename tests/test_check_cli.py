@@ -95,9 +95,20 @@ def test_check_writes_nothing(
     assert hostapp.db.session.scalar(sa.select(sa.func.count()).select_from(Event)) == before
 
 
-def test_trusted_and_invalid_targets(runner: FlaskCliRunner, statuses: Path) -> None:
+def test_trusted_providers_are_safe_and_never_looked_up(
+    runner: FlaskCliRunner, statuses: Path
+) -> None:
+    # Not in the static file: a lookup would have answered "could not tell" (exit 4).
     code, data = check(runner, "someone@gmail.com")
-    assert data["trusted"] is True and code == 4  # not in the static file: could not tell
+    assert code == 0 and data["trusted"] is True and data["looked_up"] is False
+    assert data["observation"] is None and data["verdict"]["kind"] == "ok"
+    # Even with a backend that cannot be built: it is never asked.
+    result = runner.invoke(args=["domainguard", "check", "gmail.com", "--backend", "fastly"])
+    assert result.exit_code == 0 and "never looked up" in result.stdout
+    assert check(runner, "someone@example.org")[0] == 4  # an untrusted one is looked up
+
+
+def test_invalid_targets(runner: FlaskCliRunner, statuses: Path) -> None:
     result = runner.invoke(args=["domainguard", "check", "not a domain"])
     assert result.exit_code == 2
     result = runner.invoke(args=["domainguard", "check", "com"])

@@ -88,3 +88,16 @@ def test_mkdocs_nav_lists_every_page_and_every_listed_page_exists() -> None:
     pages = {p.name for p in (ROOT / "docs").glob("*.md")}
     assert listed <= pages, f"mkdocs.yml lists missing pages {sorted(listed - pages)}"
     assert pages <= listed, f"pages missing from the mkdocs.yml nav: {sorted(pages - listed)}"
+
+
+def test_every_journal_event_kind_and_event_column_is_documented() -> None:
+    from flask_domainguard import EventKind
+    from tests import hostapp
+
+    text = (ROOT / "docs" / "journal.md").read_text()
+    for kind in EventKind:
+        assert re.search(rf"^\| `{kind.value}` \|", text, flags=re.M), (
+            f"docs/journal.md lacks event kind `{kind.value}`"
+        )
+    for column in hostapp.guard.models.Event.__table__.columns:
+        assert f"| `{column.name}` |" in text, f"docs/journal.md lacks column `{column.name}`"

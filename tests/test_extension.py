@@ -114,7 +114,9 @@ def test_settings_outside_an_app_say_what_to_do() -> None:
 def test_string_uuid_user_keys(tmp_path: Any) -> None:
     app = Flask("uuidhost")
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'uuid.sqlite'}", SECRET_KEY="x"
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'uuid.sqlite'}",
+        SECRET_KEY="x",
+        DOMAINGUARD_EXTERNAL_URL="https://uuid.host.test",
     )
     hostapp.uuid_db.init_app(app)
     hostapp.uuid_guard.init_app(app)
@@ -169,3 +171,29 @@ def _expiry_context() -> dict[str, Any]:
         "reason": "example.com expires on 2030-01-01.",
         "app_name": "hostapp",
     }
+
+
+def test_importing_a_mapped_class_by_module_fails_at_once_naming_guard_models() -> None:
+    with pytest.raises(ImportError, match=r"guard\.models\.EmailAddress"):
+        from flask_domainguard.models import EmailAddress  # noqa: F401
+    import flask_domainguard.models as models_module
+
+    with pytest.raises(ImportError, match=r"guard\.models\.Domain"):
+        _ = models_module.Domain
+    with pytest.raises(AttributeError):
+        _ = models_module.NoSuchThing
+
+
+def test_guard_models_are_the_mapped_classes_for_queries(guard: Any, make_user: Any) -> None:
+    import sqlalchemy as sa
+
+    user = make_user("q@example.org")
+    guard.add_address(user, "q@example.org", verified=True)
+    guard.add_address(user, "q2@example.org")
+    EmailAddress = guard.models.EmailAddress
+    unverified = hostapp.db.session.scalars(
+        sa.select(EmailAddress).where(
+            EmailAddress.user_id == user.id, EmailAddress.verified_at.is_(None)
+        )
+    ).all()
+    assert [row.address for row in unverified] == ["q2@example.org"]

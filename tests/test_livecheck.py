@@ -154,3 +154,26 @@ def test_a_raising_backend_gives_a_failed_observation_without_its_message(guard:
     assert result.registered is None
     assert result.error == "lookup failed (RuntimeError)"
     assert "SECRET" not in (result.error or "")
+
+
+class FlakyOnceBackend(CountingBackend):
+    """Fails the first lookup of each domain (a 503 from the registry), then answers."""
+
+    async def observe(
+        self, domain: str, *, client: Any = None, timeout: float | None = None
+    ) -> Any:
+        first = domain not in CountingBackend.calls
+        CountingBackend.calls.append(domain)
+        if first:
+            return Observation.failed(domain, "HTTP 503", source="static")
+        return await self.inner.observe(domain)
+
+
+@pytest.mark.settings(DOMAINGUARD_STATUS_BACKEND="tests.test_livecheck:FlakyOnceBackend")
+def test_a_quick_failure_is_tried_once_more(app: Flask, guard: Any, make_user: Any) -> None:
+    """With resets refused on a failed lookup, one retry keeps a flaky source from refusing
+    honest users: a 503 followed by an answer is evidence."""
+    add(guard, make_user(), "a@example-shop.com")
+    write_status(app, {"example-shop.com": OK})
+    assert guard.reset_decision("a@example-shop.com").allowed
+    assert CountingBackend.calls == ["example-shop.com"] * 2

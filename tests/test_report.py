@@ -85,7 +85,7 @@ def test_report_command_text_and_json(runner: FlaskCliRunner, guard: Any) -> Non
     assert set(data) >= {"custom_only", "expiring", "in_grace", "held", "failing"}
     assert data["failing"]["count"] == 1
     held_only = json.loads(runner.invoke(args=["domainguard", "report", "--held", "--json"]).stdout)
-    assert set(held_only) == {"generated_at", "held"}
+    assert set(held_only) == {"generated_at", "sections", "held"}
 
 
 def test_report_limit_says_how_many_more(runner: FlaskCliRunner, guard: Any) -> None:
@@ -99,3 +99,54 @@ def test_empty_report(runner: FlaskCliRunner) -> None:
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert all(data[name]["count"] == 0 for name in ("custom_only", "held", "failing"))
+
+
+def test_at_risk_comes_first_and_lists_the_soonest_lapse_first(
+    runner: FlaskCliRunner, guard: Any
+) -> None:
+    from tests.guard_helpers import enrol_2fa
+
+    ids = seed(guard, {"later.com": 1, "sooner.com": 1, "unknown.com": 1, "safe2fa.com": 1})
+    user_of = {
+        name: hostapp.db.session.get(guard.models.EmailAddress, row_ids[0]).user_id
+        for name, row_ids in ids.items()
+    }
+    now = utcnow()
+    set_domain(guard, "later.com", expires_at=now + timedelta(days=300))
+    set_domain(guard, "sooner.com", expires_at=now + timedelta(days=20))
+    set_domain(guard, "safe2fa.com", expires_at=now + timedelta(days=5))
+    enrol_2fa(guard, user_of["safe2fa.com"])  # custom domain only, but 2FA: not at risk
+    gmail_user = user_of["later.com"]
+    guard.add_address(gmail_user, "later-backup@gmail.com", verified=False)  # unverified: no help
+
+    report = build_report(guard)
+    assert next(iter(report.sections)) == "at_risk"
+    at_risk = report.sections["at_risk"]
+    assert at_risk.count == 3
+    assert [row["domain"] for row in at_risk.rows] == ["sooner.com", "later.com", "unknown.com"]
+    assert report.sections["custom_only"].count == 4  # 2FA does not change that list
+
+    text = runner.invoke(args=["domainguard", "report"]).stdout
+    assert text.startswith("Accounts most at risk: every verified address on a custom domain")
+    assert text.index("sooner.com") < text.index("later.com") < text.index("unknown.com")
+    data = json.loads(runner.invoke(args=["domainguard", "report", "--json"]).stdout)
+    assert data["sections"][0] == "at_risk"
+    assert [row["domain"] for row in data["at_risk"]["rows"]] == [
+        "sooner.com",
+        "later.com",
+        "unknown.com",
+    ]
+    # A verified address at a large provider takes the account off the list.
+    guard.add_address(user_of["sooner.com"], "sooner-backup@gmail.com", verified=True)
+    assert [r["domain"] for r in build_report(guard).sections["at_risk"].rows] == [
+        "later.com",
+        "unknown.com",
+    ]
+
+
+def test_report_help_names_its_sections(runner: FlaskCliRunner) -> None:
+    from flask_domainguard.report import SECTIONS
+
+    text = runner.invoke(args=["domainguard", "report", "--help"]).stdout
+    for name in SECTIONS:
+        assert f"  {name}  " in text, name

@@ -225,5 +225,5 @@ def test_links_from_the_host_header_are_warned_about(
     with smtp_app.test_request_context(base_url="https://shop.test"):
         assert guard.send_reset_mail(SAFE)
         assert guard.send_reset_mail(SAFE)
-    assert caplog.text.count("set SERVER_NAME or TRUSTED_HOSTS") == 1
+    assert caplog.text.count("set DOMAINGUARD_EXTERNAL_URL or SERVER_NAME") == 1
     assert "https://shop.test/domainguard/reset/" in body(smtp_sink.messages[0])

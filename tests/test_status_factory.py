@@ -133,6 +133,19 @@ def test_dotted_path_from_settings(host_module: str) -> None:
     assert isinstance(create_backend(settings), HostBackend)
 
 
+def test_a_top_level_module_colon_class_is_accepted_in_settings_as_on_the_command_line() -> None:
+    module = types.ModuleType("flat_host_backends")
+    module.HostBackend = HostBackend  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        settings = load_settings({"DOMAINGUARD_STATUS_BACKEND": "flat_host_backends:HostBackend"})
+        assert isinstance(create_backend(settings), HostBackend)
+    finally:
+        del sys.modules[module.__name__]
+    with pytest.raises(ConfigError, match="module:Class"):
+        load_settings({"DOMAINGUARD_STATUS_BACKEND": "whois"})
+
+
 @pytest.mark.parametrize(
     ("path", "fragment"),
     [

@@ -501,7 +501,12 @@ def test_reverify_command(
     write_status(app, {})
     result = runner.invoke(args=["domainguard", "reverify", "me@example-shop.com", "--json"])
     assert result.exit_code == 4
-    assert json.loads(result.stdout)["refusal"] == "lookup_failed"
+    failed = json.loads(result.stdout)
+    assert failed["refusal"] == "lookup_failed" and failed["lookup_error"]
+    # The table says the lookup failed, and why, rather than "(never checked)" alone.
+    result = runner.invoke(args=["domainguard", "reverify", "me@example-shop.com"])
+    assert result.exit_code == 4
+    assert f"and it failed: {failed['lookup_error']}" in result.stdout
 
     write_status(app, {"example-shop.com": PENDING_DELETE})
     result = runner.invoke(args=["domainguard", "reverify", "me@example-shop.com", "--send"])
