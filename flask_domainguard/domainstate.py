@@ -8,7 +8,9 @@ judges the same way and writes nothing). The rules, in one place:
 
 ``lapse_seen_at``
     Set when a lapse signal is first seen. It survives until the domain is seen healthy
-    with a future expiration date and no transfer or (re-)registration after the lapse.
+    with a future expiration date outside the auto-renew period (where Verisign's date
+    proves nothing) and no transfer or (re-)registration after the lapse. While it is set,
+    a stored check is no evidence for a reset.
 ``changed_hands_at``
     Set when a transfer or (re-)registration dated after a seen lapse is observed, by
     whichever path sees it first. Never cleared: a later answer that no longer shows the
@@ -44,6 +46,7 @@ from .verdict import (
     is_lapse_signal,
     judge,
     plausible_moment,
+    shows_renewal,
 )
 
 if TYPE_CHECKING:
@@ -164,7 +167,7 @@ def advance(state: DomainState, obs: Observation, now: datetime) -> DomainState:
                 moved_after_lapse = True
     if is_lapse_signal(obs, now):
         lapse = lapse or now
-    elif lapse is not None and not moved_after_lapse and _renewed(obs, now):
+    elif lapse is not None and not moved_after_lapse and shows_renewal(obs, now):
         lapse = None
     # The stored summary belonged to the old facts: the caller judges the new ones afresh.
     return replace(
@@ -175,11 +178,6 @@ def advance(state: DomainState, obs: Observation, now: datetime) -> DomainState:
         changed_hands_at=changed,
         verdict=None,
     )
-
-
-def _renewed(obs: Observation, now: datetime) -> bool:
-    expires = plausible_moment(obs.expires_at)
-    return expires is not None and expires > now
 
 
 def depends_on_proof(state: DomainState) -> bool:
@@ -243,12 +241,16 @@ def has_reset_evidence(
     policy: Policy,
 ) -> bool:
     """Whether the stored state alone is evidence enough for a reset to an address proved at
-    ``verified_at``: a successful check younger than ``within`` that judges it ``OK``.
+    ``verified_at``: a successful check younger than ``within`` that judges it ``OK``, with no
+    lapse remembered.
 
     Any other stored verdict (in grace, expiring soon) proves nothing about *now*: an
-    attacker can make the site store such a check while a domain lapses, then buy it.
+    attacker can make the site store such a check while a domain lapses, then buy it. Nor
+    does an ``OK`` while a lapse is unresolved: that is when names are sold.
     """
     if state.checked_at is None or now - state.checked_at >= within:
+        return False
+    if state.lapse_seen_at is not None:
         return False
     return verdict_for(state, verified_at, now, policy).kind is VerdictKind.OK
 

@@ -7,8 +7,11 @@ one method is wrapped, once per process, by :func:`install_mail_guard`. The wrap
 nothing unless the current app has DomainGuard, and then applies ``DOMAINGUARD_MAIL_GUARD``:
 
 ``"all"`` (default)
-    Recipients that are stored addresses on a domain whose verdict is unsafe (released,
-    expired, re-registered) are dropped from every message.
+    Recipients that are stored addresses on a domain whose verdict is unsafe for them
+    (released, expired, re-registered) are dropped from every message, and so are addresses
+    that lost their verification to their domain, until their owner verifies them again
+    (only DomainGuard's own verification link goes to them, inside
+    :func:`verification_mail_scope`).
 ``"reset"``
     Only the reset rule below.
 ``"off"``
@@ -48,10 +51,12 @@ from flask import current_app
 from .domainstate import load_state
 from .emails import InvalidAddress, parse_address
 from .mail import address_verdict, has_reset_evidence, is_safe_recipient
+from .models import DOMAIN_REASONS
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
+    from .models import EmailAddress
     from .reset import ResetDecision
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,10 @@ log = logging.getLogger(__name__)
 # None outside a reset scope; inside one, the address ids a reset decision just allowed.
 _reset_scope: ContextVar[frozenset[int] | None] = ContextVar(
     "domainguard_reset_mail_scope", default=None
+)
+# The address ids whose verification link is being sent (see verification_mail_scope).
+_verification_scope: ContextVar[frozenset[int]] = ContextVar(
+    "domainguard_verification_mail_scope", default=frozenset()
 )
 _install_lock = threading.Lock()
 
@@ -83,6 +92,18 @@ def reset_mail_scope(decision: ResetDecision | None = None) -> Iterator[None]:
         _reset_scope.reset(token)
 
 
+@contextmanager
+def verification_mail_scope(row: EmailAddress) -> Iterator[None]:
+    """Within this block the verification link for ``row`` passes the safety net, although
+    ``row`` lost its verification to its domain (DomainGuard's own re-verification: it checks
+    the domain live first, and the link needs the owner logged in)."""
+    token = _verification_scope.set(_verification_scope.get() | {row.id})
+    try:
+        yield
+    finally:
+        _verification_scope.reset(token)
+
+
 def in_reset_scope() -> bool:
     """Whether the reset rule applies to mail sent now."""
     return _reset_scope.get() is not None
@@ -94,11 +115,30 @@ def _address_of(recipient: Any) -> str:
     return parseaddr(str(recipient))[1]
 
 
+def _delivered_domain(recipient: Any) -> str | None:
+    """The A-label domain Flask-Mail will deliver ``recipient`` to; ``None`` if unreadable.
+
+    Flask-Mail encodes a Unicode domain with Python's IDNA 2003 codec and smtplib reads the
+    envelope address back with :func:`~email.utils.parseaddr`. IDNA 2003 maps some letters
+    that IDNA 2008 keeps (``straße.com`` goes to ``strasse.com``, another registrable domain),
+    so the address judged must be the one the mail will reach.
+    """
+    from flask_mail import sanitize_address
+
+    try:
+        return parse_address(parseaddr(sanitize_address(recipient))[1]).domain
+    except Exception:
+        return None
+
+
 def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bool:
     """Whether ``recipient`` (text, ``"Name <addr>"`` or ``(name, addr)``) may get this mail.
 
     A recipient that does not parse as an address is refused: what cannot be read cannot be
-    checked (``"erin"@released.example`` is a real mailbox on a released domain).
+    checked (``"erin"@released.example`` is a real mailbox on a released domain). So is one
+    that Flask-Mail would deliver to another domain than the one read here (IDNA 2003 against
+    IDNA 2008: ``kontakt@straße.com`` is stored as ``xn--strae-oqa.com`` and sent to
+    ``strasse.com``).
 
     :param strict: the reset rule: a stored, verified address whose domain is not unsafe for
         it, with evidence (``DOMAINGUARD_RESET_LIVE_CHECK = "evidence"``): a reset decision
@@ -112,6 +152,9 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
     except InvalidAddress:
         log.warning("withheld mail from a recipient that is not a valid address")
         return False
+    if _delivered_domain(recipient) != parsed.domain:
+        log.warning("withheld mail from a recipient that Flask-Mail would send to another domain")
+        return False
     with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
         row = find_address(guard, parsed.normalized)
         if strict:
@@ -122,6 +165,10 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
             return row.id in (_reset_scope.get() or ()) or has_reset_evidence(guard, row)
         if row is None or row.registrable in guard.settings.trusted_domains:
             return True
+        if row.verified_at is None and row.unverify_reason in DOMAIN_REASONS:
+            # Its old proof is gone with its verification, so the stored facts cannot be
+            # judged against it; a proof made now would find a new registrant's domain safe.
+            return row.id in _verification_scope.get()
         state = load_state(guard, row.registrable)
         return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
 

@@ -74,6 +74,16 @@ class UnverifyReason(str, enum.Enum):
     BOUNCE = "bounce"
 
 
+#: Unverify reasons that put the domain, not the mailbox, in doubt.
+DOMAIN_REASONS = frozenset(
+    {
+        UnverifyReason.DOMAIN_RELEASED,
+        UnverifyReason.DOMAIN_EXPIRED,
+        UnverifyReason.DOMAIN_REREGISTERED,
+    }
+)
+
+
 def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
     # Stored as the value strings with a CHECK-free VARCHAR so new members need no migration.
     return sa.Enum(

@@ -145,10 +145,23 @@ def next_check_after_failure(failures: int, retry_after: float | None = None) ->
 @dataclass(frozen=True)
 class Claim:
     """A domain leased to this run. Its state is read again when the results are applied,
-    under the batch's locks (:meth:`Sweep.apply_results`)."""
+    under the batch's locks (:meth:`Sweep.apply_results`).
+
+    :param claimed_at: when the lease was taken; the lookup was made after it.
+    """
 
     name: str
     failures: int
+    claimed_at: datetime | None = None
+
+    def superseded_by(self, state: DomainState) -> bool:
+        """Whether ``state`` holds a successful check made after this claim (a live check
+        during the lookup): its facts are newer than the ones this run looked up."""
+        return (
+            self.claimed_at is not None
+            and state.checked_at is not None
+            and state.checked_at > self.claimed_at
+        )
 
 
 @dataclass
@@ -484,7 +497,7 @@ class Sweep:
             except BaseException:
                 db.session.rollback()
                 raise
-        return [Claim(name=row[0], failures=int(row[1] or 0)) for row in rows]
+        return [Claim(name=row[0], failures=int(row[1] or 0), claimed_at=now) for row in rows]
 
     def release(self, names: Iterable[str] | None = None) -> None:
         """Give back this run's leases (all of them, or on ``names``) without checking."""
@@ -581,7 +594,9 @@ class Sweep:
 
         One transaction for the batch; verdict-change signals after its commit, expiry
         warnings mailed after that. Results for domains whose lease this run lost are
-        dropped (the other sweeper acts on its own lookup). Each domain's state moves through
+        dropped (the other sweeper acts on its own lookup), and so are results for domains a
+        live check observed after the claim: older facts never overwrite newer ones (the next
+        run looks again). Each domain's state moves through
         :mod:`.domainstate`, the same path as the live check's, and every verified address is
         judged by its own proof date. Returns the run's report.
         """
@@ -596,6 +611,7 @@ class Sweep:
             report.lost_leases += len(names) - len(ours)
             states = self._load_states(ours)
             work: list[tuple[Claim, Observation, DomainState, Verdict, str | None]] = []
+            superseded: list[dict[str, Any]] = []
             for claim in claims:
                 if claim.name not in ours:
                     continue
@@ -603,6 +619,9 @@ class Sweep:
                     claim.name, "no lookup result", source=getattr(self.backend, "name", "")
                 )
                 state = states.get(claim.name) or DomainState(name=claim.name)
+                if claim.superseded_by(state):
+                    superseded.append({"b_name": claim.name})  # only the lease is given back
+                    continue
                 try:
                     new = advance(state, obs, now)
                     base = (
@@ -666,7 +685,7 @@ class Sweep:
                 report.warnings_sent += len(warnings)
                 db.session.rollback()
                 return report
-            self._write_domains(done, failed)
+            self._write_domains(done, failed, superseded)
             self._plan(planned, now)
             self._claim_warnings(warnings)
         self._send_warnings(warnings)
@@ -715,10 +734,11 @@ class Sweep:
         }
         return values, confirmed
 
-    def _write_domains(self, done: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+    def _write_domains(self, *groups: list[dict[str, Any]]) -> None:
+        """Write each group's rows (the same columns within a group) and give their leases back."""
         D = self._D
         session = self.guard.db.session
-        for rows in (done, failed):
+        for rows in groups:
             if not rows:
                 continue
             columns = [key for key in rows[0] if key != "b_name"]

@@ -342,6 +342,20 @@ def is_lapse_signal(obs: Observation, now: datetime) -> bool:
     return reading.released or reading.expired is not None or reading.lapse is not None
 
 
+def shows_renewal(obs: Observation, now: datetime) -> bool:
+    """Whether ``obs`` shows its registration renewed at ``now``: a plausible expiration date
+    after ``now``, outside the auto-renew period. Pure.
+
+    Inside that period a future date proves nothing: Verisign moves it a year on at expiry
+    whether or not anyone paid, and a registrar may lift its hold to sell the name.
+    """
+    expires = plausible_moment(obs.expires_at)
+    if expires is None or expires <= _now(now):
+        return False
+    names = {n for element in _read_statuses(obs.statuses or ()) for n in element}
+    return "auto renew period" not in names
+
+
 def _now(now: datetime) -> datetime:
     converted = _utc(now)
     # A `now` that cannot be converted (datetime.min with a positive offset) is taken as

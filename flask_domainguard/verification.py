@@ -35,7 +35,8 @@ from .journal import EventKind, transaction
 from .links import verify_link
 from .livecheck import DomainCheck, check_domain
 from .mail import address_verdict, is_safe_recipient, send_mail
-from .models import UnverifyReason
+from .mailguard import verification_mail_scope
+from .models import DOMAIN_REASONS, UnverifyReason
 from .ratelimit import RateLimiter
 from .timeutil import utcnow
 from .verdict import VerdictKind
@@ -45,15 +46,6 @@ if TYPE_CHECKING:
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
-
-#: Unverify reasons that put the domain, not the mailbox, in doubt.
-DOMAIN_REASONS = frozenset(
-    {
-        UnverifyReason.DOMAIN_RELEASED,
-        UnverifyReason.DOMAIN_EXPIRED,
-        UnverifyReason.DOMAIN_REREGISTERED,
-    }
-)
 
 #: Kinds that mean someone other than the owner can register or restore the name right now.
 _UP_FOR_GRABS = frozenset({VerdictKind.RELEASED, VerdictKind.EXPIRED})
@@ -226,16 +218,17 @@ def send_verification(
                 raise refusal
     token = verification_token(row)
     link = verify_link(token)
-    send_mail(
-        guard,
-        [row.address],
-        "verify_address",
-        address=row.address,
-        link=link,
-        valid_for=settings.verify_within,
-        reverify=row.unverified_at is not None,
-        app_name=current_app.name,
-    )
+    with verification_mail_scope(row):
+        send_mail(
+            guard,
+            [row.address],
+            "verify_address",
+            address=row.address,
+            link=link,
+            valid_for=settings.verify_within,
+            reverify=row.unverified_at is not None,
+            app_name=current_app.name,
+        )
     with transaction(guard.db, guard.models) as tx:
         tx.record(
             EventKind.VERIFICATION_SENT,
