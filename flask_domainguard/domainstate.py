@@ -13,7 +13,8 @@ judges the same way and writes nothing). The rules, in one place:
     a stored check is no evidence for a reset.
 ``changed_hands_at``
     Set when a transfer or (re-)registration dated after a seen lapse is observed, by
-    whichever path sees it first. Never cleared: a later answer that no longer shows the
+    whichever path sees it first, or when a name seen released or past restore is seen held
+    again with no registration date to tell (sources that give flags only). Never cleared: a later answer that no longer shows the
     lapse (the buyer renewed) must not make the change forgettable. Addresses verified
     before it are ``REREGISTERED`` until they are verified again.
 a failed or ``unknown`` lookup
@@ -44,6 +45,7 @@ from .verdict import (
     VerdictKind,
     is_conclusive,
     is_lapse_signal,
+    is_up_for_grabs,
     judge,
     plausible_moment,
     shows_renewal,
@@ -165,6 +167,18 @@ def advance(state: DomainState, obs: Observation, now: datetime) -> DomainState:
             if moment is not None and moment > lapse:
                 changed = _later(changed, moment)
                 moved_after_lapse = True
+    if (
+        state.observation is not None
+        and is_up_for_grabs(state.observation, now)
+        and obs.registered
+        and not is_up_for_grabs(obs, now)
+        and plausible_moment(obs.registered_at) is None
+    ):
+        # Seen free for anyone to take, now held, and no date to say by whom: a source without
+        # dates (Fastly, Domainr) shows a drop-catch exactly so. A registration date, when
+        # there is one, decides instead (above: after the lapse, or the same old registration).
+        changed = _later(changed, now)
+        moved_after_lapse = True
     if is_lapse_signal(obs, now):
         lapse = lapse or now
     elif lapse is not None and not moved_after_lapse and shows_renewal(obs, now):

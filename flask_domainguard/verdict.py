@@ -342,6 +342,17 @@ def is_lapse_signal(obs: Observation, now: datetime) -> bool:
     return reading.released or reading.expired is not None or reading.lapse is not None
 
 
+def is_up_for_grabs(obs: Observation, now: datetime) -> bool:
+    """Whether ``obs`` shows a name its owner can no longer keep: released, or past the point
+    of restore (``pending delete`` without redemption, Domainr ``deleting``). Pure.
+
+    Whoever holds such a name *later* registered it anew, even where the source shows no
+    registration date (Fastly and Domainr give flags only).
+    """
+    reading = _read(obs, _now(now))
+    return reading.unknown is None and (reading.released or reading.expired is not None)
+
+
 def shows_renewal(obs: Observation, now: datetime) -> bool:
     """Whether ``obs`` shows its registration renewed at ``now``: a plausible expiration date
     after ``now``, outside the auto-renew period. Pure.

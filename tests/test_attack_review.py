@@ -2,8 +2,7 @@
 each case with default settings, through public entry points (the reset decision and pages,
 the sweep and check commands, Flask-Mail through a real SMTP server).
 
-Each test is an attack that must fail. Those marked ``xfail(strict=True)`` still succeed on
-this code: the reason names the hole (see the review's report for the proposed fix)."""
+Each test is an attack that must fail."""
 
 from __future__ import annotations
 
@@ -204,11 +203,6 @@ def test_a_lifted_hold_in_the_auto_renew_period_does_not_erase_the_lapse(
 
 @pytest.mark.use_status_server
 @pytest.mark.parametrize("lapse", ["inactive", "deleting"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a source without dates (Fastly) cannot show a new registration date; a name seen "
-    "released (or past restore) and then registered is judged OK, not as changed hands",
-)
 def test_a_release_then_a_registration_is_a_change_of_hands_without_dates(
     smtp_app: Flask,
     guard: Any,
@@ -231,11 +225,6 @@ def test_a_release_then_a_registration_is_a_change_of_hands_without_dates(
 
 @pytest.mark.use_status_server
 @pytest.mark.settings(DOMAINGUARD_MAX_UNVERIFY=1)
-@pytest.mark.xfail(
-    strict=True,
-    reason="--apply-held judges the drop-caught name OK (no dates, see above) and dismisses "
-    "the held unverification as obsolete; the address stays verified and gets resets",
-)
 def test_apply_held_does_not_release_a_caught_domain(
     smtp_app: Flask,
     guard: Any,

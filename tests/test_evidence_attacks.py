@@ -260,3 +260,25 @@ def test_a_registration_before_the_proof_is_allowed(app: Flask, guard: Any, vict
         {"lapsed-shop.com": {**OK, "registered_at": iso(VERIFIED - timedelta(days=30))}},
     )
     assert guard.reset_decision(VICTIM).allowed
+
+
+def test_a_release_answered_once_by_a_dated_source_changes_nothing(
+    app: Flask, guard: Any, victim: Any
+) -> None:
+    """The outage rule holds where the source gives dates: one 404 (a registry hiccup), then
+    the same registration as before (registered 2010). No change of hands is remembered, the
+    confirmation starts over, the address keeps its standing."""
+    runner = app.test_cli_runner()
+    sweep = ["domainguard", "sweep", "--domain", "lapsed-shop.com"]
+    healthy = {**OK, "registered_at": "2010-01-01T00:00:00Z"}
+    with freeze_time(LAPSED) as clock:
+        write_status(app, {"lapsed-shop.com": {"registered": False}})
+        runner.invoke(args=sweep)
+        clock.tick(timedelta(hours=7))
+        write_status(app, {"lapsed-shop.com": healthy})
+        assert runner.invoke(args=sweep).exit_code == 0
+        domain = guard.db.session.get(guard.models.Domain, "lapsed-shop.com")
+        guard.db.session.refresh(domain)
+        assert domain.changed_hands_at is None and domain.unsafe_since is None
+        assert domain.verdict == "ok"
+        assert guard.find_address(VICTIM).verified_at == VERIFIED
