@@ -14,8 +14,9 @@ judges the same way and writes nothing). The rules, in one place:
 ``changed_hands_at``
     Set when a transfer or (re-)registration dated after a seen lapse is observed, by
     whichever path sees it first, or when a name seen released or past restore is seen held
-    again with no registration date to tell (sources that give flags only). Never cleared: a later answer that no longer shows the
-    lapse (the buyer renewed) must not make the change forgettable. Addresses verified
+    again with no registration date to tell (sources that give flags only). Never cleared:
+    a later answer that no longer shows the lapse (the buyer renewed) must not make the
+    change forgettable. Addresses verified
     before it are ``REREGISTERED`` until they are verified again.
 a failed or ``unknown`` lookup
     Changes nothing: not the facts, not the memory, not the verdict.
