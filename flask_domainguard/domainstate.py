@@ -16,8 +16,8 @@ judges the same way and writes nothing). The rules, in one place:
     whichever path sees it first, or when a name seen released or past restore is seen held
     again with no registration date to tell (sources that give flags only). Never cleared:
     a later answer that no longer shows the lapse (the buyer renewed) must not make the
-    change forgettable. Addresses verified
-    before it are ``REREGISTERED`` until they are verified again.
+    change forgettable. Addresses verified before it are ``REREGISTERED`` until they are
+    verified again.
 a failed or ``unknown`` lookup
     Changes nothing: not the facts, not the memory, not the verdict.
 
@@ -346,14 +346,6 @@ def earliest_proofs(guard: DomainGuard, names: list[str]) -> dict[str, datetime]
     return {name: as_utc(moment) for name, moment in rows if moment is not None}
 
 
-def summary_for(
-    state: DomainState, earliest: datetime | None, now: datetime, policy: Policy
-) -> Verdict:
-    """The row's summary verdict: its earliest verified address's, the most severe one
-    (a verdict only gets harsher the earlier the proof); the proof-free one without any."""
-    return verdict_for(state, earliest, now, policy)
-
-
 def record(
     guard: DomainGuard,
     name: str,
@@ -377,7 +369,9 @@ def record(
         if not is_conclusive(obs):
             return state
         new = advance(state, obs, now)
-        summary = summary_for(new, earliest_proofs(guard, [name]).get(name), now, policy)
+        # The row's summary: its earliest verified address's verdict, the most severe one (a
+        # verdict only gets harsher the earlier the proof); the proof-free one without any.
+        summary = verdict_for(new, earliest_proofs(guard, [name]).get(name), now, policy)
         values = row_values(new, summary, now)
         values["last_error"] = None
         D = _table(guard)
