@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
+from .dnsverdict import Baseline
 from .domainstate import load_state
 from .emails import InvalidAddress, parse_address
 from .mail import address_verdict, has_reset_evidence, is_safe_recipient
@@ -123,7 +124,8 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
         if row is None or row.registrable in guard.settings.trusted_domains:
             return True
         state = load_state(guard, row.registrable)
-        return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
+        baseline = Baseline.of(row)
+        return not address_verdict(guard, state, row.verified_at, utcnow(), baseline).unsafe
 
 
 def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:
