@@ -68,9 +68,6 @@ class DnsServer:
         self.queries: Counter[tuple[str, str]] = Counter()
         self.transports: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = int(self.udp.getsockname()[1])
         server = self
 
         class TcpHandler(socketserver.BaseRequestHandler):
@@ -91,9 +88,21 @@ class DnsServer:
                 except OSError:
                     return
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), TcpHandler)
-        self.tcp.daemon_threads = True
+        # One port for both: a TCP port first, then the same number for UDP (tried again
+        # with another TCP port in the rare case that UDP number is taken).
+        for _ in range(20):
+            self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), TcpHandler)
+            self.tcp.daemon_threads = True
+            self.port = int(self.tcp.server_address[1])
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                self.udp.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.server_close()
+        else:  # pragma: no cover - a machine out of ports
+            raise OSError("no port free for both UDP and TCP")
         self._threads = [
             threading.Thread(target=self._serve_udp, daemon=True),
             threading.Thread(target=self.tcp.serve_forever, daemon=True),
@@ -220,3 +229,69 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+class RdapServer:
+    """A registry's RDAP server on 127.0.0.1 that finds every name registered and healthy,
+    and a bootstrap file naming it for some TLDs only (the others have no status server)."""
+
+    def __init__(self, tlds: tuple[str, ...] = ("com",)) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.tlds = tlds
+        self.hits: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.rsplit("/", 1)[-1].lower()
+                server.hits[name] += 1
+                body = json.dumps(
+                    {
+                        "objectClassName": "domain",
+                        "ldhName": name,
+                        "status": ["active"],
+                        "events": [
+                            {"eventAction": "registration", "eventDate": "2005-01-01T00:00:00Z"},
+                            {"eventAction": "expiration", "eventDate": "2035-01-01T00:00:00Z"},
+                        ],
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rdap+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> RdapServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def config(self, bootstrap_file: str) -> dict[str, object]:
+        """App config for the 'rdap' backend: a bootstrap listing :attr:`tlds` here, written
+        to ``bootstrap_file``, no built-in servers, and a bootstrap URL nobody answers."""
+        import json
+        from pathlib import Path
+
+        doc = {"version": "1.0", "services": [[list(self.tlds), [self.url]]]}
+        Path(bootstrap_file).write_text(json.dumps(doc))
+        return {
+            "DOMAINGUARD_STATUS_BACKEND": "rdap",
+            "DOMAINGUARD_RDAP_BOOTSTRAP_FILE": bootstrap_file,
+            "DOMAINGUARD_RDAP_BOOTSTRAP_URL": "http://127.0.0.1:9/dns.json",
+            "DOMAINGUARD_RDAP_SERVERS": {},
+            "DOMAINGUARD_HTTP_TIMEOUT": 2.0,
+        }
