@@ -255,6 +255,7 @@ def test_sweep_unverifies_after_confirmation_with_its_own_reason_and_notice(
     [notice] = [m for m in outbox if BACKUP in m.recipients]
     assert FOUNDER not in notice.recipients
     assert "name servers and mail servers" in notice.body
+    assert "If you moved the domain's name servers and mail to new providers" in notice.body
     state = guard.address_state(FOUNDER)
     assert state.needs_login and state.needs_verification
     assert "name servers and mail servers" in state.label
