@@ -343,3 +343,26 @@ def test_check_prints_the_dns_beside_the_status_source(
     # check writes nothing
     assert guard.db.session.get(guard.models.Domain, "startup.ai").dns_checked_at is None
     assert hostapp.db.session.scalar(sa.select(sa.func.count()).select_from(guard.models.Event))
+
+
+@pytest.mark.settings(DOMAINGUARD_RESET_PROCESSING="inline")
+def test_the_reset_mail_goes_out_on_dns_evidence_and_the_refusal_is_told(
+    guard: Any, make_user: Any, dns_server: DnsServer, outbox: list[Any]
+) -> None:
+    """Through the whole pipeline, mail safety net included: the DNS evidence that allowed
+    the reset also lets its mail through; a refusal for a DNS move is told to the owner's
+    other address, never to the moved one."""
+    founder(guard, make_user)
+    decision = guard.request_reset(FOUNDER, client="192.0.2.1")
+    assert decision is not None and decision.allowed
+    [reset_mail] = [m for m in outbox if FOUNDER in m.recipients]
+    assert "/reset/" in reset_mail.body
+    switch(dns_server, "startup.ai", ns=True, mx=True)
+    guard.db.session.execute(sa.update(guard.models.Domain).values(dns_checked_at=None))
+    guard.db.session.commit()
+    outbox.clear()
+    decision = guard.request_reset(FOUNDER, client="192.0.2.1")
+    assert decision is not None and decision.reason == "domain_dns_changed"
+    [notice] = outbox
+    assert notice.recipients == [BACKUP]
+    assert "name servers and mail servers have all changed" in notice.body
