@@ -8,6 +8,7 @@ into a frozen :class:`Settings`, and the documentation test checks ``docs/`` aga
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -206,6 +207,41 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 def _reset_evidence_mode(value: Any) -> str:
     # "required" was this key's strict mode before "evidence" named what it asks for.
     return _choice("evidence", "fallback", "off")("evidence" if value == "required" else value)
+
+
+def _dns_resolvers(value: Any) -> tuple[tuple[str, int], ...] | None:
+    """``None`` (the system's resolvers) or a list of ``"ip"``/``"ip:port"``/``"[ipv6]:port"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError("expected None or a non-empty list such as ['127.0.0.1', '10.0.0.2:5353']")
+    return tuple(_resolver_address(item) for item in value)
+
+
+def _resolver_address(item: Any) -> tuple[str, int]:
+    if not isinstance(item, str) or not item.strip():
+        raise TypeError(f"{item!r} is not text such as '9.9.9.9' or '127.0.0.1:5353'")
+    text = item.strip()
+    host, port = text, "53"
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{item!r} is not '[IPv6]:port'")
+            port = rest[1:]
+    elif text.count(":") == 1:  # IPv4:port; a bare IPv6 address has several colons
+        host, _, port = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{item!r}: {host!r} is not an IP address (names need a resolver)"
+        ) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r}: {port!r} is not a port number")
+    return str(address), int(port)
 
 
 def _optional_date(value: Any) -> date | None:
@@ -434,6 +470,28 @@ OPTIONS: dict[str, Option] = {
         "Let URLs from the network (RDAP bootstrap entries, redirects) reach private, loopback "
         "and link-local addresses, over plain http too: tests and air-gapped mirrors only.",
     ),
+    # -- DNS evidence ------------------------------------------------------------------
+    "DOMAINGUARD_DNS_EVIDENCE": _opt(
+        "dns_evidence",
+        "fallback",
+        _choice("fallback", "always", "off"),
+        "Where the DNS counts: 'fallback' (domains whose TLD the status backend does not cover: "
+        "DNS continuous with the address's proof is the evidence a reset needs), 'always' (also "
+        "a second, independent signal beside the status source on every check), 'off'.",
+    ),
+    "DOMAINGUARD_DNS_RESOLVERS": _opt(
+        "dns_resolvers",
+        None,
+        _dns_resolvers,
+        "Recursive resolvers for DNS evidence, as 'ip' or 'ip:port' ('[ipv6]:port'); None uses "
+        "the system's (/etc/resolv.conf).",
+    ),
+    "DOMAINGUARD_DNS_TIMEOUT": _opt(
+        "dns_timeout",
+        2.0,
+        _positive_float,
+        "Seconds one domain's DNS lookups (NS, MX and DS at once) may take in total.",
+    ),
     # -- lifecycle policy --------------------------------------------------------------
     "DOMAINGUARD_GRACE": _opt(
         "grace",
@@ -646,6 +704,9 @@ class Settings:
     http_timeout: float
     max_response_bytes: int
     status_allow_private: bool
+    dns_evidence: str
+    dns_resolvers: tuple[tuple[str, int], ...] | None
+    dns_timeout: float
     grace: timedelta
     warn_within: timedelta
     confirm_after: timedelta

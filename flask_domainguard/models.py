@@ -70,6 +70,8 @@ class UnverifyReason(str, enum.Enum):
     DOMAIN_RELEASED = "domain_released"
     DOMAIN_EXPIRED = "domain_expired"
     DOMAIN_REREGISTERED = "domain_reregistered"
+    DNS_CHANGED = "dns_changed"
+    """Its domain's name servers and mail servers all changed since the address was proved."""
     MANUAL = "manual"
     BOUNCE = "bounce"
 
@@ -80,6 +82,7 @@ DOMAIN_REASONS = frozenset(
         UnverifyReason.DOMAIN_RELEASED,
         UnverifyReason.DOMAIN_EXPIRED,
         UnverifyReason.DOMAIN_REREGISTERED,
+        UnverifyReason.DNS_CHANGED,
     }
 )
 
@@ -121,6 +124,15 @@ class _EmailAddress(_Row):
     expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """The expiry date the owner was last warned about (one warning per expiry date)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # The DNS fingerprint of the domain at this address's proof (its baseline), kept with the
+    # address so a newer address on the domain never replaces it. See dnsverdict.py.
+    dns_baseline_ns: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_mx: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_ds: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the baseline was recorded; ``None``: no baseline yet."""
+    dns_baseline_kind: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    """``verification`` (recorded with the proof) or ``first_seen`` (at a later check)."""
 
     if TYPE_CHECKING:  # the columns are added by define_models
         user_id: Mapped[Any]
@@ -158,6 +170,15 @@ class _Domain(_Row):
     changed_hands_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When the domain was seen changing hands after a lapse (never cleared): addresses
     verified before it are ``reregistered`` until verified again."""
+    dns_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the DNS was last read successfully (``DOMAINGUARD_DNS_EVIDENCE``)."""
+    dns_delegated: Mapped[bool | None] = mapped_column(sa.Boolean, nullable=True)
+    dns_ns: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    """Name servers seen then, space separated (as the MX and DS columns)."""
+    dns_mx: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_ds: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_lapse_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the domain was first seen without a delegation; cleared once seen delegated."""
     next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     failures: Mapped[int] = mapped_column(sa.Integer, default=0, nullable=False)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)

@@ -40,6 +40,7 @@ from flask.typing import ResponseReturnValue
 from . import signals, tokens
 from .addresses import find_address
 from .background import jobs_for
+from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address
 from .journal import EventKind, transaction
 from .links import reset_link
@@ -140,7 +141,13 @@ def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
         return ResetDecision(False, UNKNOWN_ADDRESS, None, None)
     if row.verified_at is None:
         return ResetDecision(False, UNVERIFIED, user, row)
-    check = check_domain(guard, row.registrable, verified_at=row.verified_at, actor="reset")
+    check = check_domain(
+        guard,
+        row.registrable,
+        verified_at=row.verified_at,
+        baseline=Baseline.of(row),
+        actor="reset",
+    )
     if check.verdict.unsafe:
         return ResetDecision(
             False, DOMAIN_PREFIX + check.verdict.kind.value, user, row, check.verdict
@@ -303,6 +310,8 @@ _REFUSAL_TEXT = {
     "domain_released": "its domain is no longer registered, so anyone could register it",
     "domain_expired": "its domain has expired",
     "domain_reregistered": "its domain was registered again after you verified the address",
+    "domain_dns_changed": "its domain's name servers and mail servers have all changed since "
+    "you verified the address",
     NO_EVIDENCE: "we could not confirm that its domain still belongs to you",
 }
 

@@ -29,7 +29,9 @@ from flask import current_app, has_request_context
 from flask_login import current_user
 
 from . import signals, tokens
-from .addresses import AddressError, resolve_address
+from .addresses import AddressError, resolve_address, unverify
+from .dnsevidence import fingerprint_of
+from .dnsverdict import VERIFICATION, Baseline
 from .domainstate import load_state
 from .journal import EventKind, transaction
 from .links import verify_link
@@ -93,6 +95,9 @@ class AddressState:
     :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
     :param needs_login: re-verifying takes the owner logged in (a domain reason).
     :param label: one sentence for the owner.
+    :param needs_verification: a (new) verification link is what the address needs now: it
+        is unverified, or verified while its domain's name servers and mail servers have all
+        changed since (re-verifying, logged in, records the new ones as its baseline).
     """
 
     address: str
@@ -103,6 +108,7 @@ class AddressState:
     unverify_reason: str | None
     needs_login: bool
     label: str
+    needs_verification: bool = False
 
 
 # -- the 2FA seam --------------------------------------------------------------------------
@@ -194,7 +200,8 @@ def send_verification(
     :param check: a live check of the address's domain the caller just made (not repeated).
     """
     row = resolve_address(guard, address)
-    if row.verified_at is not None:
+    moved = row.verified_at is not None and dns_moved(guard, row)
+    if row.verified_at is not None and not moved:
         raise VerificationError(f"{row.address} is already verified.", code="already_verified")
     settings = guard.settings
     if rate_limit and not RateLimiter(guard).hit(
@@ -204,6 +211,12 @@ def send_verification(
             f"Too many verification mails for {row.address} lately; try again later.",
             code="rate_limited",
         )
+    if moved:
+        # Its DNS moved away from its proof: it receives nothing anyway, and the sweep would
+        # unverify it after its confirmation. Unverified now, the link below needs its owner
+        # logged in (with 2FA) and records the new DNS as the address's baseline.
+        with transaction(guard.db, guard.models) as tx:
+            unverify(tx, row, UnverifyReason.DNS_CHANGED, actor=actor, domain=row.registrable)
     if row.registrable not in settings.trusted_domains:
         state = load_state(guard, row.registrable)
         stored_unsafe = address_verdict(guard, state, None, utcnow()).unsafe
@@ -240,6 +253,16 @@ def send_verification(
 
 
 # -- confirming ----------------------------------------------------------------------------
+
+
+def dns_moved(guard: DomainGuard, row: EmailAddress) -> bool:
+    """Whether the stored state finds ``row``'s domain DNS-changed for it: its name servers
+    and mail servers all differ from the address's baseline."""
+    if row.verified_at is None or row.registrable in guard.settings.trusted_domains:
+        return False
+    state = load_state(guard, row.registrable)
+    verdict = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
+    return verdict.kind is VerdictKind.DNS_CHANGED
 
 
 def needs_owner(row: EmailAddress) -> bool:
@@ -318,10 +341,12 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
             _journal_refusal(guard, row, refusal, actor=actor)
             raise refusal
 
-    # Judged for the proof about to be made: a change of hands before it is the new owner's.
+    # Judged for the proof about to be made: a change of hands before it is the new owner's,
+    # and the DNS seen now becomes the address's baseline.
     check = check_domain(
         guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
     )
+    fingerprint = fingerprint_of(check.observation.dns if check.observation else None)
     domain_refusal = _domain_refusal(guard, row, check)
     if domain_refusal is not None:
         _journal_refusal(guard, row, domain_refusal, actor=actor)
@@ -337,9 +362,14 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
         previous_reason = row.unverify_reason
         row.verified_at = utcnow()
         row.unverify_reason = None
+        # A new proof, a new baseline (or none, to be first seen, when the DNS was not read).
+        baseline = None if fingerprint is None else Baseline(fingerprint, row.verified_at)
+        for column, value in Baseline.columns(baseline).items():
+            setattr(row, column, value)
         details: dict[str, Any] = {
             "domain_verdict": check.verdict.kind.value,
             "reverified": reverified,
+            "dns_baseline": VERIFICATION if baseline is not None else None,
         }
         if reverified:
             details["previous_reason"] = previous_reason.value if previous_reason else None
@@ -361,6 +391,8 @@ _REASON_TEXT = {
     UnverifyReason.DOMAIN_RELEASED: "its domain was released and could be registered by anyone",
     UnverifyReason.DOMAIN_EXPIRED: "its domain expired",
     UnverifyReason.DOMAIN_REREGISTERED: "its domain was registered again after you verified it",
+    UnverifyReason.DNS_CHANGED: "the name servers and mail servers of its domain all changed "
+    "after you verified it",
     UnverifyReason.MANUAL: "an administrator unverified it",
     UnverifyReason.BOUNCE: "mail to it bounced",
 }
@@ -382,12 +414,20 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
     if not trusted:
         state = load_state(guard, row.registrable)
         # This address's own verdict: the domain's summary may be about an older address.
-        own = address_verdict(guard, state, row.verified_at, utcnow())
-        verdict = None if state.checked_at is None else own.kind.value
+        own = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
+        checked = state.checked_at is not None or state.dns is not None
+        verdict = own.kind.value if checked else None
     safe = is_safe_recipient(guard, row)
     reason = row.unverify_reason
+    moved = row.verified_at is not None and verdict == VerdictKind.DNS_CHANGED.value
     if row.verified_at is not None and safe:
         label = "Verified: password resets can be sent here."
+    elif moved:
+        label = (
+            f"Verified, but the name servers and mail servers of {row.registrable} have all "
+            "changed since you verified it: password resets are not sent here. If you moved "
+            "them, verify the address again while logged in; that records the new ones."
+        )
     elif row.verified_at is not None:
         label = (
             f"Verified, but its domain {row.registrable} looks unsafe ({verdict}): password "
@@ -395,7 +435,12 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
         )
     elif reason is not None:
         label = f"Unverified because {_REASON_TEXT.get(reason, reason.value)}."
-        if reason in DOMAIN_REASONS:
+        if reason is UnverifyReason.DNS_CHANGED:
+            label += (
+                " If you moved them yourself, verify it again while logged in: that records "
+                "the new ones."
+            )
+        elif reason in DOMAIN_REASONS:
             label += " Once the domain is yours again, verify it while logged in."
         else:
             label += " Verify it again to receive password resets."
@@ -408,8 +453,9 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
         receives_resets=safe,
         domain_verdict=verdict,
         unverify_reason=reason.value if reason is not None else None,
-        needs_login=needs_owner(row),
+        needs_login=needs_owner(row) or moved,
         label=label,
+        needs_verification=row.verified_at is None or moved,
     )
 
 
