@@ -294,4 +294,7 @@ class RdapServer:
             "DOMAINGUARD_RDAP_BOOTSTRAP_URL": "http://127.0.0.1:9/dns.json",
             "DOMAINGUARD_RDAP_SERVERS": {},
             "DOMAINGUARD_HTTP_TIMEOUT": 2.0,
+            # The bootstrap's entry is network-derived and points at loopback (plain http):
+            # refused unless private addresses are allowed, as for an air-gapped mirror.
+            "DOMAINGUARD_STATUS_ALLOW_PRIVATE": True,
         }
