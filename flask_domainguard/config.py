@@ -492,6 +492,13 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_RESET_WITHIN": _opt(
         "reset_within", timedelta(hours=1), _duration, "Lifetime of a password-reset link."
     ),
+    "DOMAINGUARD_UNDO_WITHIN": _opt(
+        "undo_within",
+        timedelta(days=7),
+        _duration,
+        "Lifetime of the \"this wasn't me\" link mailed to a user's other safe addresses after "
+        "a password change, and how long after a reset a 2FA enrolment is reported with one.",
+    ),
     "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
         "reset_live_check",
         "evidence",
@@ -644,6 +651,7 @@ class Settings:
     verify_within: timedelta
     verify_resend_limit: RateLimit
     reset_within: timedelta
+    undo_within: timedelta
     reset_live_check: str
     reset_live_check_after: timedelta
     reset_live_timeout: float

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
 
-from . import signals, tokens
+from . import passwords, signals, tokens
 from .addresses import find_address
 from .background import jobs_for
 from .emails import InvalidAddress, parse_address
@@ -222,7 +222,9 @@ def read_reset_token(guard: DomainGuard, token: str) -> ResetGrant:
 def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
     """Set a new password through ``guard.password_setter``; the token is spent with it.
 
-    Never logs the user in: they log in with the new password, and 2FA, as always.
+    Never logs the user in: they log in with the new password, and 2FA, as always. What
+    follows every password change follows (:func:`.passwords.password_changed`): other
+    sessions end, the other safe addresses get a "this wasn't me" link.
 
     :returns: the user.
     :raises flask_domainguard.tokens.TokenError: the token is not (or no longer) good.
@@ -240,23 +242,9 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
         if not tokens.consume(guard, grant.token):
             raise tokens.TokenError("This link was already used. Ask for a new one.")
         setter(grant.user, new_password)
-        tx.record(
-            EventKind.PASSWORD_RESET,
-            actor="user",
-            address=grant.address,
-            signal=signals.password_reset,
-        )
-    try:
-        notify_user(
-            guard,
-            grant.address.user_id,
-            "password_changed",
-            via=grant.address.address,
-            app_name=current_app.name,
-        )
-    except Exception:
-        # The password is changed either way; a mail server outage must not undo or hide it.
-        log.exception("could not send the password-changed notice")
+        change = passwords.record_change(tx, guard, grant.user, actor="user", via=grant.address)
+    # Other sessions end, the other safe addresses get "this wasn't me" (guard.password_changed).
+    passwords.after_change(guard, grant.user, change)
     return grant.user
 
 
@@ -295,6 +283,7 @@ def send_reset_mail(
         send_mail(guard, [row.address], template, **values)
     with transaction(guard.db, guard.models) as tx:
         tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
+    passwords.reset_mailed(guard, decision.user, row)
     return True
 
 
@@ -384,6 +373,10 @@ def process_reset_request(
                     signal=signals.reset_sent,
                     via="host",
                 )
+            if decision.address is not None:
+                # The host's reset page may forget guard.password_changed: this lets the
+                # next login notice the change (passwords.notice_unannounced_change).
+                passwords.reset_mailed(guard, decision.user, decision.address)
         return decision, result
 
     if decision.address is not None:

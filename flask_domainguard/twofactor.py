@@ -683,6 +683,18 @@ def _notify(guard: DomainGuard, user_id: Any, template: str, **context: Any) -> 
         log.exception("could not send the %s notice", template)
 
 
+def _notify_enrolment_after_reset(guard: DomainGuard, user_id: Any) -> bool:
+    # An attacker whose reset got through enrols their own authenticator next: soon after a
+    # reset, the other safe addresses get a "this wasn't me" link instead of the usual notice.
+    from .undo import notify_enrolment_after_reset
+
+    try:
+        return notify_enrolment_after_reset(guard, user_id)
+    except Exception:
+        log.exception("could not send the enrolment-after-reset notice")
+        return False
+
+
 def confirm_enrolment(
     guard: DomainGuard, user: Any, code: str, *, client: str | None
 ) -> AttemptResult:
@@ -720,7 +732,8 @@ def confirm_enrolment(
     if outcome is not Outcome.OK:
         return _fail(guard, user_id, client, outcome, "totp", "enrol")
     _succeed(guard, user_id)
-    _notify(guard, user_id, "twofactor_enrolled")
+    if not _notify_enrolment_after_reset(guard, user_id):
+        _notify(guard, user_id, "twofactor_enrolled")
     return AttemptResult(
         Outcome.OK, recovery_codes=tuple(codes), remaining_recovery_codes=len(codes)
     )

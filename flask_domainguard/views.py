@@ -33,6 +33,7 @@ def register_views(app: Flask, settings: Settings) -> None:
     from . import (  # noqa: F401  (importing them adds their routes to bp)
         reset_views,  # password reset pages
         twofactor_views,  # 2FA pages
+        undo_views,  # "this wasn't me" pages
         verification_views,  # address verification pages
     )
 
