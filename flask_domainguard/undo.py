@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -56,6 +56,14 @@ def _binding_text(row: EmailAddress) -> str:
     return f"{row.user_id}|{row.address}|{verified}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros(when: datetime) -> int:
+    # Exact to the microsecond: a device enrolled a moment before the change is not "since".
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
 def undo_token(row: EmailAddress, *, changed_at: datetime, via_id: int | None) -> str:
     """A "this wasn't me" token mailed to ``row`` about the change made at ``changed_at``."""
     return tokens.issue(
@@ -64,7 +72,7 @@ def undo_token(row: EmailAddress, *, changed_at: datetime, via_id: int | None) -
             "u": str(row.user_id),
             "a": row.id,
             "r": via_id,
-            "c": int(changed_at.timestamp()),
+            "c": _micros(changed_at),
             "b": tokens.bind(tokens.UNDO, _binding_text(row)),
         },
     )
@@ -140,7 +148,7 @@ class UndoGrant:
     :param reporter: the address the link was mailed to.
     :param via: the address the reset went to, when the change was a reset (``None`` once
         removed or no longer the user's).
-    :param changed_at: when the password was changed (to the second).
+    :param changed_at: when the password was changed.
     """
 
     user: Any
@@ -177,7 +185,10 @@ def read_undo_token(guard: DomainGuard, token: str) -> UndoGrant:
     via = guard.db.session.get(Row, via_id) if via_id is not None else None
     if via is not None and via.user_id != row.user_id:
         via = None
-    changed_at = datetime.fromtimestamp(stamp, tz=timezone.utc)
+    try:
+        changed_at = _EPOCH + timedelta(microseconds=stamp)
+    except OverflowError:
+        raise invalid from None
     return UndoGrant(user, row, via, changed_at, checked)
 
 

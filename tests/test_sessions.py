@@ -148,9 +148,8 @@ def test_raising_the_epoch_ends_sessions_without_a_password_change(site: Flask) 
     add_site_user(site, with_2fa=False)
     client = site.test_client()
     site_login_as(client, remember=True)
-    with site.app_context():
-        with transaction(site_db, site_guard.models):
-            userstate.raise_epoch(site_guard, 1)
+    with site.app_context(), transaction(site_db, site_guard.models):
+        userstate.raise_epoch(site_guard, 1)
     assert not logged_in(client)
     client.delete_cookie("session")
     assert not logged_in(client)
