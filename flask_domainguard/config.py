@@ -208,6 +208,26 @@ def _reset_evidence_mode(value: Any) -> str:
     return _choice("evidence", "fallback", "off")("evidence" if value == "required" else value)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+def _durations(value: Any) -> tuple[timedelta, ...]:
+    if isinstance(value, str):
+        parts: list[Any] = []
+        for text in value.split(","):
+            match = _DURATION_RE.match(text)
+            if match is None:
+                raise ValueError(f"{text.strip()!r} is not a duration such as '30 minutes'")
+            parts.append(timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2].lower()]))
+        value = parts
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError("expected durations such as '5 minutes, 30 minutes, 2 hours'")
+    result = tuple(_duration(item) for item in value)
+    if any(step <= timedelta(0) for step in result):
+        raise ValueError("every lockout must last longer than 0")
+    return result
+
+
 def _optional_date(value: Any) -> date | None:
     if value is None:
         return None
@@ -579,7 +599,22 @@ OPTIONS: dict[str, Option] = {
         "twofactor_limit",
         "5 per 5 minutes",
         _rate,
-        "Failed 2FA attempts per user and per client address.",
+        "2FA attempts per user (failed ones per client address) within a sliding window; "
+        "reaching it starts a lockout.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUTS": _opt(
+        "twofactor_lockouts",
+        "5 minutes, 30 minutes, 2 hours",
+        _durations,
+        "How long successive 2FA lockouts of a user or client last; the last one repeats. "
+        "The owner is told at the first one.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUT_MEMORY": _opt(
+        "twofactor_lockout_memory",
+        timedelta(days=1),
+        _duration,
+        "A lockout that starts within this time of the end of the last one takes the next "
+        "duration of DOMAINGUARD_2FA_LOCKOUTS; later ones start from the first again.",
     ),
     "DOMAINGUARD_TRUST_DEVICE_DAYS": _opt(
         "trust_device_days",
@@ -666,6 +701,8 @@ class Settings:
     twofactor_grace_days: int
     twofactor_exempt: Callable[..., Any] | None
     twofactor_limit: RateLimit
+    twofactor_lockouts: tuple[timedelta, ...]
+    twofactor_lockout_memory: timedelta
     trust_device_days: int
     recovery_codes: int
     twofactor_allowed_endpoints: tuple[str, ...]
