@@ -104,6 +104,13 @@ class DomainGuard:
                 settings.reset_live_check,
             )
 
+        if app.config.get("WTF_CSRF_ENABLED") is False and not app.testing:
+            log.warning(
+                "WTF_CSRF_ENABLED = False turns off the CSRF checks of DomainGuard's forms and "
+                "of guarded_reset_request too: its reset, 2FA and undo forms can be posted "
+                "from other sites"
+            )
+
         if "mail" not in app.extensions:
             from flask_mail import Mail
 

@@ -428,15 +428,28 @@ def submit_reset_request(
 
 
 def _check_csrf() -> None:
+    """Check Flask-WTF's CSRF token of this request (form field, or ``X-CSRFToken`` header).
+
+    Only two things skip it: ``CSRFProtect`` validated this very request already (it sets
+    ``g.csrf_valid``), or the host turned CSRF off altogether (``WTF_CSRF_ENABLED = False``).
+    ``WTF_CSRF_CHECK_DEFAULT = False`` or a view exempted from ``CSRFProtect`` does not: then
+    nothing else checks it.
+
+    :raises flask_wtf.csrf.CSRFError: a 400 answer, before anything is counted or decided.
+    """
     app = current_app
-    if "csrf" in app.extensions or not app.config.get("WTF_CSRF_ENABLED", True):
-        return  # CSRFProtect already checked it before the view, or the host turned CSRF off
+    if not app.config.get("WTF_CSRF_ENABLED", True) or g.get("csrf_valid"):
+        return
     from flask_wtf.csrf import CSRFError, validate_csrf
     from wtforms import ValidationError
 
     field = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    token = request.form.get(field)
+    if not token:
+        headers = app.config.get("WTF_CSRF_HEADERS", ["X-CSRFToken", "X-CSRF-Token"])
+        token = next((request.headers[h] for h in headers if request.headers.get(h)), None)
     try:
-        validate_csrf(request.form.get(field))
+        validate_csrf(token)
     except ValidationError as exc:
         raise CSRFError(exc.args[0] if exc.args else "The CSRF token is invalid.") from None
 
@@ -457,8 +470,9 @@ def guarded_reset_request(
     """Decorate a host's forgot-password view so it only runs for allowed requests.
 
     GET (and other methods) reach the view unchanged. On POST the decorator reads
-    ``request.form[field]``, checks CSRF (Flask-WTF's token, unless ``CSRFProtect`` already
-    did or ``csrf=False``), rate-limits, decides with :func:`reset_decision`, and:
+    ``request.form[field]``, checks CSRF itself (Flask-WTF's token, also when the host set
+    ``WTF_CSRF_CHECK_DEFAULT = False``; see :func:`_check_csrf`), rate-limits, decides with
+    :func:`reset_decision`, and:
 
     - allowed: calls the view, with the decision in ``flask.g.domainguard_reset``. The view
       sends its own mail; inside it Flask-Mail delivers only to safe addresses.
@@ -473,7 +487,8 @@ def guarded_reset_request(
     :param field: the form field holding the address.
     :param template_or_response: the generic answer: a template name rendered without
         context, or a callable returning a response. Rendered fresh for each request.
-    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``).
+    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``); turn it off
+        only for a view that checks a token of its own.
     """
 
     def decorate(view: F) -> F:
