@@ -539,7 +539,17 @@ OPTIONS: dict[str, Option] = {
         "reset_live_timeout", 3.0, _positive_float, "Seconds a live lookup at reset may take."
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT": _opt(
-        "reset_limit_per_account", "3 per hour", _rate, "Reset requests per account."
+        "reset_limit_per_account",
+        "3 per hour",
+        _rate,
+        "Reset mails one client may cause to one address of an account. Only mails sent count, "
+        "so requests from other clients, or refused ones, never use up the owner's own.",
+    ),
+    "DOMAINGUARD_RESET_LIMIT_PER_ADDRESS": _opt(
+        "reset_limit_per_address",
+        "10 per hour",
+        _rate,
+        "Reset mails to one address from all clients together (a bound on mail bombing).",
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_CLIENT": _opt(
         "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
@@ -691,6 +701,7 @@ class Settings:
     reset_live_check_after: timedelta
     reset_live_timeout: float
     reset_limit_per_account: RateLimit
+    reset_limit_per_address: RateLimit
     reset_limit_per_client: RateLimit
     reset_notice_limit: RateLimit
     reset_processing: str

@@ -28,7 +28,6 @@ attempts, and the decision, the live lookup and the mail happen in a worker thre
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,33 +329,55 @@ def client_allowed(guard: DomainGuard, client: str | None) -> bool:
     )
 
 
+def mail_budget_keys(row: EmailAddress, client: str | None) -> tuple[str, str]:
+    """The rate-limit keys of reset mails to ``row``: one client's, and every client's."""
+    return f"reset:mail:{row.id}:client:{client or 'unknown'}", f"reset:mail:{row.id}"
+
+
+def _mail_allowed(guard: DomainGuard, row: EmailAddress, client: str | None) -> bool:
+    """Count one reset mail to ``row`` for ``client``; ``False`` when a budget is spent.
+
+    The owner's allowance is their mailbox's: only mails actually sent count, per address,
+    so requests refused for the attacker's own (unverified, unsafe) address use up nothing
+    of the owner's. Each client has its own budget per address
+    (``DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT``), so another client's requests leave the owner's
+    untouched; all clients together have ``DOMAINGUARD_RESET_LIMIT_PER_ADDRESS``, a bound on
+    mail bombing. Whoever spends that one from many clients has put that many working links
+    in the owner's mailbox (they last ``DOMAINGUARD_RESET_WITHIN``).
+    """
+    per_client, per_address = mail_budget_keys(row, client)
+    limiter = RateLimiter(guard)
+    settings = guard.settings
+    return limiter.hit(per_client, settings.reset_limit_per_account) and limiter.hit(
+        per_address, settings.reset_limit_per_address
+    )
+
+
 def process_reset_request(
     guard: DomainGuard,
     address: str,
     *,
+    client: str | None = None,
     on_allowed: Callable[[ResetDecision], Any] | None = None,
 ) -> tuple[ResetDecision, Any]:
-    """Rate-limit per account, decide, journal, tell the owner of refusals, act when allowed.
+    """Decide, count the mail against the address's budgets, journal, tell the owner of
+    refusals, act when allowed.
 
+    :param client: the requester's address (for the per-client budget of mails).
     :param on_allowed: what to do for an allowed request (the host's view); by default
         :func:`send_reset_mail`.
     :returns: the decision and what ``on_allowed`` returned.
     """
     address = address[:MAX_ADDRESS_LENGTH]
-    normalized, _ = _parse(address)
-    row = _lookup_row(guard, normalized)
-    # Unknown addresses are counted too (by a digest of the text): the same work, and a
-    # limit on guessing.
-    account = (
-        f"reset:account:{row.user_id}"
-        if row is not None
-        else "reset:address:" + hashlib.sha256(normalized.encode()).hexdigest()
-    )
-    if not RateLimiter(guard).hit(account, guard.settings.reset_limit_per_account):
-        user = guard.get_user(row.user_id) if row is not None else None
-        decision = ResetDecision(False, RATE_LIMITED, user, row)
-    else:
-        decision = reset_decision(guard, address)
+    decision = reset_decision(guard, address)
+    if (
+        decision.allowed
+        and decision.address is not None
+        and not _mail_allowed(guard, decision.address, client)
+    ):
+        decision = ResetDecision(
+            False, RATE_LIMITED, decision.user, decision.address, decision.verdict
+        )
 
     result: Any = None
     if decision.allowed:
@@ -415,10 +436,10 @@ def submit_reset_request(
     if not client_allowed(guard, client):
         return ResetDecision(False, RATE_LIMITED, None, None), None
     if guard.settings.reset_processing == "inline" or not has_request_context():
-        return process_reset_request(guard, address, on_allowed=on_allowed)
+        return process_reset_request(guard, address, client=client, on_allowed=on_allowed)
 
     def job() -> None:
-        process_reset_request(guard, address, on_allowed=on_allowed)
+        process_reset_request(guard, address, client=client, on_allowed=on_allowed)
 
     jobs_for().submit(job)
     return None, None
