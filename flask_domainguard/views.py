@@ -54,13 +54,10 @@ def register_views(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp, url_prefix=settings.url_prefix)
 
 
-def json_answer(body: dict[str, Any], status: int = 200, *, private: bool = False) -> Response:
-    """A JSON response; ``private`` for answers about a token (no caching, no Referer)."""
+def json_answer(body: dict[str, Any], status: int = 200) -> Response:
+    """A JSON response (answers about a token get their headers from the blueprint's hook)."""
     response = jsonify(body)
     response.status_code = status
-    if private:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 
