@@ -7,7 +7,7 @@ edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes, 30
 2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the end of the
 last one takes the next duration, and the last one repeats. A lockout empties the key's
 window: once it ends, the key has the limit again, and then a longer lockout. Five guesses
-per five minutes make 1,440 a day; with the defaults a guesser gets about 60.
+per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
 
 Across processes and machines: an attempt is inserted and committed before it is counted, so
 of concurrent attempts the k-th to commit counts at least k, and no more than the limit get
