@@ -244,6 +244,26 @@ def _resolver_address(item: Any) -> tuple[str, int]:
     return str(address), int(port)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+def _durations(value: Any) -> tuple[timedelta, ...]:
+    if isinstance(value, str):
+        parts: list[Any] = []
+        for text in value.split(","):
+            match = _DURATION_RE.match(text)
+            if match is None:
+                raise ValueError(f"{text.strip()!r} is not a duration such as '30 minutes'")
+            parts.append(timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2].lower()]))
+        value = parts
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError("expected durations such as '5 minutes, 30 minutes, 2 hours'")
+    result = tuple(_duration(item) for item in value)
+    if any(step <= timedelta(0) for step in result):
+        raise ValueError("every lockout must last longer than 0")
+    return result
+
+
 def _optional_date(value: Any) -> date | None:
     if value is None:
         return None
@@ -564,6 +584,13 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_RESET_WITHIN": _opt(
         "reset_within", timedelta(hours=1), _duration, "Lifetime of a password-reset link."
     ),
+    "DOMAINGUARD_UNDO_WITHIN": _opt(
+        "undo_within",
+        timedelta(days=7),
+        _duration,
+        "Lifetime of the \"this wasn't me\" link mailed to a user's other safe addresses after "
+        "a password change, and how long after a reset a 2FA enrolment is reported with one.",
+    ),
     "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
         "reset_live_check",
         "evidence",
@@ -584,7 +611,17 @@ OPTIONS: dict[str, Option] = {
         "reset_live_timeout", 3.0, _positive_float, "Seconds a live lookup at reset may take."
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT": _opt(
-        "reset_limit_per_account", "3 per hour", _rate, "Reset requests per account."
+        "reset_limit_per_account",
+        "3 per hour",
+        _rate,
+        "Reset mails one client may cause to one address of an account. Only mails sent count, "
+        "so requests from other clients, or refused ones, never use up the owner's own.",
+    ),
+    "DOMAINGUARD_RESET_LIMIT_PER_ADDRESS": _opt(
+        "reset_limit_per_address",
+        "10 per hour",
+        _rate,
+        "Reset mails to one address from all clients together (a bound on mail bombing).",
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_CLIENT": _opt(
         "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
@@ -644,7 +681,22 @@ OPTIONS: dict[str, Option] = {
         "twofactor_limit",
         "5 per 5 minutes",
         _rate,
-        "Failed 2FA attempts per user and per client address.",
+        "2FA attempts per user (failed ones per client address) within a sliding window; "
+        "reaching it starts a lockout.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUTS": _opt(
+        "twofactor_lockouts",
+        "5 minutes, 30 minutes, 2 hours",
+        _durations,
+        "How long successive 2FA lockouts of a user or client last; the last one repeats. "
+        "The owner is told at the first one.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUT_MEMORY": _opt(
+        "twofactor_lockout_memory",
+        timedelta(days=1),
+        _duration,
+        "A lockout that starts within this time of the end of the last one takes the next "
+        "duration of DOMAINGUARD_2FA_LOCKOUTS; later ones start from the first again.",
     ),
     "DOMAINGUARD_TRUST_DEVICE_DAYS": _opt(
         "trust_device_days",
@@ -721,10 +773,12 @@ class Settings:
     verify_within: timedelta
     verify_resend_limit: RateLimit
     reset_within: timedelta
+    undo_within: timedelta
     reset_live_check: str
     reset_live_check_after: timedelta
     reset_live_timeout: float
     reset_limit_per_account: RateLimit
+    reset_limit_per_address: RateLimit
     reset_limit_per_client: RateLimit
     reset_notice_limit: RateLimit
     reset_processing: str
@@ -735,6 +789,8 @@ class Settings:
     twofactor_grace_days: int
     twofactor_exempt: Callable[..., Any] | None
     twofactor_limit: RateLimit
+    twofactor_lockouts: tuple[timedelta, ...]
+    twofactor_lockout_memory: timedelta
     trust_device_days: int
     recovery_codes: int
     twofactor_allowed_endpoints: tuple[str, ...]

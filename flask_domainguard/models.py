@@ -221,6 +221,23 @@ class _UserState(_Row):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     twofactor_required_from: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When the user was first told to enrol (start of the 2FA grace window)."""
+    # -- after a reset (issue 13): sessions, password changes, "this wasn't me" -------------
+    session_epoch: Mapped[int] = mapped_column(
+        sa.Integer, default=0, server_default="0", nullable=False
+    )
+    """Raised to end every session and remember cookie of the user at once."""
+    password_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    """A digest of the password hash as last seen, so a change nobody announced shows."""
+    reset_mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a reset link was last mailed for the user (a change after it completed a reset)."""
+    reset_mailed_via: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    """The address id that reset link went to."""
+    password_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a reset last changed the password."""
+    password_reset_via: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    """The address id of that reset."""
+    password_locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """Set by "this wasn't me": the password of that moment no longer logs in; a reset ends it."""
 
     if TYPE_CHECKING:  # added by define_models
         user_id: Mapped[Any]
@@ -260,6 +277,22 @@ class _RateCounter(_Row):
     count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
 
 
+class _Attempt(_Row):
+    """One second-factor attempt of a (hashed) user or client key, for the sliding window."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class _Lockout(_Row):
+    """The current or last lockout of a (hashed) key and how far it has escalated."""
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 class _UsedToken(_Row):
     """Digests of single-use tokens already spent, kept until they would have expired."""
 
@@ -296,6 +329,8 @@ _TEMPLATES: dict[str, type[_Row]] = {
     "RateCounter": _RateCounter,
     "UsedToken": _UsedToken,
     "HeldAction": _HeldAction,
+    "Attempt": _Attempt,
+    "Lockout": _Lockout,
 }
 
 if TYPE_CHECKING:
@@ -309,6 +344,8 @@ if TYPE_CHECKING:
     RateCounter = _RateCounter
     UsedToken = _UsedToken
     HeldAction = _HeldAction
+    Attempt = _Attempt
+    Lockout = _Lockout
 
 
 class MappedClassError(ImportError):
@@ -341,6 +378,8 @@ class Models:
     RateCounter: type[RateCounter]
     UsedToken: type[UsedToken]
     HeldAction: type[HeldAction]
+    Attempt: type[Attempt]
+    Lockout: type[Lockout]
     user_model: type[Any]
     user_pk: sa.Column[Any]
 
@@ -457,6 +496,13 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
     class HeldActionRow(_HeldAction, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "held_action"
 
+    class AttemptRow(_Attempt, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "attempt"
+        __table_args__ = (sa.Index(PREFIX + "attempt_key_at", "key", "at"),)
+
+    class LockoutRow(_Lockout, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "lockout"
+
     for row, name in (
         (EmailAddressRow, "EmailAddress"),
         (DomainRow, "Domain"),
@@ -467,6 +513,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         (RateCounterRow, "RateCounter"),
         (UsedTokenRow, "UsedToken"),
         (HeldActionRow, "HeldAction"),
+        (AttemptRow, "Attempt"),
+        (LockoutRow, "Lockout"),
     ):
         row.__name__ = row.__qualname__ = name
 
@@ -480,6 +528,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         RateCounter=RateCounterRow,
         UsedToken=UsedTokenRow,
         HeldAction=HeldActionRow,
+        Attempt=AttemptRow,
+        Lockout=LockoutRow,
         user_model=user_model,
         user_pk=user_pk,
     )

@@ -28,7 +28,6 @@ attempts, and the decision, the live lookup and the mail happen in a worker thre
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
 
-from . import signals, tokens
+from . import passwords, signals, tokens
 from .addresses import find_address
 from .background import jobs_for
 from .dnsverdict import Baseline
@@ -229,7 +228,9 @@ def read_reset_token(guard: DomainGuard, token: str) -> ResetGrant:
 def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
     """Set a new password through ``guard.password_setter``; the token is spent with it.
 
-    Never logs the user in: they log in with the new password, and 2FA, as always.
+    Never logs the user in: they log in with the new password, and 2FA, as always. What
+    follows every password change follows (:func:`.passwords.password_changed`): other
+    sessions end, the other safe addresses get a "this wasn't me" link.
 
     :returns: the user.
     :raises flask_domainguard.tokens.TokenError: the token is not (or no longer) good.
@@ -247,23 +248,9 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
         if not tokens.consume(guard, grant.token):
             raise tokens.TokenError("This link was already used. Ask for a new one.")
         setter(grant.user, new_password)
-        tx.record(
-            EventKind.PASSWORD_RESET,
-            actor="user",
-            address=grant.address,
-            signal=signals.password_reset,
-        )
-    try:
-        notify_user(
-            guard,
-            grant.address.user_id,
-            "password_changed",
-            via=grant.address.address,
-            app_name=current_app.name,
-        )
-    except Exception:
-        # The password is changed either way; a mail server outage must not undo or hide it.
-        log.exception("could not send the password-changed notice")
+        change = passwords.record_change(tx, guard, grant.user, actor="user", via=grant.address)
+    # Other sessions end, the other safe addresses get "this wasn't me" (guard.password_changed).
+    passwords.after_change(guard, grant.user, change)
     return grant.user
 
 
@@ -302,6 +289,7 @@ def send_reset_mail(
         send_mail(guard, [row.address], template, **values)
     with transaction(guard.db, guard.models) as tx:
         tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
+    passwords.reset_mailed(guard, decision.user, row)
     return True
 
 
@@ -350,33 +338,55 @@ def client_allowed(guard: DomainGuard, client: str | None) -> bool:
     )
 
 
+def mail_budget_keys(row: EmailAddress, client: str | None) -> tuple[str, str]:
+    """The rate-limit keys of reset mails to ``row``: one client's, and every client's."""
+    return f"reset:mail:{row.id}:client:{client or 'unknown'}", f"reset:mail:{row.id}"
+
+
+def _mail_allowed(guard: DomainGuard, row: EmailAddress, client: str | None) -> bool:
+    """Count one reset mail to ``row`` for ``client``; ``False`` when a budget is spent.
+
+    The owner's allowance is their mailbox's: only mails actually sent count, per address,
+    so requests refused for the attacker's own (unverified, unsafe) address use up nothing
+    of the owner's. Each client has its own budget per address
+    (``DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT``), so another client's requests leave the owner's
+    untouched; all clients together have ``DOMAINGUARD_RESET_LIMIT_PER_ADDRESS``, a bound on
+    mail bombing. Whoever spends that one from many clients has put that many working links
+    in the owner's mailbox (they last ``DOMAINGUARD_RESET_WITHIN``).
+    """
+    per_client, per_address = mail_budget_keys(row, client)
+    limiter = RateLimiter(guard)
+    settings = guard.settings
+    return limiter.hit(per_client, settings.reset_limit_per_account) and limiter.hit(
+        per_address, settings.reset_limit_per_address
+    )
+
+
 def process_reset_request(
     guard: DomainGuard,
     address: str,
     *,
+    client: str | None = None,
     on_allowed: Callable[[ResetDecision], Any] | None = None,
 ) -> tuple[ResetDecision, Any]:
-    """Rate-limit per account, decide, journal, tell the owner of refusals, act when allowed.
+    """Decide, count the mail against the address's budgets, journal, tell the owner of
+    refusals, act when allowed.
 
+    :param client: the requester's address (for the per-client budget of mails).
     :param on_allowed: what to do for an allowed request (the host's view); by default
         :func:`send_reset_mail`.
     :returns: the decision and what ``on_allowed`` returned.
     """
     address = address[:MAX_ADDRESS_LENGTH]
-    normalized, _ = _parse(address)
-    row = _lookup_row(guard, normalized)
-    # Unknown addresses are counted too (by a digest of the text): the same work, and a
-    # limit on guessing.
-    account = (
-        f"reset:account:{row.user_id}"
-        if row is not None
-        else "reset:address:" + hashlib.sha256(normalized.encode()).hexdigest()
-    )
-    if not RateLimiter(guard).hit(account, guard.settings.reset_limit_per_account):
-        user = guard.get_user(row.user_id) if row is not None else None
-        decision = ResetDecision(False, RATE_LIMITED, user, row)
-    else:
-        decision = reset_decision(guard, address)
+    decision = reset_decision(guard, address)
+    if (
+        decision.allowed
+        and decision.address is not None
+        and not _mail_allowed(guard, decision.address, client)
+    ):
+        decision = ResetDecision(
+            False, RATE_LIMITED, decision.user, decision.address, decision.verdict
+        )
 
     result: Any = None
     if decision.allowed:
@@ -393,6 +403,10 @@ def process_reset_request(
                     signal=signals.reset_sent,
                     via="host",
                 )
+            if decision.address is not None:
+                # The host's reset page may forget guard.password_changed: this lets the
+                # next login notice the change (passwords.notice_unannounced_change).
+                passwords.reset_mailed(guard, decision.user, decision.address)
         return decision, result
 
     if decision.address is not None:
@@ -431,10 +445,10 @@ def submit_reset_request(
     if not client_allowed(guard, client):
         return ResetDecision(False, RATE_LIMITED, None, None), None
     if guard.settings.reset_processing == "inline" or not has_request_context():
-        return process_reset_request(guard, address, on_allowed=on_allowed)
+        return process_reset_request(guard, address, client=client, on_allowed=on_allowed)
 
     def job() -> None:
-        process_reset_request(guard, address, on_allowed=on_allowed)
+        process_reset_request(guard, address, client=client, on_allowed=on_allowed)
 
     jobs_for().submit(job)
     return None, None
@@ -444,15 +458,28 @@ def submit_reset_request(
 
 
 def _check_csrf() -> None:
+    """Check Flask-WTF's CSRF token of this request (form field, or ``X-CSRFToken`` header).
+
+    Only two things skip it: ``CSRFProtect`` validated this very request already (it sets
+    ``g.csrf_valid``), or the host turned CSRF off altogether (``WTF_CSRF_ENABLED = False``).
+    ``WTF_CSRF_CHECK_DEFAULT = False`` or a view exempted from ``CSRFProtect`` does not: then
+    nothing else checks it.
+
+    :raises flask_wtf.csrf.CSRFError: a 400 answer, before anything is counted or decided.
+    """
     app = current_app
-    if "csrf" in app.extensions or not app.config.get("WTF_CSRF_ENABLED", True):
-        return  # CSRFProtect already checked it before the view, or the host turned CSRF off
+    if not app.config.get("WTF_CSRF_ENABLED", True) or g.get("csrf_valid"):
+        return
     from flask_wtf.csrf import CSRFError, validate_csrf
     from wtforms import ValidationError
 
     field = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    token = request.form.get(field)
+    if not token:
+        headers = app.config.get("WTF_CSRF_HEADERS", ["X-CSRFToken", "X-CSRF-Token"])
+        token = next((request.headers[h] for h in headers if request.headers.get(h)), None)
     try:
-        validate_csrf(request.form.get(field))
+        validate_csrf(token)
     except ValidationError as exc:
         raise CSRFError(exc.args[0] if exc.args else "The CSRF token is invalid.") from None
 
@@ -473,8 +500,9 @@ def guarded_reset_request(
     """Decorate a host's forgot-password view so it only runs for allowed requests.
 
     GET (and other methods) reach the view unchanged. On POST the decorator reads
-    ``request.form[field]``, checks CSRF (Flask-WTF's token, unless ``CSRFProtect`` already
-    did or ``csrf=False``), rate-limits, decides with :func:`reset_decision`, and:
+    ``request.form[field]``, checks CSRF itself (Flask-WTF's token, also when the host set
+    ``WTF_CSRF_CHECK_DEFAULT = False``; see :func:`_check_csrf`), rate-limits, decides with
+    :func:`reset_decision`, and:
 
     - allowed: calls the view, with the decision in ``flask.g.domainguard_reset``. The view
       sends its own mail; inside it Flask-Mail delivers only to safe addresses.
@@ -489,7 +517,8 @@ def guarded_reset_request(
     :param field: the form field holding the address.
     :param template_or_response: the generic answer: a template name rendered without
         context, or a callable returning a response. Rendered fresh for each request.
-    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``).
+    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``); turn it off
+        only for a view that checks a token of its own.
     """
 
     def decorate(view: F) -> F:

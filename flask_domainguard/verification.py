@@ -13,9 +13,11 @@ verified state cannot bring it back.
 Before an address is marked verified its domain is looked up live (PyPI learned that a stale
 status re-unverified users right after they re-verified). A new verification is refused when
 anyone else could register or restore the domain now (released, expired). An address that
-was unverified *because of its domain* is held to more: only its owner, logged in and with a
-fresh second factor when they have 2FA, may re-verify it, and only on evidence that the
-domain is safe: a successful lookup now, or a recent check that judged it ``OK``.
+was unverified *because of its domain*, or by hand (an administrator, or "this wasn't me"
+after a reset through it), is held to more: only its owner, logged in, with 2FA and a fresh
+second factor (a user without 2FA enrols first), may re-verify it, and only on evidence that
+the domain is safe: a successful lookup now, or a recent check that judged it ``OK``. The
+owner's other safe addresses are told when it comes back.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .domainstate import load_state
 from .journal import EventKind, transaction
 from .links import verify_link
 from .livecheck import DomainCheck, check_domain
-from .mail import address_verdict, is_safe_recipient, send_mail
+from .mail import address_verdict, is_safe_recipient, notify_user, send_mail
 from .mailguard import verification_mail_scope
 from .models import DOMAIN_REASONS, UnverifyReason
 from .ratelimit import RateLimiter
@@ -49,6 +51,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Reasons after which only the logged-in owner with 2FA may verify the address again: the
+#: domain's, and a person's decision (an administrator, or "this wasn't me" after a reset
+#: through the address, whose mailbox the attacker may read).
+OWNER_REASONS = DOMAIN_REASONS | {UnverifyReason.MANUAL}
+
 #: Kinds that mean someone other than the owner can register or restore the name right now.
 _UP_FOR_GRABS = frozenset({VerdictKind.RELEASED, VerdictKind.EXPIRED})
 
@@ -57,8 +64,8 @@ class VerificationError(AddressError):
     """Verification cannot go ahead; the message is meant for the address's owner.
 
     :param code: a short machine-readable reason (``"rate_limited"``, ``"domain_unsafe"``,
-        ``"login_required"``, ``"second_factor_required"``, ``"lookup_failed"``,
-        ``"already_verified"``).
+        ``"login_required"``, ``"twofactor_required"``, ``"second_factor_required"``,
+        ``"lookup_failed"``, ``"already_verified"``).
     """
 
     def __init__(self, message: str, *, code: str) -> None:
@@ -93,7 +100,8 @@ class AddressState:
     :param domain_verdict: the stored verdict for this address (``"ok"``, ``"expired"``, ...) or
         ``None`` when never checked; trusted providers report ``"trusted"``.
     :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
-    :param needs_login: re-verifying takes the owner logged in (a domain reason).
+    :param needs_login: re-verifying takes the owner logged in with 2FA (a domain reason, or
+        unverified by hand).
     :param label: one sentence for the owner.
     :param needs_verification: a (new) verification link is what the address needs now: it
         is unverified, or verified while its domain's name servers and mail servers have all
@@ -266,8 +274,38 @@ def dns_moved(guard: DomainGuard, row: EmailAddress) -> bool:
 
 
 def needs_owner(row: EmailAddress) -> bool:
-    """Whether re-verifying ``row`` takes its owner, logged in: it was unverified for its domain."""
-    return row.unverify_reason in DOMAIN_REASONS
+    """Whether re-verifying ``row`` takes its owner, logged in with 2FA: it was unverified for
+    its domain or by hand (:data:`OWNER_REASONS`)."""
+    return row.unverify_reason in OWNER_REASONS
+
+
+def _owner_refusal(guard: DomainGuard, row: EmailAddress, user: Any) -> VerificationRefused | None:
+    """Why ``user`` may not re-verify ``row`` (which :func:`needs_owner`), or ``None``."""
+    owner = user is not None and bool(getattr(user, "is_authenticated", False))
+    if not owner or guard.user_id_of(user) != row.user_id:
+        return VerificationRefused(
+            f"{row.address} lost its verification because of its domain or a security "
+            "report. Log in to your account, then open the link again to verify it.",
+            code="login_required",
+        )
+    checker = getattr(guard, "has_fresh_second_factor", None)
+    if not callable(checker):  # a host with its own 2FA decides through its checker alone
+        from . import twofactor
+
+        if not twofactor.twofactor_enabled(guard, user):
+            # Whoever holds the mailbox now may hold the password too (a reset got
+            # through): only a second factor tells the owner apart.
+            return VerificationRefused(
+                "Set up two-factor authentication for your account first, then open the "
+                "link again to verify this address.",
+                code="twofactor_required",
+            )
+    if not has_fresh_second_factor(guard, user):
+        return VerificationRefused(
+            "Confirm your second factor again, then open the link once more.",
+            code="second_factor_required",
+        )
+    return None
 
 
 def _domain_refusal(
@@ -315,28 +353,17 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
 
     :param user: the logged-in user (``flask_login.current_user``), or ``None``.
     :raises flask_domainguard.tokens.TokenError: a bad, expired or spent token.
-    :raises VerificationRefused: the domain is unsafe, or a domain-reason address is not
-        being re-verified by its owner with a fresh second factor.
+    :raises VerificationRefused: the domain is unsafe, or an address that
+        :func:`needs_owner` is not being re-verified by its owner, logged in, with 2FA and a
+        fresh second factor.
     """
     row, checked = read_verification_token(guard, token)
     if row.verified_at is not None:
         return Outcome.ALREADY_VERIFIED
     actor = "user"
-    if needs_owner(row):
-        owner = user is not None and bool(getattr(user, "is_authenticated", False))
-        owner = owner and guard.user_id_of(user) == row.user_id
-        refusal: VerificationRefused | None = None
-        if not owner:
-            refusal = VerificationRefused(
-                f"{row.address} lost its verification because of its domain. Log in to your "
-                "account, then open the link again to verify it.",
-                code="login_required",
-            )
-        elif not has_fresh_second_factor(guard, user):
-            refusal = VerificationRefused(
-                "Confirm your second factor again, then open the link once more.",
-                code="second_factor_required",
-            )
+    owner_needed = needs_owner(row)
+    if owner_needed:
+        refusal = _owner_refusal(guard, row, user)
         if refusal is not None:
             _journal_refusal(guard, row, refusal, actor=actor)
             raise refusal
@@ -381,7 +408,28 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
             signal=signals.address_verified,
             **details,
         )
+    if owner_needed:
+        _tell_other_addresses(guard, row, previous_reason)
     return Outcome.REVERIFIED if reverified else Outcome.VERIFIED
+
+
+def _tell_other_addresses(
+    guard: DomainGuard, row: EmailAddress, reason: UnverifyReason | None
+) -> None:
+    """Tell the owner's other safe addresses that ``row`` receives resets again."""
+    try:
+        notify_user(
+            guard,
+            row.user_id,
+            "address_reverified",
+            exclude_id=row.id,
+            address=row.address,
+            why=_REASON_TEXT.get(reason, "it lost its verification") if reason else None,
+            app_name=current_app.name,
+        )
+    except Exception:
+        # Verified either way; a mail server outage must not undo or hide it.
+        log.exception("could not send the address-reverified notice")
 
 
 # -- state for account pages ---------------------------------------------------------------
@@ -393,7 +441,10 @@ _REASON_TEXT = {
     UnverifyReason.DOMAIN_REREGISTERED: "its domain was registered again after you verified it",
     UnverifyReason.DNS_CHANGED: "the name servers and mail servers of its domain all changed "
     "after you verified it",
-    UnverifyReason.MANUAL: "an administrator unverified it",
+    UnverifyReason.MANUAL: (
+        "it was unverified by hand (by an administrator, or after a password change through it "
+        "was reported as not yours)"
+    ),
     UnverifyReason.BOUNCE: "mail to it bounced",
 }
 
@@ -442,6 +493,8 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
             )
         elif reason in DOMAIN_REASONS:
             label += " Once the domain is yours again, verify it while logged in."
+        elif reason in OWNER_REASONS:
+            label += " Verify it again while logged in, with two-factor authentication."
         else:
             label += " Verify it again to receive password resets."
     else:

@@ -17,10 +17,12 @@ from tests import hostapp
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {
+    "domainguard_attempt",
     "domainguard_domain",
     "domainguard_email_address",
     "domainguard_event",
     "domainguard_held_action",
+    "domainguard_lockout",
     "domainguard_rate_counter",
     "domainguard_recovery_code",
     "domainguard_totp_device",
