@@ -25,7 +25,7 @@ from flask_domainguard.verification import verification_token
 from tests import hostapp
 from tests.conftest import settings_from_marker
 from tests.dns_server import DnsServer, RdapServer, zone
-from tests.guard_helpers import events
+from tests.guard_helpers import enrol_2fa, events
 
 FOUNDER = "founder@startup.ai"  # .ai: no status server in this backend
 CTO = "cto@startup.com"  # .com: the RDAP server answers for it
@@ -284,7 +284,12 @@ def test_adopted_addresses_get_a_first_seen_baseline_at_their_first_check(
 
 
 def test_the_way_back_for_an_honest_user_who_moved_dns(
-    app: Any, guard: Any, make_user: Any, dns_server: DnsServer, outbox: list[Any]
+    app: Any,
+    guard: Any,
+    make_user: Any,
+    dns_server: DnsServer,
+    outbox: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The founder moved DNS and mail to new providers at once. Resets are refused from the
     first request on; logged in, they re-verify the address, which records the new DNS as
@@ -309,6 +314,9 @@ def test_the_way_back_for_an_honest_user_who_moved_dns(
     # Only the owner, logged in, may use it: whoever reads that mailbox now may not.
     with pytest.raises(Exception, match="Log in"):
         guard.confirm_verification(token)
+    # ...with a second factor, confirmed just now (one without enrols first).
+    enrol_2fa(guard, user)
+    monkeypatch.setattr(guard, "has_fresh_second_factor", lambda who: True, raising=False)
     with app.test_request_context():
         assert guard.confirm_verification(token, user=user).value == "reverified"
     guard.db.session.expire_all()
