@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# Dev tools are a dependency group (PEP 735, pip 25.1+), never a published extra.
+.venv/bin/python -m pip install --quiet -e . --group dev
 
 echo "== ruff"
 .venv/bin/ruff check flask_domainguard example_app tests benchmarks
