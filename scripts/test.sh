@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run every check CI runs: ruff, mypy (strict), the docs build, the test suite on
-# SQLite and again on a real PostgreSQL server the run starts itself. Needs only Python 3.10+;
+# SQLite and again on a real PostgreSQL server the run starts itself, then the fast subset
+# against the lowest allowed dependency versions (scripts/lowest.sh). Needs only Python 3.10+;
 # the PostgreSQL pass needs the PostgreSQL server binaries (skipped with a notice when absent,
 # except under CI, where their absence is a failure).
 set -euo pipefail
@@ -33,3 +34,6 @@ elif [ "${CI:-}" = "true" ]; then
 else
   echo "== tests on PostgreSQL: skipped, no PostgreSQL server binaries on this machine"
 fi
+
+echo "== lowest allowed dependency versions (fast subset)"
+bash scripts/lowest.sh

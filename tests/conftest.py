@@ -6,6 +6,7 @@ with the PostgreSQL binaries on the machine and stops it at the end.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
@@ -135,9 +137,19 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+#: click 8.2 keeps stderr apart from stdout in ``CliRunner`` always; 8.1 (which the
+#: dependency floor allows) only when asked with ``mix_stderr=False``.
+_RUNNER_OPTIONS: dict[str, Any] = (
+    {"mix_stderr": False}
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
+    else {}
+)
+
+
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
-    return app.test_cli_runner()
+    """A CLI runner whose ``result.stdout`` and ``result.stderr`` are separate."""
+    return app.test_cli_runner(**_RUNNER_OPTIONS)
 
 
 _user_numbers = itertools.count(1)
