@@ -35,5 +35,8 @@ else
   echo "== tests on PostgreSQL: skipped, no PostgreSQL server binaries on this machine"
 fi
 
+echo "== package: build sdist and wheel, install the wheel clean, tests from the sdist"
+bash scripts/package_check.sh
+
 echo "== lowest allowed dependency versions (fast subset)"
 bash scripts/lowest.sh
