@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run every check CI runs: ruff, mypy (strict), the docs build, the test suite on
 # SQLite and again on a real PostgreSQL server the run starts itself, then the fast subset
-# against the lowest allowed dependency versions (scripts/lowest.sh). Needs only Python 3.10+;
+# against the lowest allowed dependency versions (scripts/lowest.sh), the package check
+# (scripts/package_check.sh) and the other Pythons (scripts/pythons.sh). Needs only Python 3.10+;
 # the PostgreSQL pass needs the PostgreSQL server binaries (skipped with a notice when absent,
 # except under CI, where their absence is a failure).
 set -euo pipefail
@@ -40,3 +41,6 @@ bash scripts/package_check.sh
 
 echo "== lowest allowed dependency versions (fast subset)"
 bash scripts/lowest.sh
+
+echo "== the other supported Pythons (fast subset)"
+bash scripts/pythons.sh
