@@ -11,15 +11,44 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from typing_extensions import TypeVar
 
 from .timeutil import as_utc
 
+if TYPE_CHECKING:
+    from flask_sqlalchemy.pagination import Pagination
+    from typing_extensions import Self
+
 PREFIX = "domainguard_"
+
+#: The host's user model, as ``DomainGuard[User]`` sees it. Defaults to ``Any`` so that a
+#: bare ``DomainGuard`` annotation stays valid under ``mypy --strict``.
+UserT = TypeVar("UserT", default=Any)
+
+if TYPE_CHECKING:
+    _RowT = TypeVar("_RowT")
+
+    class HostQuery(sa.orm.Query[_RowT]):
+        """Flask-SQLAlchemy's legacy ``Model.query`` typed by the row class (its own query
+        class is untyped). New code can prefer ``db.session.scalars(sa.select(Row)...)``."""
+
+        def get_or_404(self, ident: Any, description: str | None = None) -> _RowT: ...
+        def first_or_404(self, description: str | None = None) -> _RowT: ...
+        def one_or_404(self, description: str | None = None) -> _RowT: ...
+        def paginate(
+            self,
+            *,
+            page: int | None = None,
+            per_page: int | None = None,
+            max_per_page: int | None = None,
+            error_out: bool = True,
+            count: bool = True,
+        ) -> Pagination: ...
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -62,9 +91,11 @@ def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
 
 
 class _Row:
-    """Typing aid: the mapped subclasses accept their columns as keyword arguments."""
+    """Typing aid: the mapped subclasses accept their columns as keyword arguments and have
+    Flask-SQLAlchemy's ``query`` (``guard.models.EmailAddress.query.filter_by(...)``)."""
 
     if TYPE_CHECKING:
+        query: ClassVar[HostQuery[Self]]
 
         def __init__(self, **columns: Any) -> None: ...
 

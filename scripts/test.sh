@@ -20,6 +20,8 @@ echo "== ruff"
 .venv/bin/ruff format --check flask_domainguard example_app tests benchmarks
 echo "== mypy --strict"
 .venv/bin/mypy
+# A host app's view of the package: DomainGuard[User], typed decorators, typed rows.
+.venv/bin/mypy --strict tests/typing/host_app.py
 echo "== docs"
 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 
