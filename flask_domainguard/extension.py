@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from . import addresses
 from .config import Settings, apply_defaults, load_settings
-from .models import Models, UserT, define_models
+from .models import Models, UserT, check_dialect, define_models
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -78,7 +78,8 @@ class DomainGuard(Generic[UserT]):
     def init_app(self, app: Flask) -> None:
         """Validate ``DOMAINGUARD_*`` config and register models, CLI, views and hooks on ``app``.
 
-        :raises RuntimeError: when DomainGuard is already registered on ``app``, or ``db`` is not.
+        :raises RuntimeError: when DomainGuard is already registered on ``app``, ``db`` is not,
+            or the database is not one DomainGuard supports (SQLite, PostgreSQL, MySQL/MariaDB).
         :raises flask_domainguard.config.ConfigError: for an unknown key or a bad value.
         """
         if EXTENSION_KEY in app.extensions:
@@ -91,6 +92,9 @@ class DomainGuard(Generic[UserT]):
                 "The db passed to DomainGuard is not registered on this app. Call "
                 "db.init_app(app) before guard.init_app(app)."
             )
+        with app.app_context():
+            # The engine exists once db.init_app ran; making it does not connect.
+            check_dialect(app.extensions["sqlalchemy"].engine.dialect.name)
         apply_defaults(app.config)
         settings = load_settings(app.config)
         app.extensions[EXTENSION_KEY] = _AppState(guard=self, settings=settings)
