@@ -13,13 +13,24 @@ from .emails import Address, InvalidAddress, parse_address, registrable_domain
 from .extension import DomainGuard
 from .journal import EventKind
 from .models import UnverifyReason
+from .reset import ResetDecision, ResetGrant
 from .status.observation import Observation
+from .tokens import TokenError, TokenExpired
+from .twofactor import Requirement, RequirementState, UserWithout2FA
 from .verdict import Policy, Verdict, VerdictKind, judge
+from .verification import (
+    AddressState,
+    VerificationError,
+    VerificationRateLimited,
+    VerificationRefused,
+)
+from .verification import Outcome as VerificationOutcome
 
 __all__ = [
     "DEFAULT_TRUSTED_DOMAINS",
     "Address",
     "AddressError",
+    "AddressState",
     "AddressTaken",
     "ConfigError",
     "DomainGuard",
@@ -28,10 +39,21 @@ __all__ = [
     "LastVerifiedAddress",
     "Observation",
     "Policy",
+    "Requirement",
+    "RequirementState",
+    "ResetDecision",
+    "ResetGrant",
+    "TokenError",
+    "TokenExpired",
     "UnknownAddress",
     "UnverifyReason",
+    "UserWithout2FA",
     "Verdict",
     "VerdictKind",
+    "VerificationError",
+    "VerificationOutcome",
+    "VerificationRateLimited",
+    "VerificationRefused",
     "judge",
     "parse_address",
     "registrable_domain",

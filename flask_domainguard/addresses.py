@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,7 @@ from . import signals
 from .dnsverdict import Baseline
 from .emails import Address, InvalidAddress, parse_address
 from .journal import EventKind, transaction
-from .models import UnverifyReason
+from .models import MYSQL_DIALECTS, UnverifyReason
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ class UnknownAddress(AddressError):
 def ensure_domains(guard: DomainGuard, names: Iterable[str]) -> None:
     """Create the missing :class:`~.models.Domain` rows for ``names``, due for a check at once.
 
-    Safe under concurrent writers: ``INSERT ... ON CONFLICT DO NOTHING`` where the database has
-    it, a savepoint per row otherwise.
+    Safe under concurrent writers: ``INSERT ... ON CONFLICT DO NOTHING`` (MySQL: ``ON
+    DUPLICATE KEY UPDATE`` with no change) where the database has it, a savepoint per row
+    otherwise.
     """
     db = guard.db
     Domain = guard.models.Domain
@@ -58,6 +60,12 @@ def ensure_domains(guard: DomainGuard, names: Iterable[str]) -> None:
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         db.session.execute(insert(Domain).on_conflict_do_nothing(), rows)
+        return
+    if dialect in MYSQL_DIALECTS:
+        # A no-op update on a duplicate key: MySQL's spelling of DO NOTHING (INSERT IGNORE
+        # would also swallow errors that are not duplicates).
+        stmt = mysql_insert(Domain)
+        db.session.execute(stmt.on_duplicate_key_update(name=stmt.inserted.name), rows)
         return
     for values in rows:  # pragma: no cover - databases without ON CONFLICT
         if db.session.get(Domain, values["name"]) is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -13,7 +13,7 @@ from flask import Flask, current_app
 from . import addresses
 from .config import Settings, apply_defaults, load_settings
 from .links import check_link_base
-from .models import Models, define_models
+from .models import Models, UserT, check_dialect, define_models
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -35,6 +35,10 @@ PasswordSetter = Callable[[Any, str], None]
 #: ``password_checker(user, password) -> bool`` checks a password the host's way.
 PasswordChecker = Callable[[Any, str], bool]
 
+# A decorated view's parameters and return type, kept by the decorators below.
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 @dataclass
 class _AppState:
@@ -45,7 +49,7 @@ class _AppState:
     backends: dict[str, StatusBackend] = field(default_factory=dict)
 
 
-class DomainGuard:
+class DomainGuard(Generic[UserT]):
     """Guard a Flask app's password resets against resurrected email domains.
 
     ::
@@ -58,10 +62,11 @@ class DomainGuard:
 
     :param app: the app to set up now, or ``None`` to call :meth:`init_app` later.
     :param db: the host's ``flask_sqlalchemy.SQLAlchemy`` instance; our tables live in it.
-    :param user_model: the host's user model; its table is never changed.
+    :param user_model: the host's user model; its table is never changed. Type checkers see
+        ``DomainGuard[User]``, so :meth:`get_user` and ``ResetDecision.user`` are ``User``.
     """
 
-    def __init__(self, app: Flask | None = None, *, db: Any, user_model: type[Any]) -> None:
+    def __init__(self, app: Flask | None = None, *, db: Any, user_model: type[UserT]) -> None:
         self.db = db
         self.user_model = user_model
         self.models: Models = define_models(db, user_model)
@@ -77,7 +82,8 @@ class DomainGuard:
     def init_app(self, app: Flask) -> None:
         """Validate ``DOMAINGUARD_*`` config and register models, CLI, views and hooks on ``app``.
 
-        :raises RuntimeError: when DomainGuard is already registered on ``app``, or ``db`` is not.
+        :raises RuntimeError: when DomainGuard is already registered on ``app``, ``db`` is not,
+            or the database is not one DomainGuard supports (SQLite, PostgreSQL, MySQL/MariaDB).
         :raises flask_domainguard.config.ConfigError: for an unknown key or a bad value, or
             when neither ``DOMAINGUARD_EXTERNAL_URL`` nor ``SERVER_NAME`` says where mailed
             links point (allowed only with ``app.debug`` or ``app.testing``).
@@ -92,6 +98,9 @@ class DomainGuard:
                 "The db passed to DomainGuard is not registered on this app. Call "
                 "db.init_app(app) before guard.init_app(app)."
             )
+        with app.app_context():
+            # The engine exists once db.init_app ran; making it does not connect.
+            check_dialect(app.extensions["sqlalchemy"].engine.dialect.name)
         apply_defaults(app.config)
         settings = load_settings(app.config)
         check_link_base(app, settings)
@@ -195,9 +204,10 @@ class DomainGuard:
             return getattr(user, self._user_pk_attr)
         return user
 
-    def get_user(self, user_id: Any) -> Any:
+    def get_user(self, user_id: Any) -> UserT | None:
         """Load a host user by primary key, or ``None``."""
-        return self.db.session.get(self.user_model, user_id)
+        user: UserT | None = self.db.session.get(self.user_model, user_id)
+        return user
 
     # -- addresses (see :mod:`flask_domainguard.addresses`) ------------------------------
 
@@ -280,7 +290,7 @@ class DomainGuard:
 
         return twofactor.admin_reset(self, user, actor=actor, reason=reason)
 
-    def require_fresh_2fa(self, view: Callable[..., Any]) -> Callable[..., Any]:
+    def require_fresh_2fa(self, view: Callable[_P, _R]) -> Callable[_P, _R | ResponseReturnValue]:
         """Decorate a view that changes security settings: password + fresh 2FA first.
 
         See :func:`flask_domainguard.twofactor_gate.require_fresh_2fa`.
@@ -321,7 +331,7 @@ class DomainGuard:
 
     # -- password reset (see :mod:`flask_domainguard.reset`) -----------------------------
 
-    def reset_decision(self, address: str) -> ResetDecision:
+    def reset_decision(self, address: str) -> ResetDecision[UserT]:
         """Whether a password reset may be mailed to ``address``; never show ``reason``."""
         from . import reset
 
@@ -343,7 +353,7 @@ class DomainGuard:
         return reset_mail_scope(decision)
 
     def send_reset_mail(
-        self, target: ResetDecision | str, *, template: str = "reset_password", **context: Any
+        self, target: ResetDecision[Any] | str, *, template: str = "reset_password", **context: Any
     ) -> bool:
         """Mail a reset link to the blueprint's reset page if allowed; ``False`` if refused."""
         from . import reset
@@ -356,7 +366,7 @@ class DomainGuard:
         field: str = "email",
         template_or_response: str | Callable[[], ResponseReturnValue],
         csrf: bool = True,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | ResponseReturnValue]]:
         """Decorate the host's forgot-password view so only allowed requests reach it.
 
         See :func:`flask_domainguard.reset.guarded_reset_request`.
@@ -367,7 +377,9 @@ class DomainGuard:
             self, field=field, template_or_response=template_or_response, csrf=csrf
         )
 
-    def request_reset(self, address: str, *, client: str | None = None) -> ResetDecision | None:
+    def request_reset(
+        self, address: str, *, client: str | None = None
+    ) -> ResetDecision[UserT] | None:
         """Handle a reset request as the blueprint's page does (mail sent by DomainGuard).
 
         :returns: the decision when processed now, ``None`` when handed to the background.
@@ -382,14 +394,14 @@ class DomainGuard:
 
         return reset.reset_token(self, user, address)
 
-    def read_reset_token(self, token: str) -> ResetGrant:
+    def read_reset_token(self, token: str) -> ResetGrant[UserT]:
         """Check a reset token without spending it (raises ``tokens.TokenError``)."""
         from . import reset
 
         return reset.read_reset_token(self, token)
 
     def password_changed(
-        self, user: Any, *, actor: str, via: EmailAddress | str | None = None
+        self, user: UserT, *, actor: str, via: EmailAddress | str | None = None
     ) -> None:
         """Call after storing a new password in a flow of your own (reset or change page).
 
@@ -406,11 +418,12 @@ class DomainGuard:
 
         passwords.password_changed(self, user, actor=actor, via=via)
 
-    def complete_reset(self, token: str, new_password: str) -> Any:
+    def complete_reset(self, token: str, new_password: str) -> UserT:
         """Spend a reset token and store ``new_password`` with :attr:`password_setter`."""
         from . import reset
 
-        return reset.complete_reset(self, token, new_password)
+        user: UserT = reset.complete_reset(self, token, new_password)
+        return user
 
     def wait_for_background(self, timeout: float | None = None) -> bool:
         """Wait for reset requests handed to the background; ``True`` when all are done."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 import time
@@ -36,6 +37,20 @@ __all__ = ["FastTransport"]
 
 _MAX_HEAD = 64 * 1024
 _CHUNK = 64 * 1024
+# Framing numbers as the RFCs spell them and nothing more: int() would also take "1_0",
+# "+5", " 5" or (base 16) "0x5", which other parsers on the path may read differently.
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _content_length(value: bytes) -> int | None:
+    """A ``Content-Length`` value (RFC 9110: digits), or ``None`` when malformed. A list
+    (``10, 10``) is accepted only when every member is the same (RFC 9112, 6.3)."""
+    members = {member.strip(b" \t") for member in value.split(b",")}
+    if len(members) != 1:
+        return None
+    (text,) = members
+    return int(text) if _DIGITS.fullmatch(text) else None
 
 
 class _Connection:
@@ -99,9 +114,10 @@ class _Body(httpx.AsyncByteStream):
         if self._chunked:
             while True:
                 line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size < 0:
-                    raise ValueError("negative chunk size")
+                size_text = line[:-2].split(b";", 1)[0].rstrip(b" \t")  # ";" starts extensions
+                if not _HEX.fullmatch(size_text):
+                    raise ValueError("malformed chunk size")
+                size = int(size_text, 16)
                 if size == 0:
                     while (await reader.readuntil(b"\r\n")) != b"\r\n":
                         pass  # trailers
@@ -304,12 +320,11 @@ class FastTransport(httpx.AsyncBaseTransport):
             headers.append((name, value))
             lower = name.lower()
             if lower == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise httpx.RemoteProtocolError("bad Content-Length", request=request) from None
-                if length < 0:
+                found = _content_length(value)
+                # Repeated headers must agree too: which one wins is where parsers differ.
+                if found is None or (length is not None and found != length):
                     raise httpx.RemoteProtocolError("bad Content-Length", request=request)
+                length = found
             elif lower == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif lower == b"connection":

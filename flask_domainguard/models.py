@@ -20,19 +20,68 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+from typing_extensions import TypeVar
 
 from .timeutil import as_utc
 
+if TYPE_CHECKING:
+    from flask_sqlalchemy.pagination import Pagination
+    from typing_extensions import Self
+
 PREFIX = "domainguard_"
+
+#: Databases DomainGuard runs on (SQLAlchemy dialect names; "mariadb" is the dialect of
+#: ``mariadb://`` URLs, "mysql" that of ``mysql://`` URLs for MySQL 8 and MariaDB alike).
+SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb")
+MYSQL_DIALECTS = ("mysql", "mariadb")
+
+
+def check_dialect(name: str) -> None:
+    """Raise when the database is one DomainGuard has not been built and tested for.
+
+    :raises RuntimeError: naming the supported databases.
+    """
+    if name not in SUPPORTED_DIALECTS:
+        raise RuntimeError(
+            f"DomainGuard does not support the {name!r} database: its rate limits, single-use "
+            "tokens and sweep leases need SQLite, PostgreSQL, MySQL 8 or MariaDB 10.6+. "
+            "Point SQLALCHEMY_DATABASE_URI at one of those."
+        )
+
+
+#: The host's user model, as ``DomainGuard[User]`` sees it. Defaults to ``Any`` so that a
+#: bare ``DomainGuard`` annotation stays valid under ``mypy --strict``.
+UserT = TypeVar("UserT", default=Any)
+
+if TYPE_CHECKING:
+    _RowT = TypeVar("_RowT")
+
+    class HostQuery(sa.orm.Query[_RowT]):
+        """Flask-SQLAlchemy's legacy ``Model.query`` typed by the row class (its own query
+        class is untyped). New code can prefer ``db.session.scalars(sa.select(Row)...)``."""
+
+        def get_or_404(self, ident: Any, description: str | None = None) -> _RowT: ...
+        def first_or_404(self, description: str | None = None) -> _RowT: ...
+        def one_or_404(self, description: str | None = None) -> _RowT: ...
+        def paginate(
+            self,
+            *,
+            page: int | None = None,
+            per_page: int | None = None,
+            max_per_page: int | None = None,
+            error_out: bool = True,
+            count: bool = True,
+        ) -> Pagination: ...
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite).
+    """Aware UTC datetimes in and out, on databases with and without time zones (SQLite,
+    MySQL/MariaDB).
 
     In the database it is exactly ``sa.DateTime(timezone=True)``, and that is how Alembic's
     autogenerate writes it: migrations then run as generated, with nothing of this package
@@ -53,12 +102,21 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     def __repr__(self) -> str:
         return "DateTime(timezone=True)"
 
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in MYSQL_DIALECTS:
+            # MySQL's DATETIME drops (MariaDB) or rounds (MySQL) microseconds unless asked.
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(self.impl)
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         value = as_utc(value)
-        # SQLite keeps no offset; store naive UTC so comparisons in SQL stay correct.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        # SQLite and MySQL keep no offset; store naive UTC so comparisons in SQL stay correct.
+        naive = dialect.name == "sqlite" or dialect.name in MYSQL_DIALECTS
+        return value.replace(tzinfo=None) if naive else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
@@ -99,10 +157,55 @@ def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
     )
 
 
+#: Table options for MySQL/MariaDB (ignored elsewhere): full Unicode, and binary comparison
+#: as on SQLite and PostgreSQL, whatever the database's default collation (often a
+#: case-insensitive one, under which distinct tokens or names could compare equal).
+TABLE_OPTIONS = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+def _not_mysql(
+    ddl: Any,
+    target: Any,
+    bind: Any,
+    tables: Any = None,
+    state: Any = None,
+    *,
+    dialect: Dialect,
+    compiler: Any = None,
+    checkfirst: bool = False,
+) -> bool:
+    return dialect.name not in MYSQL_DIALECTS
+
+
+def _one_primary_on_mysql(user_pk: sa.Column[Any]) -> Any:
+    """MySQL/MariaDB have no partial index: the one-primary rule there is a unique index on a
+    virtual column that holds the user id of the primary address and NULL for the others."""
+
+    def create(target: sa.Table, connection: sa.Connection, **kw: Any) -> None:
+        if connection.dialect.name not in MYSQL_DIALECTS:
+            return
+        user_id_type = user_pk.type.compile(dialect=connection.dialect)
+        connection.execute(
+            sa.text(
+                f"ALTER TABLE {target.name} ADD COLUMN primary_user_id {user_id_type} "
+                "AS (CASE WHEN is_primary THEN user_id END) VIRTUAL, "
+                f"ADD UNIQUE INDEX {PREFIX}one_primary_per_user (primary_user_id)"
+            )
+        )
+
+    return create
+
+
 class _Row:
-    """Typing aid: the mapped subclasses accept their columns as keyword arguments."""
+    """Typing aid: the mapped subclasses accept their columns as keyword arguments and have
+    Flask-SQLAlchemy's ``query`` (``guard.models.EmailAddress.query.filter_by(...)``)."""
 
     if TYPE_CHECKING:
+        query: ClassVar[HostQuery[Self]]
 
         def __init__(self, **columns: Any) -> None: ...
 
@@ -447,22 +550,28 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         def __table_args__(cls) -> tuple[Any, ...]:
             only_primary = sa.text("is_primary")
             return (
-                # At most one primary address per user, enforced by the database.
+                # At most one primary address per user, enforced by the database (on MySQL
+                # by _one_primary_on_mysql instead).
                 sa.Index(
                     PREFIX + "one_primary_per_user",
                     "user_id",
                     unique=True,
                     sqlite_where=only_primary,
                     postgresql_where=only_primary,
-                ),
+                ).ddl_if(callable_=_not_mysql),
+                TABLE_OPTIONS,
             )
 
     class DomainRow(_Domain, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "domain"
-        __table_args__ = (sa.Index(PREFIX + "domain_due", "next_check_at", "lease_until"),)
+        __table_args__ = (
+            sa.Index(PREFIX + "domain_due", "next_check_at", "lease_until"),
+            TABLE_OPTIONS,
+        )
 
     class EventRow(_Event, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "event"
+        __table_args__ = TABLE_OPTIONS
         user_id: Mapped[Any] = user_fk(nullable=True, ondelete="SET NULL")
         address_id: Mapped[int | None] = mapped_column(
             sa.Integer,
@@ -473,6 +582,7 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     class UserStateRow(_UserState, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "user_state"
+        __table_args__ = TABLE_OPTIONS
         user_id: Mapped[Any] = mapped_column(
             user_pk.type.copy(),
             sa.ForeignKey(fk_target, ondelete="CASCADE"),
@@ -481,20 +591,27 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     class TOTPDeviceRow(_TOTPDevice, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "totp_device"
+        __table_args__ = TABLE_OPTIONS
         user_id: Mapped[Any] = user_fk(unique=True)
 
     class RecoveryCodeRow(_RecoveryCode, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "recovery_code"
+        __table_args__ = TABLE_OPTIONS
         user_id: Mapped[Any] = user_fk()
 
     class RateCounterRow(_RateCounter, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "rate_counter"
+        __table_args__ = TABLE_OPTIONS
 
     class UsedTokenRow(_UsedToken, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "used_token"
+        __table_args__ = TABLE_OPTIONS
 
     class HeldActionRow(_HeldAction, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "held_action"
+        __table_args__ = TABLE_OPTIONS
+
+    sa.event.listen(EmailAddressRow.__table__, "after_create", _one_primary_on_mysql(user_pk))
 
     class AttemptRow(_Attempt, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "attempt"

@@ -31,7 +31,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
@@ -46,6 +46,7 @@ from .links import reset_link
 from .livecheck import check_domain
 from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
 from .mailguard import reset_mail_scope
+from .models import UserT
 from .ratelimit import RateLimiter
 from .verdict import Verdict
 
@@ -75,7 +76,7 @@ _NOTICE_REASONS = ("unverified", "domain_", NO_EVIDENCE)
 
 
 @dataclass(frozen=True)
-class ResetDecision:
+class ResetDecision(Generic[UserT]):
     """Whether a password reset may be mailed to an address, and why (never shown).
 
     :param allowed: mail the reset.
@@ -88,7 +89,7 @@ class ResetDecision:
 
     allowed: bool
     reason: str
-    user: Any
+    user: UserT | None
     address: EmailAddress | None
     verdict: Verdict | None = None
 
@@ -113,7 +114,7 @@ def _lookup_row(guard: DomainGuard, normalized: str) -> EmailAddress | None:
     return row
 
 
-def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
+def reset_decision(guard: DomainGuard[UserT], address: str) -> ResetDecision[UserT]:
     """Decide whether a password reset may be mailed to ``address`` (any spelling).
 
     Allowed only for a stored, verified address on a domain that affirmative evidence shows
@@ -193,15 +194,15 @@ def reset_token(guard: DomainGuard, user: Any, row: EmailAddress) -> str:
 
 
 @dataclass(frozen=True)
-class ResetGrant:
+class ResetGrant(Generic[UserT]):
     """A reset token that checked out: whose password it may set, and the address it went to."""
 
-    user: Any
+    user: UserT
     address: EmailAddress
     token: tokens.Token
 
 
-def read_reset_token(guard: DomainGuard, token: str) -> ResetGrant:
+def read_reset_token(guard: DomainGuard[UserT], token: str) -> ResetGrant[UserT]:
     """Check a reset token: signature, age, bindings, single use, and the address still safe.
 
     :raises flask_domainguard.tokens.TokenError: when any of these fail (one message for all

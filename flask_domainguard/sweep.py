@@ -66,7 +66,7 @@ from .domainstate import (
 from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
 from .mail import notify_user
-from .models import UnverifyReason
+from .models import MYSQL_DIALECTS, UnverifyReason
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
 from .verdict import SEVERITY, Verdict, VerdictKind, judge
@@ -483,16 +483,34 @@ class Sweep:
             if names is None:
                 pick = pick.order_by(D.c.next_check_at, D.c.name)
             pick = pick.limit(size)
-            if self._dialect == "postgresql":
+            if self._dialect == "postgresql" or self._dialect in MYSQL_DIALECTS:
                 pick = pick.with_for_update(skip_locked=True)
-            claim = (
-                sa.update(D)
-                .where(D.c.name.in_(pick), self._lease_free(now))
-                .values(lease_owner=self.lease_owner, lease_until=now + self.settings.sweep_lease)
-                .returning(*columns)
-            )
+            lease = {
+                "lease_owner": self.lease_owner,
+                "lease_until": now + self.settings.sweep_lease,
+            }
             try:
-                rows = db.session.execute(claim).all()
+                if self._dialect in MYSQL_DIALECTS:
+                    # MySQL/MariaDB have no UPDATE ... RETURNING and refuse LIMIT in an IN
+                    # subquery: lock the picked rows (skipping other sweepers' locks), lease
+                    # them and read them back, in one transaction.
+                    picked = list(db.session.scalars(pick))
+                    rows = []
+                    if picked:
+                        db.session.execute(sa.update(D).where(D.c.name.in_(picked)).values(lease))
+                        rows = list(
+                            db.session.execute(
+                                sa.select(*columns).where(D.c.name.in_(picked)).order_by(D.c.name)
+                            ).all()
+                        )
+                else:
+                    claim = (
+                        sa.update(D)
+                        .where(D.c.name.in_(pick), self._lease_free(now))
+                        .values(lease)
+                        .returning(*columns)
+                    )
+                    rows = list(db.session.execute(claim).all())
                 db.session.commit()
             except BaseException:
                 db.session.rollback()
@@ -550,17 +568,43 @@ class Sweep:
     def _confirm_leases(self, names: list[str], now: datetime) -> set[str]:
         """Re-assert this run's leases in the current transaction; the names still ours.
 
-        The UPDATE takes the write lock (SQLite) or the rows' locks (PostgreSQL) first, so
-        nothing another sweeper does can interleave with this batch's changes.
+        The UPDATE takes the write lock (SQLite) or the rows' locks (PostgreSQL; on MySQL the
+        locking read before it) first, so nothing another sweeper does can interleave with
+        this batch's changes.
         """
         D = self._D
-        stmt = (
-            sa.update(D)
-            .where(D.c.name.in_(names), D.c.lease_owner == self.lease_owner)
-            .values(lease_until=now + self.settings.sweep_lease)
-            .returning(D.c.name)
+        rows = self._update_returning(
+            D,
+            D.c.name,
+            [D.c.name.in_(names), D.c.lease_owner == self.lease_owner],
+            {"lease_until": now + self.settings.sweep_lease},
+            [D.c.name],
         )
-        return set(self.guard.db.session.scalars(stmt))
+        return {row[0] for row in rows}
+
+    def _update_returning(
+        self,
+        table: sa.Table,
+        key: sa.Column[Any],
+        where: list[sa.ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: list[sa.Column[Any]],
+    ) -> list[tuple[Any, ...]]:
+        """``UPDATE table SET values WHERE where RETURNING columns`` in the current transaction.
+
+        MySQL/MariaDB have no RETURNING on UPDATE: there the same rows are read with a locking
+        SELECT (held to the end of the transaction, as the UPDATE's own locks would be), then
+        updated by ``key``.
+        """
+        session = self.guard.db.session
+        if self._dialect not in MYSQL_DIALECTS:
+            stmt = sa.update(table).where(*where).values(values).returning(*columns)
+            return [tuple(row) for row in session.execute(stmt)]
+        found = session.execute(sa.select(key, *columns).where(*where).with_for_update()).all()
+        if found:
+            keys = [row[0] for row in found]
+            session.execute(sa.update(table).where(key.in_(keys)).values(values))
+        return [tuple(row[1:]) for row in found]
 
     def _load_addresses(self, names: Iterable[str]) -> dict[str, list[_AddressRow]]:
         A = self._A
@@ -950,12 +994,13 @@ class Sweep:
         )
         EmailAddress = guard.models.EmailAddress
         with transaction(db, guard.models) as tx:
-            rows = db.session.execute(
-                sa.update(H)
-                .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
-                .values(resolution=None)
-                .returning(H.c.id, H.c.address_id, H.c.domain, H.c.reason)
-            ).all()
+            rows = self._update_returning(
+                H,
+                H.c.id,
+                [H.c.run_id == self.run_id, H.c.resolution == PLANNED],
+                {"resolution": None},
+                [H.c.id, H.c.address_id, H.c.domain, H.c.reason],
+            )
             by_id = {
                 a.id: a
                 for a in db.session.scalars(
@@ -1111,7 +1156,7 @@ def _unverify_for(
 ) -> _Notice | None:
     EmailAddress = guard.models.EmailAddress
     query = sa.select(EmailAddress).where(EmailAddress.id == action.address_id)
-    if _dialect(guard) == "postgresql":
+    if _dialect(guard) != "sqlite":  # SQLite has no row locks (its writer lock serialises)
         query = query.with_for_update()
     row = guard.db.session.scalar(query)
     if row is None or row.verified_at is None:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from .models import MYSQL_DIALECTS, check_dialect
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -161,7 +162,9 @@ def consume(guard: DomainGuard, token: Token) -> bool:
     """Mark ``token`` spent inside the caller's transaction (which commits or rolls it back).
 
     Atomic across processes: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` lets exactly one
-    of two concurrent spenders through.
+    of two concurrent spenders through. MySQL/MariaDB have neither clause there: a plain
+    INSERT in a savepoint does the same, the primary key refusing the second spender (who
+    waits on the first's row lock, then fails once it commits).
 
     :returns: ``False`` when the token was already spent.
     """
@@ -169,23 +172,30 @@ def consume(guard: DomainGuard, token: Token) -> bool:
     UsedToken = guard.models.UsedToken
     table: sa.Table = UsedToken.__table__  # type: ignore[attr-defined]
     dialect = db.session.get_bind(mapper=sa.inspect(UsedToken)).dialect.name
-    insert: Any
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover - the rate limiter has the same requirement
-        raise RuntimeError(f"single-use tokens need SQLite or PostgreSQL, not {dialect}")
+    check_dialect(dialect)
     now = utcnow()
     # Spent tokens are only needed until they would have expired anyway.
     db.session.execute(sa.delete(table).where(table.c.expires_at < now))
+    values = {
+        "digest": _digest(token.purpose, token.nonce),
+        # A day's margin: a lifetime raised in the config must not revive a spent token.
+        "expires_at": token.expires_at + timedelta(days=1),
+    }
+    if dialect in MYSQL_DIALECTS:
+        try:
+            with db.session.begin_nested():
+                db.session.execute(sa.insert(table).values(**values))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+    insert: Any
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
     stmt = (
         insert(table)
-        # A day's margin: a lifetime raised in the config must not revive a spent token.
-        .values(
-            digest=_digest(token.purpose, token.nonce),
-            expires_at=token.expires_at + timedelta(days=1),
-        )
+        .values(**values)
         .on_conflict_do_nothing(index_elements=[table.c.digest])
         .returning(table.c.digest)
     )

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 from flask_login import LoginManager, UserMixin
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.security import generate_password_hash
 
@@ -29,8 +30,9 @@ db = SQLAlchemy(model_class=Base)
 class User(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str | None] = mapped_column(nullable=True)
-    password_hash: Mapped[str] = mapped_column(default="")
+    # Lengths: MySQL/MariaDB have no VARCHAR without one.
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    password_hash: Mapped[str] = mapped_column(String(255), default="")
     # When the user signed up (naive UTC, as many hosts store it); read by `adopt` when
     # DOMAINGUARD_USER_CREATED_ATTR names it.
     created_at: Mapped[datetime | None] = mapped_column(nullable=True, default=None)
@@ -57,8 +59,8 @@ uuid_db = SQLAlchemy(model_class=UuidBase)
 
 class UuidUser(UserMixin, uuid_db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "uuid_users"
-    id: Mapped[str] = mapped_column(primary_key=True, default=lambda: str(uuid.uuid4()))
-    email: Mapped[str | None] = mapped_column(nullable=True)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
 
 
 uuid_guard = DomainGuard(db=uuid_db, user_model=UuidUser)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -187,3 +188,33 @@ def test_find_address_accepts_any_spelling(guard: Any, make_user: Any) -> None:
     guard.add_address(user, "z@xn--bcher-kva.example")
     assert guard.find_address("Z@Bücher.Example") is not None
     assert guard.find_address("not an address") is None
+
+
+def test_the_database_itself_refuses_a_second_primary(guard: Any, db: Any, make_user: Any) -> None:
+    """The one-primary rule holds for writes that bypass DomainGuard (a partial unique index;
+    on MySQL/MariaDB a unique index on a virtual column), and allows many non-primaries."""
+    user, other = make_user(), make_user()
+    guard.add_address(user, "first@example.com", primary=True)
+    guard.add_address(user, "second@example.com")
+    guard.add_address(user, "third@example.com")
+    db.session.commit()
+    table = guard.models.EmailAddress.__table__
+
+    def insert(address: str, user_id: Any) -> None:
+        db.session.execute(
+            sa.insert(table).values(
+                address=address,
+                host="example.com",
+                registrable="example.com",
+                user_id=user_id,
+                is_primary=True,
+                created_at=datetime.now(timezone.utc),
+            )
+        )
+
+    with pytest.raises(IntegrityError):
+        insert("sneaky@example.com", user.id)
+    db.session.rollback()
+    insert("sneaky@example.com", other.id)
+    db.session.commit()
+    assert [a.address for a in guard.addresses_of(other)] == ["sneaky@example.com"]

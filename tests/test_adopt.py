@@ -37,7 +37,7 @@ def stored() -> dict[str, Any]:
 def test_adopt_requires_a_choice(runner: FlaskCliRunner) -> None:
     result = runner.invoke(args=["domainguard", "adopt"])
     assert result.exit_code == 2
-    assert "--verified" in result.output and "--unverified" in result.output
+    assert "--verified" in result.stderr and "--unverified" in result.stderr
 
 
 def test_adopt_imports_as_primary_and_is_idempotent(runner: FlaskCliRunner, guard: Any) -> None:

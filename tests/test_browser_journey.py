@@ -52,7 +52,7 @@ def _write_status(app: LiveApp, **changes: dict[str, Any]) -> None:
 
 @pytest.fixture
 def live_app(db_kind: str, tmp_path: Path) -> Iterator[LiveApp]:
-    if db_kind == "postgresql":
+    if db_kind != "sqlite":
         pytest.skip(
             "the example app is SQLite-only by design; the browser journey runs in the SQLite pass"
         )

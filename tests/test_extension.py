@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import types
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.dialects import registry
+from sqlalchemy.engine.default import DefaultDialect
 
 from flask_domainguard import ConfigError, DomainGuard
 from flask_domainguard.config import OPTIONS, RateLimit, load_settings
@@ -197,3 +200,40 @@ def test_guard_models_are_the_mapped_classes_for_queries(guard: Any, make_user: 
         )
     ).all()
     assert [row.address for row in unverified] == ["q2@example.org"]
+
+
+class _UnsupportedDialect(DefaultDialect):
+    """A database SQLAlchemy can name but DomainGuard was never built for."""
+
+    name = "exoticdb"
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return types.SimpleNamespace(paramstyle="qmark", Error=Exception)
+
+
+registry.register("exoticdb", __name__, "_UnsupportedDialect")
+
+
+def test_unsupported_database_fails_at_init_app_naming_the_supported_ones() -> None:
+    app = Flask("exotic")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "exoticdb://"
+    hostapp.db.init_app(app)
+    with pytest.raises(RuntimeError) as info:
+        hostapp.guard.init_app(app)
+    message = str(info.value)
+    assert "'exoticdb'" in message
+    for name in ("SQLite", "PostgreSQL", "MySQL 8", "MariaDB 10.6"):
+        assert name in message
+    assert "domainguard" not in app.extensions
+
+
+@pytest.mark.parametrize("scheme", ["mysql+pymysql", "mariadb+pymysql"])
+def test_mysql_and_mariadb_urls_are_accepted(scheme: str, tmp_path: Any) -> None:
+    pytest.importorskip("pymysql")
+    app = Flask("mysqlhost")
+    # Nothing listens there: making the engine does not connect, and init_app must not.
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"{scheme}://root@127.0.0.1:9/none", SECRET_KEY="x")
+    hostapp.db.init_app(app)
+    hostapp.guard.init_app(app)
+    assert app.extensions["domainguard"].guard is hostapp.guard

@@ -87,10 +87,16 @@ plausible_domain_docs = st.fixed_dictionaries(
 
 
 def says_deleted(obs: Observation) -> bool:
-    """The document itself names a deletion (in any spelling judge() accepts)."""
-    return any(
-        s == "deleting" or re.sub(r"[^a-z]", "", s.lower()) == "pendingdelete" for s in obs.statuses
-    )
+    """The document itself names a deletion (in any spelling judge() accepts), also as one
+    word among others in a status string (``"0 deleting"``, ``"x pending-delete"``)."""
+    for status in obs.statuses:
+        words = re.findall(r"[a-z]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", status).lower())
+        spaced = " ".join(words)
+        if "deleting" in words or "pendingdelete" in words:
+            return True
+        if re.search(r"\bpending delete\b", spaced):
+            return True
+    return False
 
 
 def check_rdap(obs: Observation, now: datetime) -> None:

@@ -1,5 +1,5 @@
-"""Two sweeps at once, on SQLite and on a real PostgreSQL server: each domain is looked up
-once (the status server counts), neither deadlocks, nothing is done twice."""
+"""Two sweeps at once, on SQLite and on real PostgreSQL and MariaDB servers: each domain is
+looked up once (the status server counts), neither deadlocks, nothing is done twice."""
 
 from __future__ import annotations
 
@@ -96,13 +96,12 @@ def test_two_sweeps_at_once_on_sqlite(
     assert all(r["checked"] > 0 for r in reports), "both sweepers took part"
 
 
-@pytest.fixture
-def pg_app(pg_server_url: str, tmp_path: Path) -> Iterator[Any]:
+def _server_app(url: str, tmp_path: Path) -> Iterator[Any]:
     status_file = tmp_path / "status.json"
     status_file.write_text("{}")
     app = hostapp.create_app(
         {
-            "SQLALCHEMY_DATABASE_URI": pg_server_url,
+            "SQLALCHEMY_DATABASE_URI": url,
             "DOMAINGUARD_STATUS_BACKEND": "static",
             "DOMAINGUARD_STATIC_STATUS_FILE": str(status_file),
         }
@@ -116,10 +115,30 @@ def pg_app(pg_server_url: str, tmp_path: Path) -> Iterator[Any]:
         hostapp.db.engine.dispose()
 
 
+@pytest.fixture
+def pg_app(pg_server_url: str, tmp_path: Path) -> Iterator[Any]:
+    yield from _server_app(pg_server_url, tmp_path)
+
+
+@pytest.fixture
+def mariadb_app(mariadb_server_url: str, tmp_path: Path) -> Iterator[Any]:
+    yield from _server_app(mariadb_server_url, tmp_path)
+
+
 @pytest.mark.slow
 def test_two_sweeps_at_once_on_postgresql(
     pg_app: Any, pg_server_url: str, status_server: StatusServer
 ) -> None:
     reports, facts = run_two_at_once(hostapp.guard, pg_server_url, status_server)
+    check(reports, facts, status_server)
+    assert all(r["checked"] > 0 for r in reports), "both sweepers took part"
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_mariadb(
+    mariadb_app: Any, mariadb_server_url: str, status_server: StatusServer
+) -> None:
+    """Claims there are SELECT ... FOR UPDATE SKIP LOCKED, then UPDATE (no RETURNING)."""
+    reports, facts = run_two_at_once(hostapp.guard, mariadb_server_url, status_server)
     check(reports, facts, status_server)
     assert all(r["checked"] > 0 for r in reports), "both sweepers took part"

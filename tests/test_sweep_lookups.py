@@ -268,3 +268,71 @@ def test_a_huge_announced_chunk_is_read_in_bounded_pieces() -> None:
     result = asyncio.run(go())
     assert not result.is_json and result.error and "large" in result.error, result
     assert sent < 64 << 20, "the client stopped reading soon after the cap"
+
+
+# -- hostile framing: what a lenient parser would read as a valid body -----------------------
+
+#: Each answer is JSON only to a client that accepts the bad framing; a strict one refuses.
+HOSTILE_ANSWERS = {
+    # Python's int() reads "1_0" as 10: exactly the body's length.
+    "content-length-underscore": b"Content-Length: 1_0\r\n\r\n" + b'{"a": 123}',
+    # Two lengths that disagree: last-wins reads the whole body, first-wins three bytes.
+    "content-length-conflict": b"Content-Length: 3\r\nContent-Length: 10\r\n\r\n" + b'{"a": 123}',
+    "content-length-conflict-list": b"Content-Length: 3, 10\r\n\r\n" + b'{"a": 123}',
+    "content-length-plus-sign": b"Content-Length: +10\r\n\r\n" + b'{"a": 123}',
+    # int(.., 16) accepts a "0x" prefix and underscores too.
+    "chunk-size-0x": b"Transfer-Encoding: chunked\r\n\r\n"
+    + b'0x5\r\n{"a":\r\n5\r\n 123}\r\n0\r\n\r\n',
+    "chunk-size-underscore": b"Transfer-Encoding: chunked\r\n\r\n"
+    + b'0_5\r\n{"a":\r\n5\r\n 123}\r\n0\r\n\r\n',
+}
+#: The same bodies framed correctly: every client must read these.
+VALID_ANSWERS = {
+    "content-length": b"Content-Length: 10\r\n\r\n" + b'{"a": 123}',
+    "content-length-repeated-equal": b"Content-Length: 10\r\nContent-Length: 10\r\n\r\n"
+    + b'{"a": 123}',
+    "chunked-with-extension": b"Transfer-Encoding: chunked\r\n\r\n"
+    + b'5;name=value\r\n{"a":\r\n5\r\n 123}\r\n0\r\n\r\n',
+    "chunked-upper-hex": b"Transfer-Encoding: chunked\r\n\r\n" + b'A\r\n{"a": 123}\r\n0\r\n\r\n',
+}
+
+#: The sweep's client (whatever transport it uses), and stock httpx as the reference.
+CLIENTS = {
+    "sweep": lambda: make_client(2),
+    "httpx": lambda: httpx.AsyncClient(),
+}
+
+
+def _answer_once(raw: bytes, client_name: str) -> Any:
+    """GET from a one-shot server that sends ``raw`` after a status line; the parsed JSON."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + raw)
+        await writer.drain()
+        writer.close()
+
+    async def go() -> Any:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with CLIENTS[client_name]() as client:
+                response = await asyncio.wait_for(client.get(f"http://127.0.0.1:{port}/"), 10)
+                return response.json()
+        finally:
+            server.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("client_name", sorted(CLIENTS))
+@pytest.mark.parametrize("answer", sorted(HOSTILE_ANSWERS))
+def test_bad_framing_is_refused(answer: str, client_name: str) -> None:
+    with pytest.raises(httpx.HTTPError):
+        _answer_once(HOSTILE_ANSWERS[answer], client_name)
+
+
+@pytest.mark.parametrize("client_name", sorted(CLIENTS))
+@pytest.mark.parametrize("answer", sorted(VALID_ANSWERS))
+def test_good_framing_is_read(answer: str, client_name: str) -> None:
+    assert _answer_once(VALID_ANSWERS[answer], client_name) == {"a": 123}

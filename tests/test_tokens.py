@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from freezegun import freeze_time
 
@@ -123,3 +125,39 @@ def test_no_secret_key_is_a_clear_error(app: Flask) -> None:
     app.config["SECRET_KEY"] = None
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
         tokens.issue(tokens.RESET, {})
+
+
+def test_one_token_spent_at_once_by_many_wins_once(app: Flask, guard: Any, db: Any) -> None:
+    """Each spender in its own thread and transaction (on MySQL/MariaDB the INSERT in a
+    savepoint; elsewhere ON CONFLICT DO NOTHING RETURNING): exactly one gets through."""
+    checked = tokens.read(tokens.RESET, tokens.issue(tokens.RESET, {"u": 1}), lifetime=HOUR)
+    barrier = threading.Barrier(6)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    on_sqlite = db.engine.dialect.name == "sqlite"
+
+    def spend() -> None:
+        with app.app_context():
+            barrier.wait()
+            try:
+                spent = tokens.consume(guard, checked)
+                db.session.commit()
+                results.append(spent)
+            except sa.exc.OperationalError as exc:
+                db.session.rollback()
+                if not on_sqlite:
+                    errors.append(exc)
+                # SQLite's writers may time out waiting for the file lock: that spender lost.
+                results.append(False)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=spend) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(results) == [False] * 5 + [True]

@@ -470,6 +470,8 @@ def client_at(app: Flask, address: str) -> Any:
 def _two_sites(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, bool]:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.sqlite'}", True
+    if kind == "mariadb":
+        return str(request.getfixturevalue("mariadb_server_url")), True
     return str(request.getfixturevalue("pg_server_url")), True
 
 
@@ -479,7 +481,7 @@ def _wrong(client: Any, secret: str) -> Any:
     return client.post(VERIFY, data={"csrf_token": csrf_token(page.data), "code": wrong})
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
 def test_lockout_is_shared_by_two_app_instances(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -551,7 +551,7 @@ def test_reverify_send_needs_server_name(
     app.config["SERVER_NAME"] = None
     add(guard, make_user(), "me@example-shop.com", verified=False)
     result = runner.invoke(args=["domainguard", "reverify", "me@example-shop.com", "--send"])
-    assert result.exit_code == 2 and "SERVER_NAME" in result.output
+    assert result.exit_code == 2 and "SERVER_NAME" in result.stderr
 
 
 # -- re-verification is told, and manual unverification is held to the same rule ------------

@@ -21,6 +21,7 @@ from flask_login import (
     logout_user,
 )
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -81,8 +82,8 @@ site_db = SQLAlchemy(model_class=SiteBase)
 class SiteUser(UserMixin, site_db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "site_users"
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(unique=True)
-    password_hash: Mapped[str] = mapped_column(default="")
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255), default="")
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password)
