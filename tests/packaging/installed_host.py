@@ -57,6 +57,7 @@ def create_app() -> Flask:
         MAIL_DEFAULT_SENDER="security@host.test",
         DOMAINGUARD_STATUS_BACKEND="static",
         DOMAINGUARD_STATIC_STATUS_FILE=str(Path(folder) / "status.json"),
+        DOMAINGUARD_EXTERNAL_URL="https://host.example",
     )
     (Path(folder) / "status.json").write_text(
         '{"gone.test": {"registered": false},'

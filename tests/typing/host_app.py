@@ -19,7 +19,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from typing_extensions import assert_type
 
 from flask_domainguard import DomainGuard, ResetDecision
-from flask_domainguard.models import EmailAddress
+
+if TYPE_CHECKING:
+    # For annotations only: the mapped class of an app is guard.models.EmailAddress.
+    from flask_domainguard.models import EmailAddress
 
 
 class Base(DeclarativeBase):
@@ -77,9 +80,9 @@ def verified_addresses(user: User) -> list[str]:
     """The legacy ``Model.query`` and the SQLAlchemy 2 ``select`` both know the row type."""
     rows = guard.models.EmailAddress
     legacy = rows.query.filter_by(user_id=user.id).order_by(rows.id).all()
-    assert_type(legacy, list[EmailAddress])
+    assert_type(legacy, "list[EmailAddress]")
     current = db.session.scalars(sa.select(rows).where(rows.user_id == user.id)).all()
-    assert_type(list(current), list[EmailAddress])
+    assert_type(list(current), "list[EmailAddress]")
     return [row.address for row in current if row.verified]
 
 
@@ -95,7 +98,12 @@ def load_login(user_id: str) -> User | None:
 
 def create_app(config: Mapping[str, Any]) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="typed-host-only", MAIL_SUPPRESS_SEND=True, **config)
+    app.config.update(
+        SECRET_KEY="typed-host-only",
+        MAIL_SUPPRESS_SEND=True,
+        DOMAINGUARD_EXTERNAL_URL="https://typed-host.example",
+        **config,
+    )
     db.init_app(app)
     login = LoginManager(app)  # Flask-Login ships no types: Any to the checker
     login.user_loader(load_login)
