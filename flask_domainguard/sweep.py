@@ -43,7 +43,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .addresses import unverify
@@ -57,10 +56,11 @@ from .domainstate import (
     row_values,
     verdict_for,
 )
+from .jobs import deliver_now
 from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
-from .mail import notify_user
 from .models import UnverifyReason
+from .notices import queue_expiry_warning, queue_unverify_notice
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
 from .verdict import Verdict, VerdictKind, is_conclusive, judge
@@ -687,8 +687,8 @@ class Sweep:
                 return report
             self._write_domains(done, failed, superseded)
             self._plan(planned, now)
-            self._claim_warnings(warnings)
-        self._send_warnings(warnings)
+            warning_jobs = self._queue_warnings(tx, warnings)
+        self._send_warnings(warning_jobs)
         return report
 
     def _failure_values(
@@ -809,9 +809,9 @@ class Sweep:
             warning.rows.append(row)
         return list(by_user.values())
 
-    def _claim_warnings(self, warnings: list[_Warning]) -> None:
-        # Marked before sending (in the batch's transaction): a crash after the commit loses
-        # a warning rather than repeating it; a failed send puts the old value back.
+    def _queue_warnings(self, tx: Transaction, warnings: list[_Warning]) -> list[int]:
+        """Mark the addresses warned, queue the warnings and journal them, all in the batch's
+        transaction: a crash after its commit loses no warning and no record of one."""
         A = self._A
         updates = [
             {"b_id": row.id, "warned": warning.until}
@@ -825,56 +825,27 @@ class Sweep:
                 .values(expiry_warned_for=sa.bindparam("warned"))
             )
             self.guard.db.session.execute(stmt, updates)
-
-    def _send_warnings(self, warnings: list[_Warning]) -> None:
-        guard, db = self.guard, self.guard.db
-        sent: list[tuple[_Warning, int]] = []
-        undo: list[dict[str, Any]] = []
+        ids: list[int] = []
         for warning in warnings:
-            try:
-                recipients = notify_user(
-                    guard,
-                    warning.user_id,
-                    "domain_expiring",
-                    app_name=current_app.name,
-                    domain=warning.domain,
-                    stage=warning.kind.value,
-                    until=warning.until,
-                    reason=warning.reason,
-                    addresses=[row.address for row in warning.rows],
-                )
-            except Exception as exc:
-                log.error("expiry warning for %s not sent: %s", warning.domain, type(exc).__name__)
-                self.report.errors += 1
-                undo += [{"b_id": row.id, "warned": row.expiry_warned_for} for row in warning.rows]
-                continue
-            if recipients:
-                sent.append((warning, len(recipients)))
-        if undo:
-            A = self._A
-            stmt = (
-                sa.update(A)
-                .where(A.c.id == sa.bindparam("b_id"))
-                .values(expiry_warned_for=sa.bindparam("warned"))
+            job_id = queue_expiry_warning(
+                self.guard,
+                tx,
+                user_id=warning.user_id,
+                domain=warning.domain,
+                stage=warning.kind.value,
+                until=warning.until,
+                reason=warning.reason,
+                addresses=[row.address for row in warning.rows],
             )
-            db.session.execute(stmt, undo)
-            db.session.commit()
-        if sent:
-            with transaction(db, guard.models) as tx:
-                for warning, count in sent:
-                    for row in warning.rows:
-                        tx.record(
-                            EventKind.EXPIRY_WARNING_SENT,
-                            actor="sweep",
-                            user_id=row.user_id,
-                            address=row.address,
-                            signal=signals.expiry_warning_sent,
-                            domain=warning.domain,
-                            until=warning.until.isoformat(),
-                            stage=warning.kind.value,
-                            recipients=count,
-                        )
-            self.report.warnings_sent += len(sent)
+            if job_id is not None:
+                ids.append(job_id)
+        return ids
+
+    def _send_warnings(self, job_ids: list[int]) -> None:
+        """Deliver the batch's warnings now; a failed one stays queued and is retried."""
+        outcome = deliver_now(self.guard, job_ids)
+        self.report.warnings_sent += outcome.done
+        self.report.errors += outcome.failed
 
     # -- 4. the circuit breaker ------------------------------------------------------------------
 
@@ -970,6 +941,7 @@ class Sweep:
             notices: list[_Notice] = []
             with transaction(db, guard.models) as tx:
                 for action in actions:
+                    # (the loop unverifies; the notices are queued in the same transaction)
                     # Taking the action row first makes the transition happen once, whatever
                     # other run (adopting orphans) looks at it at the same time.
                     taken = db.session.execute(
@@ -990,9 +962,10 @@ class Sweep:
                         )
                     else:
                         notices.append(notice)
+                notice_jobs = _queue_notices(guard, tx, notices, actor="sweep")
             db.session.expire_all()
             self.report.unverified += len(notices)
-            self.report.notices_sent += _send_notices(guard, notices, self.report)
+            self.report.notices_sent += _send_notices(guard, notice_jobs, self.report)
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -1106,48 +1079,42 @@ def _unverify_for(
     return _Notice(row.user_id, row.id, row.address, action.domain, reason, action.verdict_reason)
 
 
-def _send_notices(guard: DomainGuard, notices: list[_Notice], report: SweepReport) -> int:
-    """Tell each user, at their other safe addresses, which addresses were unverified."""
+def _queue_notices(
+    guard: DomainGuard, tx: Transaction, notices: list[_Notice], *, actor: str
+) -> list[int]:
+    """Queue one notice per user (in ``tx``, with the unverifications) telling their other
+    safe addresses which addresses were unverified."""
     by_user: dict[Any, list[_Notice]] = {}
     for notice in notices:
         by_user.setdefault(notice.user_id, []).append(notice)
-    sent = 0
+    ids: list[int] = []
     for user_id, items in by_user.items():
-        try:
-            recipients = notify_user(
-                guard,
-                user_id,
-                "address_unverified",
-                exclude_id=items[0].exclude_id,
-                app_name=current_app.name,
-                items=[
-                    {
-                        "address": n.address,
-                        "domain": n.domain,
-                        "reason": n.reason.value,
-                        "explanation": n.verdict_reason,
-                    }
-                    for n in items
-                ],
-            )
-        except Exception as exc:
-            log.error("unverify notice not sent: %s", type(exc).__name__)
-            report.errors += 1
-            continue
-        if not recipients:
-            continue  # no safe address left: the report lists such accounts
-        sent += 1
-        with transaction(guard.db, guard.models) as tx:
-            for n in items:
-                tx.record(
-                    EventKind.UNSAFE_NOTICE_SENT,
-                    actor="sweep",
-                    user_id=user_id,
-                    address=n.address,
-                    domain=n.domain,
-                    recipients=len(recipients),
-                )
-    return sent
+        job_id = queue_unverify_notice(
+            guard,
+            tx,
+            user_id=user_id,
+            exclude_id=items[0].exclude_id,
+            actor=actor,
+            items=[
+                {
+                    "address": n.address,
+                    "domain": n.domain,
+                    "reason": n.reason.value,
+                    "explanation": n.verdict_reason,
+                }
+                for n in items
+            ],
+        )
+        if job_id is not None:
+            ids.append(job_id)
+    return ids
+
+
+def _send_notices(guard: DomainGuard, job_ids: list[int], report: SweepReport) -> int:
+    """Deliver queued notices now; a failed one stays queued and is retried."""
+    outcome = deliver_now(guard, job_ids)
+    report.errors += outcome.failed
+    return outcome.done
 
 
 # -- held actions --------------------------------------------------------------------------
@@ -1241,7 +1208,8 @@ def apply_held(
                 notices.append(notice)
                 outcome.applied += 1
             tx.record(EventKind.HELD_APPLIED, actor=actor, address=address, held_action=action.id)
-    outcome.notices_sent = _send_notices(guard, notices, report)
+        notice_jobs = _queue_notices(guard, tx, notices, actor="sweep")
+    outcome.notices_sent = _send_notices(guard, notice_jobs, report)
     outcome.errors += report.errors
     return outcome
 

@@ -127,6 +127,9 @@ def app(app_config: dict[str, Any], tmp_path: Path) -> Iterator[Flask]:
         hostapp.db.create_all()
     with app.app_context():
         yield app
+    from flask_domainguard.background import stop_workers
+
+    stop_workers(app)
     with app.app_context():
         hostapp.db.session.remove()
         hostapp.db.drop_all()
