@@ -56,7 +56,8 @@ from .domainstate import (
     row_values,
     verdict_for,
 )
-from .jobs import deliver_now
+from .jobs import EXPIRY_WARNING, UNVERIFY_NOTICE, deliver_now
+from .jobs import drain as drain_jobs
 from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
 from .models import UnverifyReason
@@ -124,6 +125,23 @@ def new_run_id() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}"[:64]
 
 
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the process a run id or lease owner (:func:`new_run_id`) names still runs:
+    ``False`` only when it ran on this host and no such process exists now, ``None`` when
+    this host cannot tell (another host, or not our format)."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:32] or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to another user
+        return True
+    return True
+
+
 def _jitter(delta: timedelta, fraction: float) -> timedelta:
     return delta * random.uniform(1 - fraction, 1 + fraction)  # noqa: S311 - load spreading
 
@@ -183,6 +201,10 @@ class SweepReport:
     notices_sent: int = 0
     lost_leases: int = 0
     leased_elsewhere: int = 0
+    leased_by_dead_runs: int = 0
+    planned_elsewhere: int = 0
+    planned_by_dead_runs: int = 0
+    errors_by_server: dict[str, int] = field(default_factory=dict)
     not_found: list[str] = field(default_factory=list)
     attempts: int = 0
     seconds: float = 0.0
@@ -199,13 +221,22 @@ class SweepReport:
             "warnings_sent",
             "notices_sent",
             "lost_leases",
-            "leased_elsewhere",
             "attempts",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        # What other runs hold is counted by each chunk at its end: the latest count wins.
+        for name in (
+            "leased_elsewhere",
+            "leased_by_dead_runs",
+            "planned_elsewhere",
+            "planned_by_dead_runs",
+        ):
+            setattr(self, name, max(getattr(self, name), getattr(other, name)))
         for kind, count in other.verdicts.items():
             if count:
                 self.verdicts[kind] = self.verdicts.get(kind, 0) + count
+        for server, count in other.errors_by_server.items():
+            self.errors_by_server[server] = self.errors_by_server.get(server, 0) + count
         self.breaker_tripped = self.breaker_tripped or other.breaker_tripped
         self.not_found += [name for name in other.not_found if name not in self.not_found]
         self.seconds += other.seconds
@@ -216,7 +247,31 @@ class SweepReport:
         known = {f.name for f in fields(cls)}
         report = cls(**{key: value for key, value in data.items() if key in known})
         report.verdicts = {kind: int(n) for kind, n in report.verdicts.items() if n}
+        report.errors_by_server = {k: int(n) for k, n in report.errors_by_server.items()}
         return report
+
+    @property
+    def failed_lookups(self) -> int:
+        """Checked domains whose lookup failed or answered "unknown"."""
+        return self.verdicts.get(VerdictKind.UNKNOWN.value, 0)
+
+    def outcome(self, failing_share: float) -> tuple[int, str]:
+        """The command's exit code and its name (docs/cli.md), most urgent first.
+
+        :param failing_share: ``DOMAINGUARD_SWEEP_FAILING_SHARE``: the share of checked
+            domains with failed lookups from which the run counts as mostly failed.
+        """
+        if self.breaker_tripped:
+            return 3, "breaker_tripped"
+        if self.checked and self.failed_lookups >= failing_share * self.checked:
+            return 5, "lookups_mostly_failed"
+        if self.leased_by_dead_runs or self.planned_by_dead_runs:
+            return 6, "dead_run_left_work"
+        if self.errors:
+            return 1, "some_errors"
+        if self.checked == 0 and self.leased_elsewhere:
+            return 4, "leased_elsewhere"
+        return 0, "ok"
 
     def count_verdict(self, kind: VerdictKind | str) -> None:
         key = kind.value if isinstance(kind, VerdictKind) else kind
@@ -245,8 +300,15 @@ class SweepReport:
             ("expiry warnings sent", self.warnings_sent),
             ("notices to other addresses", self.notices_sent),
         ]
-        if self.leased_elsewhere:
-            rows.append(("due but leased by another sweep", self.leased_elsewhere))
+        rows.append(("due but leased by other sweeps", self.leased_elsewhere))
+        if self.leased_by_dead_runs:
+            rows.append(("  of them by runs that died", self.leased_by_dead_runs))
+        if self.planned_elsewhere:
+            rows.append(("unverifications planned by other runs", self.planned_elsewhere))
+        if self.planned_by_dead_runs:
+            rows.append(("  of them by runs that died (adopted later)", self.planned_by_dead_runs))
+        for server, count in sorted(self.errors_by_server.items()):
+            rows.append((f"  lookup errors at {server}", count))
         if self.lost_leases:
             rows.append(("results dropped (lease lost)", self.lost_leases))
         if self.not_found:
@@ -356,6 +418,7 @@ class Sweep:
         self._after: str | None = None  # dry-run keyset position
         self._thread: LookupThread | None = None
         self._planned_any = False
+        self._beat_at = 0.0
         m = guard.models
         self._D = _table(m.Domain)
         self._A = _table(m.EmailAddress)
@@ -450,6 +513,41 @@ class Sweep:
             )
         )
         return int(self.guard.db.session.scalar(query) or 0)
+
+    def count_leftovers(self) -> None:
+        """Count, into the report, what other runs hold: due domains they lease and
+        unverifications they planned, and how much of each belongs to runs that died (on
+        this host, with no such process left; their leases expire and their plans are adopted
+        after ``DOMAINGUARD_SWEEP_LEASE``)."""
+        D, H = self._D, self._H
+        now = utcnow()
+        session = self.guard.db.session
+        leased = session.execute(
+            sa.select(D.c.lease_owner, sa.func.count())
+            .where(
+                *self._due(now, leased_ok=True),
+                D.c.lease_until >= now,
+                D.c.lease_owner != self.lease_owner,
+            )
+            .group_by(D.c.lease_owner)
+        ).all()
+        planned = session.execute(
+            sa.select(H.c.run_id, sa.func.count())
+            .where(H.c.resolution == PLANNED, H.c.run_id != self.run_id)
+            .group_by(H.c.run_id)
+        ).all()
+        session.rollback()
+        report = self.report
+        report.leased_elsewhere = sum(int(n) for _, n in leased)
+        report.leased_by_dead_runs = sum(int(n) for o, n in leased if owner_alive(o) is False)
+        report.planned_elsewhere = sum(int(n) for _, n in planned)
+        report.planned_by_dead_runs = sum(int(n) for r, n in planned if owner_alive(r) is False)
+
+    def _server_of(self, name: str) -> str:
+        try:
+            return str(self.backend.server_key(name))
+        except Exception:
+            return "unknown"
 
     def claim_batch(
         self, size: int | None = None, *, names: Sequence[str] | None = None
@@ -651,6 +749,8 @@ class Sweep:
                 if base.kind is VerdictKind.UNKNOWN:
                     report.errors += 1
                     report.count_verdict(VerdictKind.UNKNOWN)
+                    server = self._server_of(claim.name)
+                    report.errors_by_server[server] = report.errors_by_server.get(server, 0) + 1
                     failed.append(self._failure_values(claim, obs, base, now))
                     continue
                 judged = [
@@ -993,6 +1093,7 @@ class Sweep:
         started = time.monotonic()
         report = self.report
         if finish:
+            self.record_start()
             report.skipped_trusted = self.count_trusted() if names is None else 0
             if names is not None:
                 trusted = self.settings.trusted_domains
@@ -1037,19 +1138,96 @@ class Sweep:
                     applying = []
                     if on_progress is not None:
                         on_progress(len(claims))
+                    if finish:
+                        self.heartbeat()
         except BaseException:
             # Leases of unfinished batches would expire anyway; giving them back now lets
             # the next run start at once.
             self.close()
             self.release(c.name for claims in [applying, *in_flight.values()] for c in claims)
+            if finish:
+                self.record_end(crashed=True)
             raise
         self.close()
-        if names is None and report.checked == 0:
-            report.leased_elsewhere = self.count_leased_elsewhere()
         if finish:
             self.finish()
+            if not self.dry_run:
+                # Warnings and notices queued by a run that died before mailing them.
+                left = drain_jobs(self.guard, self.run_id, kinds=(EXPIRY_WARNING, UNVERIFY_NOTICE))
+                report.warnings_sent += left.by_kind.get(EXPIRY_WARNING, 0)
+                report.notices_sent += left.by_kind.get(UNVERIFY_NOTICE, 0)
+                report.errors += left.failed
+        if names is None:
+            self.count_leftovers()
         report.seconds = time.monotonic() - started
+        if finish:
+            self.record_end()
         return report
+
+    # -- the run record (flask domainguard status) --------------------------------------------
+
+    #: Seconds between two heartbeats of a run's record.
+    HEARTBEAT_EVERY = 10.0
+
+    def record_start(self, started_at: datetime | None = None) -> None:
+        """Write the run's record (``domainguard_sweep_run``) as running; commits."""
+        if self.dry_run:
+            return
+        SweepRun = self.guard.models.SweepRun
+        db = self.guard.db
+        now = utcnow()
+        if db.session.get(SweepRun, self.run_id) is None:
+            db.session.add(
+                SweepRun(
+                    run_id=self.run_id,
+                    started_at=started_at or now,
+                    heartbeat_at=now,
+                    outcome="running",
+                    report={},
+                )
+            )
+        db.session.commit()
+        self._beat_at = time.monotonic()
+
+    def heartbeat(self) -> None:
+        """Refresh the run record's ``heartbeat_at`` (at most every few seconds)."""
+        if self.dry_run or time.monotonic() - self._beat_at < self.HEARTBEAT_EVERY:
+            return
+        self._beat_at = time.monotonic()
+        R = _table(self.guard.models.SweepRun)
+        try:
+            self.guard.db.session.execute(
+                sa.update(R).where(R.c.run_id == self.run_id).values(heartbeat_at=utcnow())
+            )
+            self.guard.db.session.commit()
+        except Exception:
+            self.guard.db.session.rollback()
+            log.warning("could not refresh the record of sweep run %s", self.run_id)
+
+    def record_end(self, *, crashed: bool = False) -> None:
+        """Store the run's outcome, exit code and report in its record; commits."""
+        if self.dry_run:
+            return
+        code, outcome = self.report.outcome(self.settings.sweep_failing_share)
+        R = _table(self.guard.models.SweepRun)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "heartbeat_at": now,
+            "finished_at": now,
+            "outcome": "crashed" if crashed else outcome,
+            "exit_code": None if crashed else code,
+            "report": self.report.as_dict(),
+        }
+        session = self.guard.db.session
+        try:
+            if not session.execute(
+                sa.update(R).where(R.c.run_id == self.run_id).values(values)
+            ).rowcount:
+                session.execute(sa.insert(R).values(run_id=self.run_id, started_at=now, **values))
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.warning("could not store the outcome of sweep run %s", self.run_id)
 
 
 # -- acting on one address (shared by the sweep and apply_held) ------------------------------
