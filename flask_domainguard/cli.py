@@ -303,9 +303,10 @@ def sweep_command(
     Run it from cron (hourly is fine: only due domains are looked up). Several sweeps may
     run at once, on several machines: they share the work through leases.
 
-    Exit codes, most urgent first: 3 the circuit breaker held the unverifications for
-    review (more than DOMAINGUARD_MAX_UNVERIFY; see `flask domainguard report --held`);
-    5 most lookups failed (at least DOMAINGUARD_SWEEP_FAILING_SHARE of the domains checked:
+    The exit code is the most urgent that applies, in this order. Exit codes: 3 the circuit
+    breaker held the unverifications for review (more than DOMAINGUARD_MAX_UNVERIFY; see
+    `flask domainguard report --held`);
+    5 most lookups failed (more than DOMAINGUARD_SWEEP_FAILING_SHARE of the domains checked:
     a source or network problem); 6 a run that died left work behind (domains it still
     leases, unverifications it planned, waiting for adoption); 1 done, but some lookups or
     mails failed (retried later); 4 nothing checked, because other sweeps hold the leases of
@@ -372,7 +373,7 @@ def sweep_command(
         )
     if code == 5:
         click.echo(
-            f"{report.failed_lookups} of {report.checked} lookups failed (at least "
+            f"{report.failed_lookups} of {report.checked} lookups failed (more than "
             f"{guard.settings.sweep_failing_share:.0%}): check the status source and the "
             "network; the failed domains are retried with backoff.",
             err=True,

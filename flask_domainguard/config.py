@@ -508,8 +508,8 @@ OPTIONS: dict[str, Option] = {
         "sweep_failing_share",
         0.5,
         _share,
-        "Share of a run's checked domains whose lookups failed at or above which `sweep` "
-        "exits 5 (most lookups failed: a source or network problem) instead of 1 (a few).",
+        "Share of a run's checked domains with failed lookups above which `sweep` exits 5 "
+        "(most lookups failed: a source or network problem) instead of 1 (a few failed).",
     ),
     # -- jobs --------------------------------------------------------------------------
     "DOMAINGUARD_JOBS_WORKERS": _opt(

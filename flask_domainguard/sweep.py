@@ -259,11 +259,11 @@ class SweepReport:
         """The command's exit code and its name (docs/cli.md), most urgent first.
 
         :param failing_share: ``DOMAINGUARD_SWEEP_FAILING_SHARE``: the share of checked
-            domains with failed lookups from which the run counts as mostly failed.
+            domains with failed lookups beyond which the run counts as mostly failed.
         """
         if self.breaker_tripped:
             return 3, "breaker_tripped"
-        if self.checked and self.failed_lookups >= failing_share * self.checked:
+        if self.checked and self.failed_lookups > failing_share * self.checked:
             return 5, "lookups_mostly_failed"
         if self.leased_by_dead_runs or self.planned_by_dead_runs:
             return 6, "dead_run_left_work"
