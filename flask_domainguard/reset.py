@@ -486,13 +486,15 @@ def submit_reset_request(
     on_allowed: Callable[[ResetDecision], Any] | None = None,
     view: str | None = None,
 ) -> tuple[ResetDecision | None, Any]:
-    """Handle a reset request from a view: count the client, then process it now or queue it.
+    """Handle a reset request from a view: process it now, or queue it.
 
-    Queued (``DOMAINGUARD_RESET_PROCESSING = "background"``, in a request), the request is one
-    row in the job table, written and committed here whatever the address: the normalised
-    address, the client and, for a host's view, the view's name, path and arguments; never a
-    token or a cookie. A waiting request for the same address absorbs it. A client over its
-    limit is queued as such, so a known account hears of it in the journal.
+    Queued (``DOMAINGUARD_RESET_PROCESSING = "background"``, in a request), the request is
+    exactly one statement, the same whatever the address: an insert into the job table of the
+    normalised address, the client and, for a host's view, the view's name, path and
+    arguments; never a token or a cookie. A waiting request for the same address absorbs it.
+    The worker counts the client against ``DOMAINGUARD_RESET_LIMIT_PER_CLIENT``; a request
+    over it does no work, and a known account hears of it in the journal. Inline, the client
+    is counted here and a request over the limit is refused at once.
 
     :param view: the key of the decorated host view (:func:`guarded_reset_request`) a queued
         request calls when allowed.
@@ -500,27 +502,28 @@ def submit_reset_request(
         copy), else ``(None, None)``: the work was queued.
     """
     address = address[:MAX_ADDRESS_LENGTH]
-    within_limit = client_allowed(guard, client)
     if guard.settings.reset_processing == "inline" or not has_request_context():
-        if not within_limit:
+        if not client_allowed(guard, client):
             return ResetDecision(False, RATE_LIMITED, None, None), None
         return process_reset_request(guard, address, on_allowed=on_allowed)
     normalized, _ = _parse(address)
     payload: dict[str, Any] = {
         "address": normalized,
         "client": client,
-        "client_limited": not within_limit,
         "url_root": request.url_root,
         "path": request.path,
     }
     if view is not None:
         payload.update(view=view, view_args=_plain(request.view_args))
-    # Requests over the client's limit never join (or feed) a normal request's job.
-    scope = "reset" if within_limit else "reset-limited"
     what = f"{view or ''}|{normalized}"
-    key = f"{scope}:{jobs.digest(what)}"
     with transaction(guard.db, guard.models):
-        jobs.enqueue(guard, jobs.RESET_REQUEST, payload, address=normalized, dedupe_key=key)
+        jobs.enqueue(
+            guard,
+            jobs.RESET_REQUEST,
+            payload,
+            address=normalized,
+            dedupe_key=f"reset:{jobs.digest(what)}",
+        )
     jobs_for().wake()
     return None, None
 
@@ -550,7 +553,7 @@ def _run_reset_job(guard: DomainGuard, run: JobRun) -> None:
         environ_base={"REMOTE_ADDR": str(payload.get("client") or "")},
     )
     with context:
-        if payload.get("client_limited"):
+        if _first_run(run) and not client_allowed(guard, payload.get("client")):
             row = _lookup_row(guard, address)
             if row is not None:
                 user = guard.get_user(row.user_id)
