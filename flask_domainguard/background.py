@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask, current_app
 
@@ -52,6 +53,8 @@ class JobWorkers:
         self._signals = 0
         self._stopping = False
         self._checked_at_start = False
+        #: Called on every :meth:`wake` (e.g. to send a Celery task that drains the table).
+        self.on_wake: list[Callable[[], object]] = []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -71,6 +74,11 @@ class JobWorkers:
 
     def wake(self) -> None:
         """Start the threads if needed and tell them a job is waiting."""
+        for callback in self.on_wake:
+            try:
+                callback()
+            except Exception:  # the job is in the table: a poll or beat finds it later
+                log.exception("job worker: a wake-up callback failed")
         if self.threads <= 0:
             return
         with self._lock:
@@ -80,7 +88,7 @@ class JobWorkers:
 
     def start_if_work(self) -> None:
         """On this process's first request: start the threads when due jobs are waiting."""
-        if self._checked_at_start or self.threads <= 0:
+        if self._checked_at_start or (self.threads <= 0 and not self.on_wake):
             return
         self._checked_at_start = True
         from .jobs import has_due_jobs
