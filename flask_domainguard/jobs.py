@@ -272,11 +272,9 @@ def claim(
     if ids is not None:
         where.append(J.c.id.in_(list(ids)))
     pick = sa.select(J.c.id).where(*where).order_by(J.c.not_before, J.c.id).limit(limit)
-    if _dialect(guard) == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
     stmt = (
         sa.update(J)
-        .where(J.c.id.in_(pick), *where)
+        .where(J.c.id.in_(_locked(guard, pick)), *where)
         .values(
             lease_owner=owner,
             lease_until=now + guard.settings.jobs_lease,
@@ -294,6 +292,19 @@ def claim(
         raise
     jobs = [ClaimedJob(r[0], r[1], dict(r[2] or {}), int(r[3]), r[4], int(r[5])) for r in rows]
     return sorted(jobs, key=lambda job: job.id)
+
+
+def _locked(guard: DomainGuard, pick: sa.Select[Any]) -> Any:
+    """What an ``UPDATE ... WHERE id IN (...)`` may take from ``pick`` without a race.
+
+    On PostgreSQL the rows are locked first, in this transaction, with ``FOR UPDATE SKIP
+    LOCKED``, and their ids are passed on: as a subquery, PostgreSQL may run ``pick`` again for
+    every row the update scans, each time past the rows it just changed, and take them all
+    regardless of the ``LIMIT``. SQLite runs the subquery once, under its write lock.
+    """
+    if _dialect(guard) != "postgresql":
+        return pick
+    return list(guard.db.session.scalars(pick.with_for_update(skip_locked=True)))
 
 
 def _finish(
@@ -440,13 +451,11 @@ def shed(guard: DomainGuard) -> ShedReport:
     excess = depth - report.unknown - settings.jobs_max_pending
     if excess > 0:
         pick = sa.select(J.c.id).where(*waiting).order_by(J.c.id.desc()).limit(excess)
-        if _dialect(guard) == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
         EmailAddress = guard.models.EmailAddress
         with transaction(db, guard.models) as tx:
             rows = db.session.execute(
                 sa.update(J)
-                .where(J.c.id.in_(pick), *waiting)
+                .where(J.c.id.in_(_locked(guard, pick)), *waiting)
                 .values(state=SHED, done_at=now, dedupe_key=None, last_error="shed: queue full")
                 .returning(J.c.id, J.c.address, J.c.requests)
             ).all()

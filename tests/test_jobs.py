@@ -120,6 +120,16 @@ def test_a_client_over_its_limit_is_queued_as_such_and_journalled_for_known_acco
 # -- claiming ------------------------------------------------------------------------------
 
 
+def test_a_claim_takes_no_more_than_it_asks_for(app: Flask, guard: Any) -> None:
+    # PostgreSQL may run an IN (SELECT ... LIMIT) subquery again for each updated row:
+    # a claim must not take the whole table.
+    with transaction(guard.db, guard.models):
+        for n in range(20):
+            enqueue(guard, jobs.EXPIRY_WARNING, {"n": n})
+    assert [job.id for job in claim(guard, "one", limit=3)] == [1, 2, 3]
+    assert len(claim(guard, "two", limit=5)) == 5
+
+
 def test_two_workers_never_claim_the_same_job(app: Flask, guard: Any) -> None:
     with transaction(guard.db, guard.models):
         for n in range(60):
