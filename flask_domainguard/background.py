@@ -12,7 +12,7 @@ They start on the first job this process writes, or on its first request when th
 holds due jobs (left by a process that died), and are rebuilt after a fork, so pre-forking
 servers work. Woken at once when this process writes a job, they also look every
 ``DOMAINGUARD_JOBS_POLL`` seconds for retries and for jobs other processes wrote, and stop
-after a minute with nothing to do.
+after a minute with nothing to do and no job waiting in the table.
 """
 
 from __future__ import annotations
@@ -136,12 +136,23 @@ class JobWorkers:
                     idle_since = time.monotonic()
                     continue
                 if time.monotonic() - idle_since >= IDLE_EXIT:
-                    break
+                    if not self._retries_waiting():
+                        break
+                    idle_since = time.monotonic()  # a retry is due later: keep watching
                 if self._signals == seen:
                     poll = self.app.extensions["domainguard"].settings.jobs_poll
                     self._wake.wait(poll)
         with self._lock:
             self._alive.discard(threading.current_thread())
+
+    def _retries_waiting(self) -> bool:
+        from .jobs import has_pending_jobs
+
+        try:
+            with self.app.app_context():
+                return has_pending_jobs(self.app.extensions["domainguard"].guard)
+        except Exception:
+            return False
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no job is due or running; ``True`` when that happened within ``timeout``.

@@ -614,6 +614,14 @@ def retry_failed(guard: DomainGuard) -> int:
     return int(result.rowcount)
 
 
+def has_pending_jobs(guard: DomainGuard) -> bool:
+    """Whether any job is pending at all, due now or waiting for a retry later."""
+    J = _table(guard)
+    found = guard.db.session.scalar(sa.select(J.c.id).where(J.c.state == PENDING).limit(1))
+    guard.db.session.rollback()
+    return found is not None
+
+
 def has_due_jobs(guard: DomainGuard) -> bool:
     """Whether any job is waiting to run now or running (for waits in tests and start-up)."""
     J = _table(guard)

@@ -351,3 +351,28 @@ def test_workers_drain_what_a_dead_process_left_on_the_first_request(
     assert guard.wait_for_background(timeout=20)
     assert smtp_sink.recipients() == [SAFE]
     assert jobs_for(app).threads == 2
+
+
+@pytest.mark.settings(DOMAINGUARD_JOBS_WORKERS=1, DOMAINGUARD_JOBS_POLL=0.1)
+def test_idle_workers_stay_for_a_retry_and_then_run_it(
+    shop: Any,
+    app: Flask,
+    guard: Any,
+    smtp_sink: SMTPSink,
+    mail_down: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_domainguard import background
+
+    monkeypatch.setattr(background, "IDLE_EXIT", 0.3)
+    monkeypatch.setattr(jobs, "retry_delay", lambda attempts: timedelta(seconds=1.5))
+    ask(app, SAFE)  # the mail server is down: the first run fails
+    deadline = time.monotonic() + 10
+    while not events(guard, EventKind.MAIL_FAILED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert events(guard, EventKind.MAIL_FAILED)
+    mail_down.port = smtp_sink.port  # back up before the retry is due
+    while not smtp_sink.recipients() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Idle longer than IDLE_EXIT, the thread waited for the retry instead of ending.
+    assert smtp_sink.recipients() == [SAFE]
