@@ -14,6 +14,19 @@ so the unsafe domains found by the first run are confirmed and their addresses u
 (the first run only records ``unsafe_since``: the confirmation rule). ``--profile FILE``
 runs the (first) sweep under py-spy (``pip install py-spy``) and writes folded stacks to FILE.
 
+``--backend rdap`` looks the domains up in the status server's RDAP face instead (a bootstrap
+file naming it for ``.com``); ``--dns-evidence always`` also reads every domain's DNS (NS,
+MX, DS) from ``tests/dns_server.py`` on 127.0.0.1 (UDP and TCP, in this process), and the JSON
+line adds the DNS queries it answered. The DNS figures of ``docs/sweep.md``::
+
+    python benchmarks/sweep_bench.py --addresses 20000 --domains 20000 --trusted-share 0 \
+        --backend rdap --second-run
+    python benchmarks/sweep_bench.py --addresses 20000 --domains 20000 --trusted-share 0 \
+        --backend rdap --dns-evidence always --second-run
+
+(the first run with ``always`` also records every address's first-seen DNS baseline; the
+second is the steady state).
+
 ``--workers 1,2`` measures how the sweep scales over several workers sharing one throwaway
 PostgreSQL server (``tests/pgserver.py``), seeded once and reset before each count::
 
@@ -510,6 +523,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", help="comma-separated worker counts, e.g. 1,2: on PostgreSQL (see above)"
     )
+    parser.add_argument("--backend", choices=("fastly", "rdap"), default="fastly")
+    parser.add_argument(
+        "--dns-evidence",
+        choices=("off", "fallback", "always"),
+        default="off",
+        help="DOMAINGUARD_DNS_EVIDENCE; 'always' starts the local DNS server",
+    )
     parser.add_argument("--mode", choices=("celery", "processes"), default="celery")
     parser.add_argument("--chunk-size", type=int, default=5000, help="domains per Celery chunk")
     parser.add_argument(
@@ -528,18 +548,21 @@ def main() -> None:
     if path.exists():
         path.unlink()
     server, port = start_server(args.latency)
+    dns_server = None
     try:
         config: dict[str, Any] = {
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{path}",
-            "DOMAINGUARD_STATUS_BACKEND": "fastly",
-            "DOMAINGUARD_FASTLY_URL": f"http://127.0.0.1:{port}/status",
-            "DOMAINGUARD_FASTLY_API_KEY": "bench-key",
+            **backend_config(args.backend, port, workdir),
+            **dns_config(args.dns_evidence),
             "DOMAINGUARD_SWEEP_CONCURRENCY": args.concurrency,
             # One API host serves every lookup, so the per-server cap is the whole concurrency.
             "DOMAINGUARD_SWEEP_PER_SERVER": args.concurrency,
             "DOMAINGUARD_SWEEP_BATCH_SIZE": args.batch_size,
             "DOMAINGUARD_MAX_UNVERIFY": 10_000_000,
         }
+        if args.dns_evidence == "always":
+            dns_server = start_dns_server()
+            config["DOMAINGUARD_DNS_RESOLVERS"] = [dns_server.address]
         started = time.perf_counter()
         seed(config, args.addresses, args.domains, args.trusted_share)
         seeded = time.perf_counter() - started
@@ -550,7 +573,9 @@ def main() -> None:
             if label == "second":
                 make_all_due(run_config)
             before = requests_seen(port)
+            dns_before = sum(dns_server.queries.values()) if dns_server else 0
             report, wall, rss = run_sweep(run_config, args.profile if label == "first" else None)
+            dns_queries = sum(dns_server.queries.values()) - dns_before if dns_server else 0
             print(
                 json.dumps(
                     {
@@ -571,6 +596,10 @@ def main() -> None:
                         "seed_s": round(seeded, 1),
                         "latency_s": args.latency,
                         "concurrency": args.concurrency,
+                        "backend": args.backend,
+                        "dns_evidence": args.dns_evidence,
+                        "dns_queries": dns_queries,
+                        "dns_queries_per_s": round(dns_queries / wall, 1) if wall else None,
                     }
                 ),
                 flush=True,
@@ -578,6 +607,43 @@ def main() -> None:
     finally:
         server.kill()
         server.wait()
+        if dns_server is not None:
+            dns_server.stop()
+
+
+def backend_config(backend: str, port: int, workdir: Path) -> dict[str, Any]:
+    """Config for the status server's Fastly face, or its RDAP face (for ``.com``)."""
+    if backend == "fastly":
+        return {
+            "DOMAINGUARD_STATUS_BACKEND": "fastly",
+            "DOMAINGUARD_FASTLY_URL": f"http://127.0.0.1:{port}/status",
+            "DOMAINGUARD_FASTLY_API_KEY": "bench-key",
+        }
+    bootstrap = workdir / "rdap-bootstrap.json"
+    doc = {"version": "1.0", "services": [[["com"], [f"http://127.0.0.1:{port}/"]]]}
+    bootstrap.write_text(json.dumps(doc))
+    return {
+        "DOMAINGUARD_STATUS_BACKEND": "rdap",
+        "DOMAINGUARD_RDAP_BOOTSTRAP_FILE": str(bootstrap),
+        "DOMAINGUARD_RDAP_BOOTSTRAP_URL": f"http://127.0.0.1:{port}/no-bootstrap-here",
+        "DOMAINGUARD_RDAP_SERVERS": {},
+    }
+
+
+def dns_config(mode: str) -> dict[str, Any]:
+    """``DOMAINGUARD_DNS_EVIDENCE``; resolvers point nowhere but this machine."""
+    return {"DOMAINGUARD_DNS_EVIDENCE": mode, "DOMAINGUARD_DNS_RESOLVERS": ["127.0.0.1:9"]}
+
+
+def start_dns_server() -> Any:
+    """The tests' DNS server, every name delegated to the same two name servers."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.dns_server import DnsServer, zone
+
+    server = DnsServer()
+    server.default = zone
+    return server.start()
 
 
 if __name__ == "__main__":

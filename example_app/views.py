@@ -178,8 +178,9 @@ def forgot() -> Any:
     return render_template("forgot.html", form=form)
 
 
-def _reset_user(token: str) -> User | None:
-    """The user a reset link may set a password for, or ``None`` when the link is no good."""
+def _reset_user(token: str) -> tuple[User, str] | None:
+    """The user a reset link may set a password for and the address it went to, or ``None``
+    when the link is no good."""
     try:
         user_id, fingerprint, address = _serializer().loads(token, max_age=3600)
     except (BadSignature, SignatureExpired, TypeError, ValueError):
@@ -193,19 +194,22 @@ def _reset_user(token: str) -> User | None:
     decision = guard.reset_decision(str(address))  # DomainGuard
     if not decision.allowed or decision.user is None or decision.user.id != user.id:
         return None
-    return user
+    return user, str(address)
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 def reset(token: str) -> Any:
-    user = _reset_user(token)
-    if user is None:
+    found = _reset_user(token)
+    if found is None:
         flash("That reset link is invalid or has expired. Ask for a new one.", "error")
         return redirect(url_for("auth.forgot"))
+    user, address = found
     form = ResetForm()
     if form.validate_on_submit():
         user.set_password(form.password.data)
         db.session.commit()
+        # DomainGuard: other sessions end, the other addresses get "this wasn't me".
+        guard.password_changed(user, actor="user", via=address)  # DomainGuard
         flash("Password changed. Log in with your new password.", "info")
         return redirect(url_for("auth.login"))
     response = current_app.make_response(render_template("reset.html", form=form))

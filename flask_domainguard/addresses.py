@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from . import signals
+from .dnsverdict import Baseline
 from .emails import Address, InvalidAddress, parse_address
 from .journal import EventKind, transaction
 from .models import UnverifyReason
@@ -79,7 +80,9 @@ def add_address(
 ) -> EmailAddress:
     """Add an address to a user and journal it.
 
-    The user's first address becomes primary even when ``primary`` is false.
+    The user's first address becomes primary even when ``primary`` is false. A verified one
+    gets its domain's DNS fingerprint as its baseline where the DNS is consulted for that
+    domain (``DOMAINGUARD_DNS_EVIDENCE``; one lookup, bounded by ``DOMAINGUARD_DNS_TIMEOUT``).
 
     :raises flask_domainguard.emails.InvalidAddress: when ``raw`` is not a usable address.
     :raises AddressTaken: when the address is already stored (for anyone).
@@ -88,12 +91,13 @@ def add_address(
     if parsed.registrable is None:  # parse_address refuses these; keep the type checker honest
         raise InvalidAddress(f"{parsed.domain} is not a domain anyone can register.")
     user_id = guard.user_id_of(user)
+    baseline = _proof_baseline(guard, parsed.registrable) if verified else None
     # Two writers may race to set a primary for one user; the unique index makes one of them
     # fail, and that one simply tries again against the new state.
     for attempt in range(3):
         try:
             return _insert_address(
-                guard, user_id, parsed, parsed.registrable, primary, verified, actor, kind
+                guard, user_id, parsed, parsed.registrable, primary, verified, actor, kind, baseline
             )
         except IntegrityError as exc:
             if find_address(guard, parsed.normalized) is not None:
@@ -112,6 +116,7 @@ def _insert_address(
     verified: bool,
     actor: str,
     kind: EventKind,
+    baseline: Baseline | None = None,
 ) -> EmailAddress:
     models = guard.models
     db = guard.db
@@ -136,6 +141,7 @@ def _insert_address(
             primary=make_primary,
             verified_at=now if verified else None,
             created_at=now,
+            **Baseline.columns(baseline),
         )
         db.session.add(row)
         db.session.flush()
@@ -148,6 +154,15 @@ def _insert_address(
             verified=verified,
         )
     return row
+
+
+def _proof_baseline(guard: DomainGuard, registrable: str) -> Baseline | None:
+    """The DNS baseline for an address proved now, where the DNS is consulted for its domain;
+    ``None`` when it is not or the lookup told nothing (first seen at a later check)."""
+    from .dnsevidence import fingerprint_of, proof_fingerprint
+
+    fingerprint = fingerprint_of(proof_fingerprint(guard, registrable))
+    return None if fingerprint is None else Baseline(fingerprint, utcnow())
 
 
 def _clear_primary(guard: DomainGuard, user_id: Any) -> None:

@@ -1,19 +1,24 @@
 """``flask domainguard check``: one live lookup of one domain, judged, nothing written.
 
 Trusted mail providers (``DOMAINGUARD_TRUSTED_DOMAINS``) are not looked up: the sweep and the
-reset never look them up either, so a lookup would show something nothing acts on.
+reset never look them up either, so a lookup would show something nothing acts on. Unless
+``DOMAINGUARD_DNS_EVIDENCE`` is ``"off"`` the domain's DNS is read too and shown beside the
+status source's answer, with the role it plays for the domain (evidence, a second signal, or
+none); the verdict uses it only where it plays one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .dnsevidence import dns_lookup, dns_role
+from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address, registrable_domain
 from .livecheck import live_verdict
 from .lookups import LookupLimits, Lookups
-from .status.observation import Observation
+from .status.observation import DnsObservation, Observation
 from .verdict import Verdict, VerdictKind
 
 if TYPE_CHECKING:
@@ -41,6 +46,12 @@ class CheckResult:
     """``None`` for a trusted provider: never looked up."""
     verdict: Verdict
     verified_at: datetime | None
+    dns: DnsObservation | None = None
+    """The DNS lookup made beside the status lookup; ``None`` with ``"off"`` or trusted."""
+    dns_role: str | None = None
+    """``"evidence"``, ``"signal"`` or ``None`` (read for display only)."""
+    baseline: Baseline | None = None
+    """The address's DNS baseline, when the target is a stored address with one."""
 
     @property
     def exit_code(self) -> int:
@@ -75,7 +86,66 @@ class CheckResult:
                 "reason": self.verdict.reason,
             },
             "verified_at": _iso(self.verified_at),
+            "dns": self._dns_dict(),
         }
+
+    def _dns_dict(self) -> dict[str, Any] | None:
+        dns = self.dns
+        if dns is None:
+            return None
+        fingerprint = dns.fingerprint
+        baseline = self.baseline
+        return {
+            "role": self.dns_role,
+            "delegated": dns.delegated,
+            "detail": dns.detail,
+            "ns": sorted(fingerprint.ns) if fingerprint else [],
+            "mx": sorted(fingerprint.mx) if fingerprint else [],
+            "ds": sorted(fingerprint.ds) if fingerprint else [],
+            "error": dns.error,
+            "baseline": None
+            if baseline is None
+            else {
+                "kind": baseline.kind,
+                "recorded_at": _iso(baseline.recorded_at),
+                "ns": sorted(baseline.fingerprint.ns),
+                "mx": sorted(baseline.fingerprint.mx),
+            },
+        }
+
+    def _dns_rows(self) -> list[tuple[str, Any]]:
+        dns = self.dns
+        if dns is None:
+            return []
+        role = {
+            "evidence": "evidence (no status server covers this TLD)",
+            "signal": "a second signal beside the status source",
+            None: "none (the status source covers this TLD; shown only)",
+        }[self.dns_role]
+        rows: list[tuple[str, Any]] = [("dns role", role)]
+        if dns.error is not None:
+            return [*rows, ("dns", f"lookup failed: {dns.error}")]
+        if not dns.delegated:
+            return [*rows, ("dns", f"not delegated ({dns.detail or 'no NS'})")]
+        fingerprint = dns.fingerprint
+        assert fingerprint is not None  # noqa: S101 - a delegated sighting has one
+        rows += [
+            ("dns", "delegated"),
+            ("name servers", ", ".join(sorted(fingerprint.ns)) or "-"),
+            ("mail servers", ", ".join(sorted(fingerprint.mx)) or "-"),
+            ("ds records", len(fingerprint.ds)),
+        ]
+        if self.baseline is not None:
+            base = self.baseline
+            rows.append(
+                (
+                    "dns baseline",
+                    f"{base.kind} {_iso(base.recorded_at)}: NS "
+                    f"{', '.join(sorted(base.fingerprint.ns)) or '-'}; MX "
+                    f"{', '.join(sorted(base.fingerprint.mx)) or '-'}",
+                )
+            )
+        return rows
 
     def rows(self) -> list[tuple[str, Any]]:
         """Rows for a readable table."""
@@ -98,6 +168,7 @@ class CheckResult:
         ]
         if obs.error:
             rows.append(("error", obs.error))
+        rows += self._dns_rows()
         if self.verified_at is not None:
             rows.append(("address verified", _iso(self.verified_at)))
         rows += [
@@ -108,7 +179,7 @@ class CheckResult:
         return rows
 
 
-def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | None]:
+def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | None, Baseline | None]:
     text = target.strip()
     if "@" in text:
         try:
@@ -118,11 +189,13 @@ def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | Non
         if parsed.registrable is None:
             raise ValueError(f"{parsed.domain} is not a domain anyone can register")
         row = guard.find_address(parsed.normalized)
-        return parsed.registrable, row.verified_at if row is not None else None
+        if row is None:
+            return parsed.registrable, None, None
+        return parsed.registrable, row.verified_at, Baseline.of(row)
     name = registrable_domain(text)
     if name is None:
         raise ValueError(f"{target!r} is not a registrable domain or an email address")
-    return name, None
+    return name, None, None
 
 
 def check_target(
@@ -137,7 +210,7 @@ def check_target(
     """
     import asyncio
 
-    domain, verified_at = _target_domain(guard, target)
+    domain, verified_at, baseline = _target_domain(guard, target)
     settings = guard.settings
     if domain in settings.trusted_domains:
         trusted = Verdict(
@@ -147,16 +220,22 @@ def check_target(
             reason=f"{domain} is a trusted mail provider (DOMAINGUARD_TRUSTED_DOMAINS): "
             "never looked up, always safe.",
         )
-        return CheckResult(target, domain, True, None, trusted, verified_at)
+        return CheckResult(target, domain, True, None, trusted, verified_at, baseline=baseline)
     backend = guard.status_backend(backend_name)
     limits = LookupLimits(concurrency=1, per_server=1, retries=0, timeout=settings.http_timeout)
 
+    # The DNS is read whatever its role, so the operator sees it beside the status answer.
+    dns = dns_lookup(settings)
+
     async def look() -> Observation:
-        async with Lookups(backend, limits) as lookups:
+        async with Lookups(backend, limits, dns=dns, dns_mode="always") as lookups:
             return await lookups.observe(domain)
 
     obs = asyncio.run(look())
-    verdict = live_verdict(guard, domain, obs, verified_at)
+    role = dns_role(settings.dns_evidence, backend, domain)
+    sighting = obs.dns
+    judged = replace(obs, dns=None if role is None or sighting is None else sighting)
+    verdict = live_verdict(guard, domain, judged, verified_at, baseline)
     guard.db.session.rollback()
     return CheckResult(
         target=target,
@@ -165,4 +244,7 @@ def check_target(
         observation=obs,
         verdict=verdict,
         verified_at=verified_at,
+        dns=sighting,
+        dns_role=role,
+        baseline=baseline,
     )

@@ -8,6 +8,7 @@ into a frozen :class:`Settings`, and the documentation test checks ``docs/`` aga
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -214,6 +215,61 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 def _reset_evidence_mode(value: Any) -> str:
     # "required" was this key's strict mode before "evidence" named what it asks for.
     return _choice("evidence", "fallback", "off")("evidence" if value == "required" else value)
+
+
+def _dns_resolvers(value: Any) -> tuple[tuple[str, int], ...] | None:
+    """``None`` (the system's resolvers) or a list of ``"ip"``/``"ip:port"``/``"[ipv6]:port"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError("expected None or a non-empty list such as ['127.0.0.1', '10.0.0.2:5353']")
+    return tuple(_resolver_address(item) for item in value)
+
+
+def _resolver_address(item: Any) -> tuple[str, int]:
+    if not isinstance(item, str) or not item.strip():
+        raise TypeError(f"{item!r} is not text such as '9.9.9.9' or '127.0.0.1:5353'")
+    text = item.strip()
+    host, port = text, "53"
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{item!r} is not '[IPv6]:port'")
+            port = rest[1:]
+    elif text.count(":") == 1:  # IPv4:port; a bare IPv6 address has several colons
+        host, _, port = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{item!r}: {host!r} is not an IP address (names need a resolver)"
+        ) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r}: {port!r} is not a port number")
+    return str(address), int(port)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+def _durations(value: Any) -> tuple[timedelta, ...]:
+    if isinstance(value, str):
+        parts: list[Any] = []
+        for text in value.split(","):
+            match = _DURATION_RE.match(text)
+            if match is None:
+                raise ValueError(f"{text.strip()!r} is not a duration such as '30 minutes'")
+            parts.append(timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2].lower()]))
+        value = parts
+    if not isinstance(value, (list, tuple)) or not value:
+        raise TypeError("expected durations such as '5 minutes, 30 minutes, 2 hours'")
+    result = tuple(_duration(item) for item in value)
+    if any(step <= timedelta(0) for step in result):
+        raise ValueError("every lockout must last longer than 0")
+    return result
 
 
 def _optional_date(value: Any) -> date | None:
@@ -442,6 +498,28 @@ OPTIONS: dict[str, Option] = {
         "Let URLs from the network (RDAP bootstrap entries, redirects) reach private, loopback "
         "and link-local addresses, over plain http too: tests and air-gapped mirrors only.",
     ),
+    # -- DNS evidence ------------------------------------------------------------------
+    "DOMAINGUARD_DNS_EVIDENCE": _opt(
+        "dns_evidence",
+        "fallback",
+        _choice("fallback", "always", "off"),
+        "Where the DNS counts: 'fallback' (domains whose TLD the status backend does not cover: "
+        "DNS continuous with the address's proof is the evidence a reset needs), 'always' (also "
+        "a second, independent signal beside the status source on every check), 'off'.",
+    ),
+    "DOMAINGUARD_DNS_RESOLVERS": _opt(
+        "dns_resolvers",
+        None,
+        _dns_resolvers,
+        "Recursive resolvers for DNS evidence, as 'ip' or 'ip:port' ('[ipv6]:port'); None uses "
+        "the system's (/etc/resolv.conf).",
+    ),
+    "DOMAINGUARD_DNS_TIMEOUT": _opt(
+        "dns_timeout",
+        2.0,
+        _positive_float,
+        "Seconds one domain's DNS lookups (NS, MX and DS at once) may take in total.",
+    ),
     # -- lifecycle policy --------------------------------------------------------------
     "DOMAINGUARD_GRACE": _opt(
         "grace",
@@ -561,6 +639,13 @@ OPTIONS: dict[str, Option] = {
     "DOMAINGUARD_RESET_WITHIN": _opt(
         "reset_within", timedelta(hours=1), _duration, "Lifetime of a password-reset link."
     ),
+    "DOMAINGUARD_UNDO_WITHIN": _opt(
+        "undo_within",
+        timedelta(days=7),
+        _duration,
+        "Lifetime of the \"this wasn't me\" link mailed to a user's other safe addresses after "
+        "a password change, and how long after a reset a 2FA enrolment is reported with one.",
+    ),
     "DOMAINGUARD_RESET_LIVE_CHECK": _opt(
         "reset_live_check",
         "evidence",
@@ -581,7 +666,17 @@ OPTIONS: dict[str, Option] = {
         "reset_live_timeout", 3.0, _positive_float, "Seconds a live lookup at reset may take."
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT": _opt(
-        "reset_limit_per_account", "3 per hour", _rate, "Reset requests per account."
+        "reset_limit_per_account",
+        "3 per hour",
+        _rate,
+        "Reset mails one client may cause to one address of an account. Only mails sent count, "
+        "so requests from other clients, or refused ones, never use up the owner's own.",
+    ),
+    "DOMAINGUARD_RESET_LIMIT_PER_ADDRESS": _opt(
+        "reset_limit_per_address",
+        "10 per hour",
+        _rate,
+        "Reset mails to one address from all clients together (a bound on mail bombing).",
     ),
     "DOMAINGUARD_RESET_LIMIT_PER_CLIENT": _opt(
         "reset_limit_per_client", "20 per hour", _rate, "Reset requests per client address."
@@ -641,7 +736,22 @@ OPTIONS: dict[str, Option] = {
         "twofactor_limit",
         "5 per 5 minutes",
         _rate,
-        "Failed 2FA attempts per user and per client address.",
+        "2FA attempts per user (failed ones per client address) within a sliding window; "
+        "reaching it starts a lockout.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUTS": _opt(
+        "twofactor_lockouts",
+        "5 minutes, 30 minutes, 2 hours",
+        _durations,
+        "How long successive 2FA lockouts of a user or client last; the last one repeats. "
+        "The owner is told at the first one.",
+    ),
+    "DOMAINGUARD_2FA_LOCKOUT_MEMORY": _opt(
+        "twofactor_lockout_memory",
+        timedelta(days=1),
+        _duration,
+        "A lockout that starts within this time of the end of the last one takes the next "
+        "duration of DOMAINGUARD_2FA_LOCKOUTS; later ones start from the first again.",
     ),
     "DOMAINGUARD_TRUST_DEVICE_DAYS": _opt(
         "trust_device_days",
@@ -701,6 +811,9 @@ class Settings:
     http_timeout: float
     max_response_bytes: int
     status_allow_private: bool
+    dns_evidence: str
+    dns_resolvers: tuple[tuple[str, int], ...] | None
+    dns_timeout: float
     grace: timedelta
     warn_within: timedelta
     confirm_after: timedelta
@@ -722,10 +835,12 @@ class Settings:
     verify_within: timedelta
     verify_resend_limit: RateLimit
     reset_within: timedelta
+    undo_within: timedelta
     reset_live_check: str
     reset_live_check_after: timedelta
     reset_live_timeout: float
     reset_limit_per_account: RateLimit
+    reset_limit_per_address: RateLimit
     reset_limit_per_client: RateLimit
     reset_notice_limit: RateLimit
     reset_processing: str
@@ -736,6 +851,8 @@ class Settings:
     twofactor_grace_days: int
     twofactor_exempt: Callable[..., Any] | None
     twofactor_limit: RateLimit
+    twofactor_lockouts: tuple[timedelta, ...]
+    twofactor_lockout_memory: timedelta
     trust_device_days: int
     recovery_codes: int
     twofactor_allowed_endpoints: tuple[str, ...]

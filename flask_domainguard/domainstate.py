@@ -18,13 +18,22 @@ judges the same way and writes nothing). The rules, in one place:
     a later answer that no longer shows the lapse (the buyer renewed) must not make the
     change forgettable. Addresses verified before it are ``REREGISTERED`` until they are
     verified again.
+``dns_*`` (with ``DOMAINGUARD_DNS_EVIDENCE``)
+    The last successful DNS sighting (:class:`~.dnsverdict.DnsState`): NS, MX and DS, or no
+    delegation, with ``dns_lapse_seen_at`` set when the domain is first seen undelegated and
+    cleared when it is seen delegated again. A check that did not consult the DNS after a
+    successful status lookup forgets it (the DNS is not used for that domain any more).
 a failed or ``unknown`` lookup
     Changes nothing: not the facts, not the memory, not the verdict.
 
 Verdicts belong to addresses: :func:`verdict_for` judges the domain's stored facts against
-one address's own proof date, so a newer address on the domain (perhaps the attacker's own)
-never makes an older one's verdict kinder. The row's ``verdict`` column is a summary for
-reports and scheduling: the verdict of its earliest verified address, the most severe one.
+one address's own proof date and DNS baseline, so a newer address on the domain (perhaps
+the attacker's own) never makes an older one's verdict kinder. An address's verdict is the
+more severe of its status verdict and its DNS verdict. The row's ``verdict`` column is a
+summary for reports and scheduling: the most severe verdict among its verified addresses.
+
+Baselines are written here too, where they are "first seen": a successful DNS sighting of a
+delegated domain becomes the baseline of each verified address on it that has none.
 """
 
 from __future__ import annotations
@@ -37,10 +46,12 @@ import sqlalchemy as sa
 
 from . import signals
 from .addresses import ensure_domains
+from .dnsverdict import FIRST_SEEN, Baseline, DnsState, advance_dns, judge_dns
 from .journal import EventKind, transaction
-from .status.observation import Observation
+from .status.observation import DnsFingerprint, Observation
 from .timeutil import as_utc, utcnow
 from .verdict import (
+    SEVERITY,
     Policy,
     Verdict,
     VerdictKind,
@@ -62,7 +73,9 @@ __all__ = [
     "depends_on_proof",
     "earliest_proofs",
     "has_reset_evidence",
+    "is_informative",
     "load_state",
+    "most_severe",
     "policy_of",
     "record",
     "row_values",
@@ -106,10 +119,23 @@ class DomainState:
     changed_hands_at: datetime | None = None
     verdict: str | None = None
     unsafe_since: datetime | None = None
+    dns: DnsState | None = None
 
     @classmethod
     def of(cls, row: Any) -> DomainState:
         """The state of a Domain row (a mapped object or a result row with its columns)."""
+        dns = None
+        dns_checked_at = _aware(row.dns_checked_at)
+        if dns_checked_at is not None:
+            delegated = bool(row.dns_delegated)
+            dns = DnsState(
+                checked_at=dns_checked_at,
+                delegated=delegated,
+                fingerprint=DnsFingerprint.from_columns(row.dns_ns, row.dns_mx, row.dns_ds)
+                if delegated
+                else None,
+                lapse_seen_at=_aware(row.dns_lapse_seen_at),
+            )
         checked_at = _aware(row.checked_at)
         observation = None
         if checked_at is not None:
@@ -130,8 +156,19 @@ class DomainState:
             changed_hands_at=_aware(row.changed_hands_at),
             verdict=row.verdict,
             unsafe_since=_aware(row.unsafe_since),
+            dns=dns,
         )
 
+
+#: The Domain columns of the last DNS sighting.
+DNS_COLUMNS = (
+    "dns_checked_at",
+    "dns_delegated",
+    "dns_ns",
+    "dns_mx",
+    "dns_ds",
+    "dns_lapse_seen_at",
+)
 
 #: The Domain columns :meth:`DomainState.of` reads.
 STATE_COLUMNS = (
@@ -147,15 +184,34 @@ STATE_COLUMNS = (
     "changed_hands_at",
     "verdict",
     "unsafe_since",
+    *DNS_COLUMNS,
 )
+
+
+def is_informative(obs: Observation) -> bool:
+    """Whether ``obs`` tells anything: a conclusive status answer or a successful DNS sighting."""
+    return is_conclusive(obs) or (obs.dns is not None and obs.dns.ok)
+
+
+def evidence_source_ok(obs: Observation) -> bool:
+    """Whether the lookup that speaks for this domain worked: the DNS where it is the domain's
+    evidence (no status server covers its TLD), the status source everywhere else."""
+    if obs.dns is not None and obs.dns.evidence:
+        return obs.dns.ok
+    return is_conclusive(obs)
 
 
 def advance(state: DomainState, obs: Observation, now: datetime) -> DomainState:
     """The state after a lookup made at ``now``. Pure.
 
     A successful observation replaces the facts and moves the memories by the rules in the
-    module docstring; an inconclusive one (failed, ``unknown``) changes nothing.
+    module docstring; an inconclusive one (failed, ``unknown``) changes nothing. The status
+    part and the DNS part (``obs.dns``) move independently.
     """
+    if obs.dns is not None and obs.dns.ok:
+        state = replace(state, dns=advance_dns(state.dns, obs.dns, now), verdict=None)
+    elif obs.dns is None and is_conclusive(obs) and state.dns is not None:
+        state = replace(state, dns=None, verdict=None)
     if not is_conclusive(obs):
         return state
     lapse = state.lapse_seen_at
@@ -198,32 +254,59 @@ def advance(state: DomainState, obs: Observation, now: datetime) -> DomainState:
 def depends_on_proof(state: DomainState) -> bool:
     """Whether addresses on the domain can get different verdicts (by their proof dates)."""
     obs = state.observation
-    return state.changed_hands_at is not None or (
-        obs is not None and (obs.registered_at is not None or obs.transferred_at is not None)
+    return (
+        state.changed_hands_at is not None
+        or state.dns is not None  # each address has its own DNS baseline
+        or (obs is not None and (obs.registered_at is not None or obs.transferred_at is not None))
     )
 
 
+def most_severe(verdicts: list[Verdict]) -> Verdict:
+    """The gravest of ``verdicts`` (the first of equals); :data:`~.verdict.SEVERITY`."""
+    return max(verdicts, key=lambda verdict: SEVERITY[verdict.kind])
+
+
 def verdict_for(
-    state: DomainState, verified_at: datetime | None, now: datetime, policy: Policy
+    state: DomainState,
+    verified_at: datetime | None,
+    now: datetime,
+    policy: Policy,
+    baseline: Baseline | None = None,
 ) -> Verdict:
     """The verdict for an address proved at ``verified_at`` (``None``: unknown proof, judged
-    most severely), from the stored facts; ``UNKNOWN`` when never checked. Pure.
+    most severely) with DNS ``baseline`` (``None``: none yet, the current DNS is its first
+    sighting), from the stored facts; ``UNKNOWN`` when never checked. Pure.
 
-    Never kinder than a stored ``released`` or ``expired`` summary (those do not depend on
-    the address), even where the kept facts would not reproduce it (statuses are truncated
-    to fit their column).
+    The more severe of the status verdict and, when the DNS was read, the DNS verdict
+    (:func:`~.dnsverdict.judge_dns`). Never kinder than a stored ``released`` or ``expired``
+    summary (those do not depend on the address), even where the kept facts would not
+    reproduce it (statuses are truncated to fit their column).
     """
     if state.verdict in _ADDRESS_FREE:
-        verdict = _judge_stored(state, verified_at, now, policy)
+        verdict = _judge_stored(state, verified_at, now, policy, baseline)
         if verdict.unsafe:
             return verdict
         kind = VerdictKind(state.verdict)
         reason = f"The last check found {state.name} {kind.value}."
         return Verdict(kind=kind, unsafe=True, until=None, reason=reason)
-    return _judge_stored(state, verified_at, now, policy)
+    return _judge_stored(state, verified_at, now, policy, baseline)
 
 
 def _judge_stored(
+    state: DomainState,
+    verified_at: datetime | None,
+    now: datetime,
+    policy: Policy,
+    baseline: Baseline | None,
+) -> Verdict:
+    status = _judge_status(state, verified_at, now, policy)
+    if state.dns is None:
+        return status
+    dns = judge_dns(state.dns, domain=state.name, now=now, baseline=baseline, policy=policy)
+    return most_severe([status, dns])
+
+
+def _judge_status(
     state: DomainState, verified_at: datetime | None, now: datetime, policy: Policy
 ) -> Verdict:
     if state.observation is None:
@@ -254,20 +337,26 @@ def has_reset_evidence(
     *,
     within: timedelta,
     policy: Policy,
+    baseline: Baseline | None = None,
+    dns_evidence: bool = False,
 ) -> bool:
     """Whether the stored state alone is evidence enough for a reset to an address proved at
-    ``verified_at``: a successful check younger than ``within`` that judges it ``OK``, with no
-    lapse remembered.
+    ``verified_at`` with DNS ``baseline``: a successful check younger than ``within``, the
+    address's verdict ``OK``, and no lapse remembered.
 
-    Any other stored verdict (in grace, expiring soon) proves nothing about *now*: an
-    attacker can make the site store such a check while a domain lapses, then buy it. Nor
-    does an ``OK`` while a lapse is unresolved: that is when names are sold.
+    The check is the status source's, or with ``dns_evidence`` (no status server covers the
+    domain's TLD) the DNS's. Any other stored verdict (in grace, expiring soon) proves nothing
+    about *now*: an attacker can make the site store such a check while a domain lapses,
+    then buy it. Nor does an ``OK`` while a lapse is unresolved: that is when names are sold.
     """
-    if state.checked_at is None or now - state.checked_at >= within:
+    if verdict_for(state, verified_at, now, policy, baseline).kind is not VerdictKind.OK:
         return False
     if state.lapse_seen_at is not None:
         return False
-    return verdict_for(state, verified_at, now, policy).kind is VerdictKind.OK
+    if state.checked_at is not None and now - state.checked_at < within:
+        return True
+    dns = state.dns
+    return dns_evidence and dns is not None and dns.delegated and now - dns.checked_at < within
 
 
 def _statuses_text(statuses: frozenset[str]) -> str:
@@ -287,6 +376,7 @@ def row_values(state: DomainState, summary: Verdict, now: datetime) -> dict[str,
     """
     obs = state.observation
     values: dict[str, Any] = {
+        **dns_row_values(state),
         "verdict": summary.kind.value,
         "verdict_until": summary.until,
         "verdict_reason": summary.reason,
@@ -305,6 +395,22 @@ def row_values(state: DomainState, summary: Verdict, now: datetime) -> dict[str,
             checked_at=state.checked_at,
         )
     return values
+
+
+def dns_row_values(state: DomainState) -> dict[str, Any]:
+    """The Domain's ``dns_*`` columns for ``state`` (all ``None`` without a DNS sighting)."""
+    dns = state.dns
+    if dns is None:
+        return dict.fromkeys(DNS_COLUMNS)
+    ns, mx, ds = dns.fingerprint.columns() if dns.fingerprint is not None else (None,) * 3
+    return {
+        "dns_checked_at": dns.checked_at,
+        "dns_delegated": dns.delegated,
+        "dns_ns": ns,
+        "dns_mx": mx,
+        "dns_ds": ds,
+        "dns_lapse_seen_at": dns.lapse_seen_at,
+    }
 
 
 # -- the database side ---------------------------------------------------------------------
@@ -346,6 +452,58 @@ def earliest_proofs(guard: DomainGuard, names: list[str]) -> dict[str, datetime]
     return {name: as_utc(moment) for name, moment in rows if moment is not None}
 
 
+def _summary(guard: DomainGuard, state: DomainState, now: datetime, policy: Policy) -> Verdict:
+    """The row's summary: the most severe verdict among the domain's verified addresses, that
+    is the earliest proof (a verdict only gets harsher the earlier the proof) with each
+    distinct DNS baseline they hold (or none); the proof-free one without any."""
+    earliest = earliest_proofs(guard, [state.name]).get(state.name)
+    if state.dns is None:
+        return verdict_for(state, earliest, now, policy)
+    EmailAddress = guard.models.EmailAddress
+    rows = guard.db.session.execute(
+        sa.select(
+            EmailAddress.dns_baseline_ns,
+            EmailAddress.dns_baseline_mx,
+            sa.func.min(EmailAddress.dns_baseline_at),
+        )
+        .where(EmailAddress.registrable == state.name, EmailAddress.verified_at.is_not(None))
+        .group_by(EmailAddress.dns_baseline_ns, EmailAddress.dns_baseline_mx)
+    ).all()
+    baselines: list[Baseline | None] = [
+        None
+        if recorded_at is None
+        else Baseline(DnsFingerprint.from_columns(ns, mx, None), as_utc(recorded_at))
+        for ns, mx, recorded_at in rows
+    ]
+    return most_severe([verdict_for(state, earliest, now, policy, b) for b in baselines or [None]])
+
+
+def first_seen_baselines(
+    guard: DomainGuard, name: str, obs: Observation, now: datetime
+) -> sa.Update | None:
+    """The UPDATE that makes a successful DNS sighting of a delegated domain the "first seen"
+    baseline of each verified address on ``name`` without one; ``None`` when it is no such
+    sighting. A baseline once recorded is never replaced here: only the address's own
+    re-verification does that."""
+    sighting = obs.dns
+    if sighting is None or not sighting.ok or not sighting.delegated:
+        return None
+    if sighting.fingerprint is None:
+        return None
+    EmailAddress = guard.models.EmailAddress
+    baseline = Baseline(sighting.fingerprint, now, FIRST_SEEN)
+    return (
+        sa.update(EmailAddress)
+        .where(
+            EmailAddress.registrable == name,
+            EmailAddress.verified_at.is_not(None),
+            EmailAddress.dns_baseline_at.is_(None),
+        )
+        .values(Baseline.columns(baseline))
+        .execution_options(synchronize_session=False)
+    )
+
+
 def record(
     guard: DomainGuard,
     name: str,
@@ -356,9 +514,11 @@ def record(
 ) -> DomainState:
     """Advance and store ``name``'s state after a lookup outside the sweep; one transaction.
 
-    An inconclusive observation writes nothing. An unsafe summary pulls the next scheduled
-    check forward to ``DOMAINGUARD_CONFIRM_AFTER`` from now, so the sweep's confirmation rule
-    sees a second check soon. A change of the summary verdict is journalled and signalled.
+    An observation that tells nothing (:func:`is_informative`) writes nothing. A DNS sighting
+    becomes the first-seen baseline of the verified addresses without one. An unsafe
+    summary pulls the next scheduled check forward to ``DOMAINGUARD_CONFIRM_AFTER`` from now,
+    so the sweep's confirmation rule sees a second check soon. A change of the summary
+    verdict is journalled and signalled.
     """
     now = now or utcnow()
     settings = guard.settings
@@ -366,14 +526,16 @@ def record(
     with transaction(guard.db, guard.models) as tx:
         ensure_domains(guard, [name])
         state = load_state(guard, name, lock=True)
-        if not is_conclusive(obs):
+        if not is_informative(obs):
             return state
         new = advance(state, obs, now)
-        # The row's summary: its earliest verified address's verdict, the most severe one (a
-        # verdict only gets harsher the earlier the proof); the proof-free one without any.
-        summary = verdict_for(new, earliest_proofs(guard, [name]).get(name), now, policy)
+        first_seen = first_seen_baselines(guard, name, obs, now)
+        if first_seen is not None:
+            guard.db.session.execute(first_seen)
+        summary = _summary(guard, new, now, policy)
         values = row_values(new, summary, now)
-        values["last_error"] = None
+        if evidence_source_ok(obs):
+            values["last_error"] = None
         D = _table(guard)
         if summary.unsafe:
             scheduled = _aware(

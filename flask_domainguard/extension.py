@@ -104,6 +104,13 @@ class DomainGuard:
                 settings.reset_live_check,
             )
 
+        if app.config.get("WTF_CSRF_ENABLED") is False and not app.testing:
+            log.warning(
+                "WTF_CSRF_ENABLED = False turns off the CSRF checks of DomainGuard's forms and "
+                "of guarded_reset_request too: its reset, 2FA and undo forms can be posted "
+                "from other sites"
+            )
+
         if "mail" not in app.extensions:
             from flask_mail import Mail
 
@@ -385,6 +392,24 @@ class DomainGuard:
         from . import reset
 
         return reset.read_reset_token(self, token)
+
+    def password_changed(
+        self, user: Any, *, actor: str, via: EmailAddress | str | None = None
+    ) -> None:
+        """Call after storing a new password in a flow of your own (reset or change page).
+
+        Every other session and remember cookie of ``user`` ends (the caller's own session,
+        when it is ``user``'s, goes on); the journal and a signal record it; the user's other
+        safe addresses get a notice with a "this wasn't me" link; a lock that link set is
+        lifted. DomainGuard's own reset pages call it themselves. See
+        :mod:`flask_domainguard.passwords`.
+
+        :param actor: who changed it: ``user``, ``admin:<name>``, ``system``.
+        :param via: the address the reset link went to, when a reset completed.
+        """
+        from . import passwords
+
+        passwords.password_changed(self, user, actor=actor, via=via)
 
     def complete_reset(self, token: str, new_password: str) -> Any:
         """Spend a reset token and store ``new_password`` with :attr:`password_setter`."""

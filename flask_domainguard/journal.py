@@ -43,6 +43,8 @@ class EventKind(str, enum.Enum):
     MAIL_ATTEMPT = "mail_attempt"
     MAIL_FAILED = "mail_failed"
     PASSWORD_RESET = "password_reset"  # noqa: S105 - an event name, not a password
+    PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an event name, not a password
+    ACCOUNT_LOCKED = "account_locked"
     TWOFACTOR_ENROLLED = "twofactor_enrolled"
     TWOFACTOR_DISABLED = "twofactor_disabled"
     TWOFACTOR_SUCCEEDED = "twofactor_succeeded"

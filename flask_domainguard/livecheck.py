@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from .dnsevidence import EVIDENCE, dns_lookup, observe_with_dns, role_for
+from .dnsverdict import Baseline, judge_dns
 from .domainstate import (
+    DomainState,
     advance,
+    evidence_source_ok,
     has_reset_evidence,
+    is_informative,
     load_state,
     policy_of,
     record,
@@ -29,7 +34,7 @@ from .domainstate import (
 )
 from .status.observation import Observation
 from .timeutil import utcnow
-from .verdict import Verdict, VerdictKind, is_conclusive, judge
+from .verdict import Policy, Verdict, VerdictKind, is_conclusive, judge
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -51,7 +56,8 @@ class DomainCheck:
     :param trusted: a trusted mail provider: never looked up, always safe.
     :param checked_at: when the domain was last observed successfully.
     :param evidence: whether a successful observation shows the domain safe for the address
-        now: this live one (any verdict that is not unsafe), or a stored one younger than
+        now: this live one (any verdict that is not unsafe; where the DNS is the domain's
+        evidence, DNS continuous with the address's baseline), or a stored one younger than
         ``DOMAINGUARD_RESET_LIVE_CHECK_AFTER`` that judges it ``OK``. Always true for trusted
         providers.
     """
@@ -67,8 +73,10 @@ class DomainCheck:
 
 
 def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
-    """Look ``name`` up through the app's status backend; never raises, never outlasts the
-    timeout (plus a second's slack).
+    """Look ``name`` up through the app's status backend, with the DNS where
+    ``DOMAINGUARD_DNS_EVIDENCE`` gives it a role (:attr:`Observation.dns`); never raises, never
+    outlasts the timeout (plus a second's slack, plus ``DOMAINGUARD_DNS_TIMEOUT`` where the
+    DNS is asked after the status source).
 
     A lookup that fails within the first half of ``timeout`` (a 5xx, a refused connection,
     garbage) is tried once more in the time left: with resets refused on a failed lookup, one
@@ -93,7 +101,7 @@ def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
             # The type only: messages can carry URLs with API credentials in their query.
             return Observation.failed(name, f"lookup failed ({type(exc).__name__})", source=source)
 
-    async def run() -> Observation:
+    async def status() -> Observation:
         loop = asyncio.get_running_loop()
         started = loop.time()
         async with httpx.AsyncClient() as client:
@@ -102,6 +110,14 @@ def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
             if not is_conclusive(obs) and left >= timeout / 2:
                 obs = await attempt(client, left)
         return obs
+
+    settings = guard.settings
+    mode = "off" if name in settings.trusted_domains else settings.dns_evidence
+    dns = dns_lookup(settings)
+
+    async def run() -> Observation:
+        # The same join as the sweep's; the DNS lookup has its own bound (DNS_TIMEOUT).
+        return await observe_with_dns(name, status(), backend=backend, lookup=dns, mode=mode)
 
     try:
         try:
@@ -120,11 +136,13 @@ def check_domain(
     name: str,
     *,
     verified_at: datetime | None,
+    baseline: Baseline | None = None,
     force: bool = False,
     actor: str = "system",
 ) -> DomainCheck:
-    """Judge ``name`` for an address verified at ``verified_at``, looking it up live unless the
-    stored state is evidence enough.
+    """Judge ``name`` for an address verified at ``verified_at`` with DNS ``baseline``
+    (``None`` for a proof being made now: the DNS seen now becomes its baseline), looking it
+    up live unless the stored state is evidence enough.
 
     The stored state is reused only when :func:`~.domainstate.has_reset_evidence` holds (a
     recent check that judged the domain ``OK`` for this address) or when
@@ -147,29 +165,71 @@ def check_domain(
 
     policy = policy_of(settings)
     state = load_state(guard, name)
-    stored = verdict_for(state, verified_at, now, policy)
+    stored = verdict_for(state, verified_at, now, policy, baseline)
     evidence = has_reset_evidence(
-        state, verified_at, now, within=settings.reset_live_check_after, policy=policy
+        state,
+        verified_at,
+        now,
+        within=settings.reset_live_check_after,
+        policy=policy,
+        baseline=baseline,
+        dns_evidence=role_for(guard, name) == EVIDENCE,
     )
     if not force and (settings.reset_live_check == "off" or evidence):
         return DomainCheck(name, stored, None, False, False, False, state.checked_at, evidence)
 
     obs = lookup(guard, name, timeout=settings.reset_live_timeout)
-    if not is_conclusive(obs):
+    if not is_informative(obs):
         return DomainCheck(name, stored, obs, True, True, False, state.checked_at, evidence)
     new = record(guard, name, obs, actor=actor, now=now)
-    verdict = verdict_for(new, verified_at, now, policy)
-    return DomainCheck(name, verdict, obs, True, False, False, now, not verdict.unsafe)
+    verdict = verdict_for(new, verified_at, now, policy, baseline)
+    if not evidence_source_ok(obs):
+        # Only the second signal answered (the DNS beside a failed status lookup): it may
+        # refuse, but it is no evidence for this domain.
+        return DomainCheck(name, verdict, obs, True, True, False, state.checked_at, evidence)
+    live = not verdict.unsafe and _dns_continuous(obs, new, name, now, baseline, policy)
+    return DomainCheck(name, verdict, obs, True, False, False, now, live)
+
+
+def _dns_continuous(
+    obs: Observation,
+    state: DomainState,
+    name: str,
+    now: datetime,
+    baseline: Baseline | None,
+    policy: Policy,
+) -> bool:
+    """Where the DNS is the domain's evidence, whether it shows the domain delegated and
+    continuous with the address's baseline (in grace is no evidence here: the DNS says nothing
+    about who pays for the name); elsewhere ``True``."""
+    if obs.dns is None or not obs.dns.evidence or state.dns is None:
+        return True
+    dns = judge_dns(state.dns, domain=name, now=now, baseline=baseline, policy=policy)
+    return dns.kind is VerdictKind.OK
 
 
 def live_verdict(
-    guard: DomainGuard, name: str, obs: Observation, verified_at: datetime | None
+    guard: DomainGuard,
+    name: str,
+    obs: Observation,
+    verified_at: datetime | None,
+    baseline: Baseline | None = None,
 ) -> Verdict:
-    """The verdict ``obs`` would give an address proved at ``verified_at``, with the stored
-    memories, writing nothing (``flask domainguard check``); ``UNKNOWN`` for a failed lookup."""
+    """The verdict ``obs`` would give an address proved at ``verified_at`` with DNS
+    ``baseline``, with the stored memories, writing nothing (``flask domainguard check``);
+    ``UNKNOWN`` when the lookup that speaks for the domain failed."""
     now = utcnow()
     policy = policy_of(guard.settings)
-    if not is_conclusive(obs):
+    if not evidence_source_ok(obs):
+        if obs.dns is not None and obs.dns.evidence:
+            detail = obs.dns.error or "no answer"
+            return Verdict(
+                kind=VerdictKind.UNKNOWN,
+                unsafe=False,
+                until=None,
+                reason=f"The DNS lookup of {name} failed ({detail}), so nothing is concluded "
+                "until it is checked again.",
+            )
         return judge(obs, now=now, verified_at=verified_at, policy=policy)
     state = advance(load_state(guard, name), obs, now)
-    return verdict_for(state, verified_at, now, policy)
+    return verdict_for(state, verified_at, now, policy, baseline)

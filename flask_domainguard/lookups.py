@@ -5,7 +5,10 @@
 - a global concurrency limit and a per-server limit (``backend.server_key(domain)``),
 - a global rate limit (a token bucket; ``0`` turns it off),
 - a per-lookup timeout, and bounded retries with exponential backoff and jitter,
-- ``Retry-After`` honoured: a 429 pauses every lookup to that server, not just one domain.
+- ``Retry-After`` honoured: a 429 pauses every lookup to that server, not just one domain;
+- a DNS lookup beside the status lookup where ``DOMAINGUARD_DNS_EVIDENCE`` gives the DNS a
+  role (:func:`~.dnsevidence.observe_with_dns`), at most ``concurrency`` of them at once; no
+  retries for a TLD the backend has no server for.
 
 A lookup never raises: whatever goes wrong comes back as a failed
 :class:`~flask_domainguard.status.observation.Observation`, which the policy reads as
@@ -29,9 +32,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from .dnsevidence import observe_with_dns
 from .fasthttp import FastTransport
-from .status.base import StatusBackend
-from .status.observation import Observation
+from .status.base import StatusBackend, backend_covers
+from .status.dnslookup import DnsLookup
+from .status.observation import DnsObservation, Observation
 
 __all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
 
@@ -139,6 +144,9 @@ class Lookups:
 
     Use inside a running event loop: ``async with Lookups(backend, limits) as lookups``.
     A client passed in is used and left open; otherwise one is made and closed at the end.
+
+    :param dns: the DNS lookup to join (``None``: the DNS is not read).
+    :param dns_mode: ``DOMAINGUARD_DNS_EVIDENCE``.
     """
 
     def __init__(
@@ -147,9 +155,13 @@ class Lookups:
         limits: LookupLimits,
         *,
         client: httpx.AsyncClient | None = None,
+        dns: DnsLookup | None = None,
+        dns_mode: str = "off",
     ) -> None:
         self.backend = backend
         self.limits = limits
+        self.dns = _BoundedDns(dns, limits.concurrency) if dns is not None else None
+        self.dns_mode = dns_mode
         self._client = client
         self._own_client = client is None
         self._slots: asyncio.Semaphore | None = None
@@ -221,15 +233,27 @@ class Lookups:
                 )
 
     async def observe(self, domain: str) -> Observation:
-        """Look ``domain`` up, retrying failures; never raises."""
+        """Look ``domain`` up, retrying failures, with the DNS where it has a role; never
+        raises."""
+        return await observe_with_dns(
+            domain,
+            self._observe_status(domain),
+            backend=self.backend,
+            lookup=self.dns,
+            mode=self.dns_mode,
+        )
+
+    async def _observe_status(self, domain: str) -> Observation:
         try:
             server = self.backend.server_key(domain)
         except Exception:
             server = "?"
+        # A TLD without a status server fails the same way every time: once is enough.
+        retries = 0 if backend_covers(self.backend, domain) is False else self.limits.retries
         attempt = 0
         while True:
             obs = await self._attempt(domain, server)
-            if not _retryable(obs) or attempt >= self.limits.retries:
+            if not _retryable(obs) or attempt >= retries:
                 return obs
             delay = self.limits.backoff(attempt)
             if obs.retry_after is not None:
@@ -257,6 +281,22 @@ class Lookups:
         return dict(zip(names, results, strict=True))
 
 
+class _BoundedDns:
+    """A :class:`DnsLookup` with at most ``limit`` lookups in flight (a sweep submits a whole
+    batch of domains at once)."""
+
+    def __init__(self, lookup: DnsLookup, limit: int) -> None:
+        self._lookup = lookup
+        self._limit = limit
+        self._slots: asyncio.Semaphore | None = None
+
+    async def observe(self, domain: str) -> DnsObservation:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        async with self._slots:
+            return await self._lookup.observe(domain)
+
+
 class LookupThread:
     """An event loop in a daemon thread running one :class:`Lookups` for a whole sweep.
 
@@ -264,9 +304,18 @@ class LookupThread:
     the caller can claim and apply other batches while these lookups run.
     """
 
-    def __init__(self, backend: StatusBackend, limits: LookupLimits) -> None:
+    def __init__(
+        self,
+        backend: StatusBackend,
+        limits: LookupLimits,
+        *,
+        dns: DnsLookup | None = None,
+        dns_mode: str = "off",
+    ) -> None:
         self._backend = backend
         self._limits = limits
+        self._dns = dns
+        self._dns_mode = dns_mode
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._lookups: Lookups | None = None
@@ -284,7 +333,9 @@ class LookupThread:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            async with Lookups(self._backend, self._limits) as lookups:
+            async with Lookups(
+                self._backend, self._limits, dns=self._dns, dns_mode=self._dns_mode
+            ) as lookups:
                 self._lookups = lookups
                 self._ready.set()
                 await self._stop.wait()

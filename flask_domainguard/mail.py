@@ -17,6 +17,7 @@ from flask_mail import Message
 from jinja2 import TemplateNotFound
 
 from . import domainstate
+from .dnsverdict import BASELINE_COLUMNS, Baseline
 from .domainstate import STATE_COLUMNS, DomainState, load_state, policy_of, verdict_for
 from .timeutil import as_utc, utcnow
 
@@ -54,17 +55,22 @@ def send_mail(guard: DomainGuard, recipients: list[str], template: str, **contex
 
 
 def address_verdict(
-    guard: DomainGuard, state: DomainState, verified_at: datetime | None, now: datetime
+    guard: DomainGuard,
+    state: DomainState,
+    verified_at: datetime | None,
+    now: datetime,
+    baseline: Baseline | None = None,
 ) -> Verdict:
-    """The stored verdict for one address on ``state``'s domain, by its own proof date.
+    """The stored verdict for one address on ``state``'s domain, by its own proof date and
+    DNS baseline.
 
     An unverified address (``verified_at`` ``None``) has no proof to measure a change of hands
     against; mail to it reaches whoever holds the domain now, so it is judged for a proof
     made now (only a name up for grabs, released or expired, is unsafe for it).
     """
-    return verdict_for(
-        state, verified_at if verified_at is not None else now, now, policy_of(guard.settings)
-    )
+    if verified_at is None:
+        return verdict_for(state, now, now, policy_of(guard.settings))
+    return verdict_for(state, verified_at, now, policy_of(guard.settings), baseline)
 
 
 def is_safe_recipient(guard: DomainGuard, row: EmailAddress) -> bool:
@@ -79,7 +85,7 @@ def is_safe_recipient(guard: DomainGuard, row: EmailAddress) -> bool:
     if row.registrable in guard.settings.trusted_domains:
         return True
     state = load_state(guard, row.registrable)
-    return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
+    return not address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row)).unsafe
 
 
 def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
@@ -89,6 +95,8 @@ def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
         return False
     if row.registrable in guard.settings.trusted_domains:
         return True
+    from .dnsevidence import EVIDENCE, role_for
+
     settings = guard.settings
     return domainstate.has_reset_evidence(
         load_state(guard, row.registrable),
@@ -96,6 +104,8 @@ def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
         utcnow(),
         within=settings.reset_live_check_after,
         policy=policy_of(settings),
+        baseline=Baseline.of(row),
+        dns_evidence=role_for(guard, row.registrable) == EVIDENCE,
     )
 
 
@@ -112,6 +122,7 @@ def safe_addresses(guard: DomainGuard, user_id: Any, *, exclude_id: int | None =
             EmailAddress.address,
             EmailAddress.registrable,
             EmailAddress.verified_at,
+            *(getattr(EmailAddress, column) for column in BASELINE_COLUMNS),
             *columns,
         )
         .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
@@ -128,7 +139,8 @@ def safe_addresses(guard: DomainGuard, user_id: Any, *, exclude_id: int | None =
             state = (
                 DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
             )
-            if address_verdict(guard, state, as_utc(row.verified_at), now).unsafe:
+            baseline = Baseline.of(row)
+            if address_verdict(guard, state, as_utc(row.verified_at), now, baseline).unsafe:
                 continue
         safe.append(row.address)
     return safe

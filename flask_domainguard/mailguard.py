@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
+from .dnsverdict import Baseline
 from .domainstate import load_state
 from .emails import InvalidAddress, parse_address
 from .mail import address_verdict, has_reset_evidence, is_safe_recipient
@@ -170,7 +171,8 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
             # judged against it; a proof made now would find a new registrant's domain safe.
             return row.id in _verification_scope.get()
         state = load_state(guard, row.registrable)
-        return not address_verdict(guard, state, row.verified_at, utcnow()).unsafe
+        baseline = Baseline.of(row)
+        return not address_verdict(guard, state, row.verified_at, utcnow(), baseline).unsafe
 
 
 def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:

@@ -70,6 +70,8 @@ class UnverifyReason(str, enum.Enum):
     DOMAIN_RELEASED = "domain_released"
     DOMAIN_EXPIRED = "domain_expired"
     DOMAIN_REREGISTERED = "domain_reregistered"
+    DNS_CHANGED = "dns_changed"
+    """Its domain's name servers and mail servers all changed since the address was proved."""
     MANUAL = "manual"
     BOUNCE = "bounce"
 
@@ -80,6 +82,7 @@ DOMAIN_REASONS = frozenset(
         UnverifyReason.DOMAIN_RELEASED,
         UnverifyReason.DOMAIN_EXPIRED,
         UnverifyReason.DOMAIN_REREGISTERED,
+        UnverifyReason.DNS_CHANGED,
     }
 )
 
@@ -121,6 +124,15 @@ class _EmailAddress(_Row):
     expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """The expiry date the owner was last warned about (one warning per expiry date)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # The DNS fingerprint of the domain at this address's proof (its baseline), kept with the
+    # address so a newer address on the domain never replaces it. See dnsverdict.py.
+    dns_baseline_ns: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_mx: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_ds: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_baseline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the baseline was recorded; ``None``: no baseline yet."""
+    dns_baseline_kind: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    """``verification`` (recorded with the proof) or ``first_seen`` (at a later check)."""
 
     if TYPE_CHECKING:  # the columns are added by define_models
         user_id: Mapped[Any]
@@ -158,6 +170,15 @@ class _Domain(_Row):
     changed_hands_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When the domain was seen changing hands after a lapse (never cleared): addresses
     verified before it are ``reregistered`` until verified again."""
+    dns_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the DNS was last read successfully (``DOMAINGUARD_DNS_EVIDENCE``)."""
+    dns_delegated: Mapped[bool | None] = mapped_column(sa.Boolean, nullable=True)
+    dns_ns: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    """Name servers seen then, space separated (as the MX and DS columns)."""
+    dns_mx: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_ds: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    dns_lapse_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the domain was first seen without a delegation; cleared once seen delegated."""
     next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     failures: Mapped[int] = mapped_column(sa.Integer, default=0, nullable=False)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
@@ -200,6 +221,23 @@ class _UserState(_Row):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     twofactor_required_from: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     """When the user was first told to enrol (start of the 2FA grace window)."""
+    # -- after a reset (issue 13): sessions, password changes, "this wasn't me" -------------
+    session_epoch: Mapped[int] = mapped_column(
+        sa.Integer, default=0, server_default="0", nullable=False
+    )
+    """Raised to end every session and remember cookie of the user at once."""
+    password_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    """A digest of the password hash as last seen, so a change nobody announced shows."""
+    reset_mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a reset link was last mailed for the user (a change after it completed a reset)."""
+    reset_mailed_via: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    """The address id that reset link went to."""
+    password_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When a reset last changed the password."""
+    password_reset_via: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    """The address id of that reset."""
+    password_locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """Set by "this wasn't me": the password of that moment no longer logs in; a reset ends it."""
 
     if TYPE_CHECKING:  # added by define_models
         user_id: Mapped[Any]
@@ -237,6 +275,22 @@ class _RateCounter(_Row):
     key: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     count: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+
+
+class _Attempt(_Row):
+    """One second-factor attempt of a (hashed) user or client key, for the sliding window."""
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class _Lockout(_Row):
+    """The current or last lockout of a (hashed) key and how far it has escalated."""
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
 class _UsedToken(_Row):
@@ -328,6 +382,8 @@ _TEMPLATES: dict[str, type[_Row]] = {
     "HeldAction": _HeldAction,
     "Job": _Job,
     "SweepRun": _SweepRun,
+    "Attempt": _Attempt,
+    "Lockout": _Lockout,
 }
 
 if TYPE_CHECKING:
@@ -343,6 +399,8 @@ if TYPE_CHECKING:
     HeldAction = _HeldAction
     Job = _Job
     SweepRun = _SweepRun
+    Attempt = _Attempt
+    Lockout = _Lockout
 
 
 class MappedClassError(ImportError):
@@ -377,6 +435,8 @@ class Models:
     HeldAction: type[HeldAction]
     Job: type[Job]
     SweepRun: type[SweepRun]
+    Attempt: type[Attempt]
+    Lockout: type[Lockout]
     user_model: type[Any]
     user_pk: sa.Column[Any]
 
@@ -501,6 +561,13 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
     class SweepRunRow(_SweepRun, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "sweep_run"
 
+    class AttemptRow(_Attempt, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "attempt"
+        __table_args__ = (sa.Index(PREFIX + "attempt_key_at", "key", "at"),)
+
+    class LockoutRow(_Lockout, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "lockout"
+
     for row, name in (
         (EmailAddressRow, "EmailAddress"),
         (DomainRow, "Domain"),
@@ -513,6 +580,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         (HeldActionRow, "HeldAction"),
         (JobRow, "Job"),
         (SweepRunRow, "SweepRun"),
+        (AttemptRow, "Attempt"),
+        (LockoutRow, "Lockout"),
     ):
         row.__name__ = row.__qualname__ = name
 
@@ -528,6 +597,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         HeldAction=HeldActionRow,
         Job=JobRow,
         SweepRun=SweepRunRow,
+        Attempt=AttemptRow,
+        Lockout=LockoutRow,
         user_model=user_model,
         user_pk=user_pk,
     )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .timeutil import utcnow
-from .verdict import VerdictKind
+from .verdict import UNSAFE_KINDS, VerdictKind
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -239,9 +239,7 @@ def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: in
     now = utcnow()
     wanted = only or list(SECTIONS)
     settings = guard.settings
-    unsafe = [
-        k.value for k in (VerdictKind.EXPIRED, VerdictKind.RELEASED, VerdictKind.REREGISTERED)
-    ]
+    unsafe = sorted(k.value for k in UNSAFE_KINDS)
     sections: dict[str, Section] = {}
     for name in wanted:
         if name == "at_risk":

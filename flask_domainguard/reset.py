@@ -30,7 +30,6 @@ crash after the answer loses nothing.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,9 +38,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
 
-from . import jobs, signals, tokens
+from . import jobs, passwords, signals, tokens
 from .addresses import find_address
 from .background import jobs_for
+from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address
 from .jobs import JobRun
 from .journal import EventKind, transaction
@@ -143,7 +143,13 @@ def reset_decision(guard: DomainGuard, address: str) -> ResetDecision:
         return ResetDecision(False, UNKNOWN_ADDRESS, None, None)
     if row.verified_at is None:
         return ResetDecision(False, UNVERIFIED, user, row)
-    check = check_domain(guard, row.registrable, verified_at=row.verified_at, actor="reset")
+    check = check_domain(
+        guard,
+        row.registrable,
+        verified_at=row.verified_at,
+        baseline=Baseline.of(row),
+        actor="reset",
+    )
     if check.verdict.unsafe:
         return ResetDecision(
             False, DOMAIN_PREFIX + check.verdict.kind.value, user, row, check.verdict
@@ -225,7 +231,9 @@ def read_reset_token(guard: DomainGuard, token: str) -> ResetGrant:
 def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
     """Set a new password through ``guard.password_setter``; the token is spent with it.
 
-    Never logs the user in: they log in with the new password, and 2FA, as always.
+    Never logs the user in: they log in with the new password, and 2FA, as always. What
+    follows every password change follows (:func:`.passwords.password_changed`): other
+    sessions end, the other safe addresses get a "this wasn't me" link.
 
     :returns: the user.
     :raises flask_domainguard.tokens.TokenError: the token is not (or no longer) good.
@@ -243,23 +251,9 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
         if not tokens.consume(guard, grant.token):
             raise tokens.TokenError("This link was already used. Ask for a new one.")
         setter(grant.user, new_password)
-        tx.record(
-            EventKind.PASSWORD_RESET,
-            actor="user",
-            address=grant.address,
-            signal=signals.password_reset,
-        )
-    try:
-        notify_user(
-            guard,
-            grant.address.user_id,
-            "password_changed",
-            via=grant.address.address,
-            app_name=current_app.name,
-        )
-    except Exception:
-        # The password is changed either way; a mail server outage must not undo or hide it.
-        log.exception("could not send the password-changed notice")
+        change = passwords.record_change(tx, guard, grant.user, actor="user", via=grant.address)
+    # Other sessions end, the other safe addresses get "this wasn't me" (guard.password_changed).
+    passwords.after_change(guard, grant.user, change)
     return grant.user
 
 
@@ -323,6 +317,8 @@ def _mail_reset(
         )
         if run is not None:
             run.mark_done()
+        # Its commit is the transaction's: the journal row, the job and this note together.
+        passwords.reset_mailed(guard, decision.user, row)
     return True
 
 
@@ -331,6 +327,8 @@ _REFUSAL_TEXT = {
     "domain_released": "its domain is no longer registered, so anyone could register it",
     "domain_expired": "its domain has expired",
     "domain_reregistered": "its domain was registered again after you verified the address",
+    "domain_dns_changed": "its domain's name servers and mail servers have all changed since "
+    "you verified the address",
     NO_EVIDENCE: "we could not confirm that its domain still belongs to you",
 }
 
@@ -378,15 +376,42 @@ def client_allowed(guard: DomainGuard, client: str | None) -> bool:
     )
 
 
+def mail_budget_keys(row: EmailAddress, client: str | None) -> tuple[str, str]:
+    """The rate-limit keys of reset mails to ``row``: one client's, and every client's."""
+    return f"reset:mail:{row.id}:client:{client or 'unknown'}", f"reset:mail:{row.id}"
+
+
+def _mail_allowed(guard: DomainGuard, row: EmailAddress, client: str | None) -> bool:
+    """Count one reset mail to ``row`` for ``client``; ``False`` when a budget is spent.
+
+    The owner's allowance is their mailbox's: only mails actually sent count, per address,
+    so requests refused for the attacker's own (unverified, unsafe) address use up nothing
+    of the owner's. Each client has its own budget per address
+    (``DOMAINGUARD_RESET_LIMIT_PER_ACCOUNT``), so another client's requests leave the owner's
+    untouched; all clients together have ``DOMAINGUARD_RESET_LIMIT_PER_ADDRESS``, a bound on
+    mail bombing. Whoever spends that one from many clients has put that many working links
+    in the owner's mailbox (they last ``DOMAINGUARD_RESET_WITHIN``).
+    """
+    per_client, per_address = mail_budget_keys(row, client)
+    limiter = RateLimiter(guard)
+    settings = guard.settings
+    return limiter.hit(per_client, settings.reset_limit_per_account) and limiter.hit(
+        per_address, settings.reset_limit_per_address
+    )
+
+
 def process_reset_request(
     guard: DomainGuard,
     address: str,
     *,
+    client: str | None = None,
     on_allowed: Callable[[ResetDecision], Any] | None = None,
     run: JobRun | None = None,
 ) -> tuple[ResetDecision, Any]:
-    """Rate-limit per account, decide, journal, tell the owner of refusals, act when allowed.
+    """Decide, count the mail against the address's budgets, journal, tell the owner of
+    refusals, act when allowed.
 
+    :param client: the requester's address (for the per-client budget of mails).
     :param on_allowed: what to do for an allowed request (the host's view); by default
         :func:`send_reset_mail`.
     :param run: the job this request came from: its mail attempts are journalled, it is
@@ -395,22 +420,16 @@ def process_reset_request(
     :returns: the decision and what ``on_allowed`` returned.
     """
     address = address[:MAX_ADDRESS_LENGTH]
-    normalized, _ = _parse(address)
-    row = _lookup_row(guard, normalized)
-    # Unknown addresses are counted too (by a digest of the text): the same work, and a
-    # limit on guessing.
-    account = (
-        f"reset:account:{row.user_id}"
-        if row is not None
-        else "reset:address:" + hashlib.sha256(normalized.encode()).hexdigest()
-    )
-    if _first_run(run) and not RateLimiter(guard).hit(
-        account, guard.settings.reset_limit_per_account
+    decision = reset_decision(guard, address)
+    if (
+        decision.allowed
+        and decision.address is not None
+        and _first_run(run)
+        and not _mail_allowed(guard, decision.address, client)
     ):
-        user = guard.get_user(row.user_id) if row is not None else None
-        decision = ResetDecision(False, RATE_LIMITED, user, row)
-    else:
-        decision = reset_decision(guard, address)
+        decision = ResetDecision(
+            False, RATE_LIMITED, decision.user, decision.address, decision.verdict
+        )
 
     result: Any = None
     if decision.allowed:
@@ -432,6 +451,11 @@ def process_reset_request(
                 )
                 if run is not None:
                     run.mark_done()
+                if decision.address is not None:
+                    # The host's reset page may forget guard.password_changed: this lets the
+                    # next login notice the change (passwords.notice_unannounced_change).
+                    # It commits the transaction: the journal row, the job and this together.
+                    passwords.reset_mailed(guard, decision.user, decision.address)
         return decision, result
 
     if decision.address is not None:
@@ -505,7 +529,7 @@ def submit_reset_request(
     if guard.settings.reset_processing == "inline" or not has_request_context():
         if not client_allowed(guard, client):
             return ResetDecision(False, RATE_LIMITED, None, None), None
-        return process_reset_request(guard, address, on_allowed=on_allowed)
+        return process_reset_request(guard, address, client=client, on_allowed=on_allowed)
     normalized, _ = _parse(address)
     payload: dict[str, Any] = {
         "address": normalized,
@@ -570,22 +594,37 @@ def _run_reset_job(guard: DomainGuard, run: JobRun) -> None:
                 return host_view(**view_args)
 
             on_allowed = call_view
-        process_reset_request(guard, address, on_allowed=on_allowed, run=run)
+        process_reset_request(
+            guard, address, client=payload.get("client"), on_allowed=on_allowed, run=run
+        )
 
 
 # -- the decorator for a host's own forgot-password view -----------------------------------
 
 
 def _check_csrf() -> None:
+    """Check Flask-WTF's CSRF token of this request (form field, or ``X-CSRFToken`` header).
+
+    Only two things skip it: ``CSRFProtect`` validated this very request already (it sets
+    ``g.csrf_valid``), or the host turned CSRF off altogether (``WTF_CSRF_ENABLED = False``).
+    ``WTF_CSRF_CHECK_DEFAULT = False`` or a view exempted from ``CSRFProtect`` does not: then
+    nothing else checks it.
+
+    :raises flask_wtf.csrf.CSRFError: a 400 answer, before anything is counted or decided.
+    """
     app = current_app
-    if "csrf" in app.extensions or not app.config.get("WTF_CSRF_ENABLED", True):
-        return  # CSRFProtect already checked it before the view, or the host turned CSRF off
+    if not app.config.get("WTF_CSRF_ENABLED", True) or g.get("csrf_valid"):
+        return
     from flask_wtf.csrf import CSRFError, validate_csrf
     from wtforms import ValidationError
 
     field = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    token = request.form.get(field)
+    if not token:
+        headers = app.config.get("WTF_CSRF_HEADERS", ["X-CSRFToken", "X-CSRF-Token"])
+        token = next((request.headers[h] for h in headers if request.headers.get(h)), None)
     try:
-        validate_csrf(request.form.get(field))
+        validate_csrf(token)
     except ValidationError as exc:
         raise CSRFError(exc.args[0] if exc.args else "The CSRF token is invalid.") from None
 
@@ -606,8 +645,9 @@ def guarded_reset_request(
     """Decorate a host's forgot-password view so it only runs for allowed requests.
 
     GET (and other methods) reach the view unchanged. On POST the decorator reads
-    ``request.form[field]``, checks CSRF (Flask-WTF's token, unless ``CSRFProtect`` already
-    did or ``csrf=False``), rate-limits, decides with :func:`reset_decision`, and:
+    ``request.form[field]``, checks CSRF itself (Flask-WTF's token, also when the host set
+    ``WTF_CSRF_CHECK_DEFAULT = False``; see :func:`_check_csrf`), rate-limits, decides with
+    :func:`reset_decision`, and:
 
     - allowed: calls the view, with the decision in ``flask.g.domainguard_reset``. The view
       sends its own mail; inside it Flask-Mail delivers only to safe addresses.
@@ -624,7 +664,8 @@ def guarded_reset_request(
     :param field: the form field holding the address.
     :param template_or_response: the generic answer: a template name rendered without
         context, or a callable returning a response. Rendered fresh for each request.
-    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``).
+    :param csrf: check Flask-WTF's CSRF token (field ``WTF_CSRF_FIELD_NAME``); turn it off
+        only for a view that checks a token of its own.
     """
 
     def decorate(view: F) -> F:

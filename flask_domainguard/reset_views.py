@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, current_app, render_template, request, url_for
+from flask import current_app, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SubmitField
@@ -51,14 +51,6 @@ def _guard() -> Any:
     return current_app.extensions["domainguard"].guard
 
 
-def _private(page: str, status: int = 200) -> Response:
-    response = current_app.make_response((page, status))
-    # The token is in the URL: keep it out of caches and Referer headers.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
 @bp.route("/reset", methods=["GET", "POST"])
 def reset_request() -> ResponseReturnValue:
     """Ask for a reset link; every valid submission gets the same page."""
@@ -91,9 +83,9 @@ def reset_password(token: str) -> ResponseReturnValue:
         read_reset_token(guard, token)
     except tokens.TokenError as exc:
         if json:
-            return json_answer({"error": "invalid_token", "message": str(exc)}, 400, private=True)
+            return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
         page = render_template("domainguard/reset/invalid.html", message=str(exc))
-        return _private(page, 400)
+        return page, 400
     form = NewPasswordForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
@@ -101,20 +93,18 @@ def reset_password(token: str) -> ResponseReturnValue:
         except tokens.TokenError as exc:
             if json:
                 body = {"error": "invalid_token", "message": str(exc)}
-                return json_answer(body, 400, private=True)
+                return json_answer(body, 400)
             page = render_template("domainguard/reset/invalid.html", message=str(exc))
-            return _private(page, 400)
+            return page, 400
         except ValueError as exc:  # the host's setter refused this password
             form.password.errors = [*form.password.errors, str(exc)]
         else:
             if json:
                 done: dict[str, Any] = {"status": "password_changed", "login_url": _login_url()}
-                return json_answer(done, private=True)
+                return json_answer(done)
             page = render_template("domainguard/reset/done.html", login_url=_login_url())
-            return _private(page)
+            return page
     status = 400 if request.method == "POST" else 200
     if json:
-        return json_answer(
-            form_errors(form) if status == 400 else csrf_body(), status, private=True
-        )
-    return _private(render_template("domainguard/reset/password.html", form=form), status)
+        return json_answer(form_errors(form) if status == 400 else csrf_body(), status)
+    return render_template("domainguard/reset/password.html", form=form), status

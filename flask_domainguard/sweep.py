@@ -46,11 +46,17 @@ import sqlalchemy as sa
 
 from . import signals
 from .addresses import unverify
+from .dnsevidence import dns_lookup
+from .dnsverdict import BASELINE_COLUMNS, Baseline
 from .domainstate import (
     STATE_COLUMNS,
     DomainState,
     advance,
     depends_on_proof,
+    dns_row_values,
+    evidence_source_ok,
+    first_seen_baselines,
+    is_informative,
     policy_of,
     record,
     row_values,
@@ -64,7 +70,7 @@ from .models import UnverifyReason
 from .notices import queue_expiry_warning, queue_unverify_notice
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
-from .verdict import Verdict, VerdictKind, is_conclusive, judge
+from .verdict import SEVERITY, Verdict, VerdictKind, judge
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -105,18 +111,11 @@ _REASONS = {
     VerdictKind.RELEASED: UnverifyReason.DOMAIN_RELEASED,
     VerdictKind.EXPIRED: UnverifyReason.DOMAIN_EXPIRED,
     VerdictKind.REREGISTERED: UnverifyReason.DOMAIN_REREGISTERED,
+    VerdictKind.DNS_CHANGED: UnverifyReason.DNS_CHANGED,
 }
-# Which verdict a domain shows when its addresses differ (only REREGISTERED depends on the
-# address): the most severe one.
-_SEVERITY = {
-    VerdictKind.UNKNOWN: 0,
-    VerdictKind.OK: 1,
-    VerdictKind.EXPIRING_SOON: 2,
-    VerdictKind.IN_GRACE: 3,
-    VerdictKind.EXPIRED: 4,
-    VerdictKind.RELEASED: 5,
-    VerdictKind.REREGISTERED: 6,
-}
+# Which verdict a domain shows when its addresses differ (REREGISTERED and DNS_CHANGED depend
+# on the address): the most severe one.
+_SEVERITY = SEVERITY
 _WARN_KINDS = frozenset({VerdictKind.EXPIRING_SOON, VerdictKind.IN_GRACE})
 
 
@@ -325,6 +324,7 @@ class _AddressRow:
     registrable: str
     verified_at: datetime
     expiry_warned_for: datetime | None
+    baseline: Baseline | None = None
 
 
 @dataclass
@@ -619,7 +619,12 @@ class Sweep:
 
     def _lookups(self) -> LookupThread:
         if self._thread is None:
-            self._thread = LookupThread(self.backend, self.limits).start()
+            self._thread = LookupThread(
+                self.backend,
+                self.limits,
+                dns=dns_lookup(self.settings),
+                dns_mode=self.settings.dns_evidence,
+            ).start()
         return self._thread
 
     def submit_lookups(self, names: Iterable[str]) -> Any:
@@ -668,10 +673,13 @@ class Sweep:
             A.c.registrable,
             A.c.verified_at,
             A.c.expiry_warned_for,
+            *(A.c[column] for column in BASELINE_COLUMNS),
         ).where(A.c.registrable.in_(wanted), A.c.verified_at.is_not(None))
         for row in self.guard.db.session.execute(query):
             found[row[3]].append(
-                _AddressRow(row[0], row[1], row[2], row[3], as_utc(row[4]), _aware(row[5]))
+                _AddressRow(
+                    row[0], row[1], row[2], row[3], as_utc(row[4]), _aware(row[5]), Baseline.of(row)
+                )
             )
         return found
 
@@ -722,9 +730,11 @@ class Sweep:
                     continue
                 try:
                     new = advance(state, obs, now)
+                    # A check succeeds when the lookup that speaks for the domain did: the
+                    # DNS where no status server covers it, the status source elsewhere.
                     base = (
                         verdict_for(new, None, now, self.policy)
-                        if is_conclusive(obs)
+                        if evidence_source_ok(obs)
                         else judge(obs, now=now, policy=self.policy)
                     )
                 except Exception:
@@ -751,11 +761,21 @@ class Sweep:
                     report.count_verdict(VerdictKind.UNKNOWN)
                     server = self._server_of(claim.name)
                     report.errors_by_server[server] = report.errors_by_server.get(server, 0) + 1
-                    failed.append(self._failure_values(claim, obs, base, now))
+                    failed.append(self._failure_values(claim, obs, base, now, new))
                     continue
+                rows = addresses.get(claim.name, [])
+                # An address without a baseline takes this sighting as its first (judged so
+                # below: no baseline reads as "the current DNS is its first").
+                first_seen = first_seen_baselines(guard, claim.name, obs, now)
+                if (
+                    first_seen is not None
+                    and not self.dry_run
+                    and any(r.baseline is None for r in rows)
+                ):
+                    db.session.execute(first_seen)
                 judged = [
-                    (row, verdict_for(new, row.verified_at, now, self.policy))
-                    for row in addresses.get(claim.name, ())
+                    (row, verdict_for(new, row.verified_at, now, self.policy, row.baseline))
+                    for row in rows
                 ]
                 # The summary is the earliest proof's verdict, the most severe one.
                 verdict = max([v for _, v in judged] or [base], key=lambda v: _SEVERITY[v.kind])
@@ -792,12 +812,16 @@ class Sweep:
         return report
 
     def _failure_values(
-        self, claim: Claim, obs: Observation, base: Verdict, now: datetime
+        self, claim: Claim, obs: Observation, base: Verdict, now: datetime, state: DomainState
     ) -> dict[str, Any]:
         # The verdict, observation and unsafe_since stay as they were: failing proves nothing.
+        # A DNS sighting beside a failed status lookup is kept (it moved `state` on).
         failures = claim.failures + 1
         error = obs.error or base.reason
+        if obs.dns is not None and obs.dns.evidence and obs.dns.error:
+            error = obs.dns.error
         return {
+            **dns_row_values(state),
             "b_name": claim.name,
             "failures": failures,
             "last_error": error[:500],
@@ -1347,7 +1371,7 @@ def apply_held(
     states = {
         name: record(guard, name, obs, actor=actor, now=now)
         for name, obs in observations.items()
-        if is_conclusive(obs)
+        if is_informative(obs)
     }
     EmailAddress = guard.models.EmailAddress
     report = SweepReport()
@@ -1361,7 +1385,8 @@ def apply_held(
                 continue
             address = db.session.get(EmailAddress, action.address_id)
             verified_at = address.verified_at if address is not None else None
-            verdict = verdict_for(state, verified_at, now, policy)
+            baseline = Baseline.of(address) if address is not None else None
+            verdict = verdict_for(state, verified_at, now, policy, baseline)
             action.resolved_at = now
             if address is None or verified_at is None or not verdict.unsafe:
                 action.resolution = OBSOLETE

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 #: Purposes in use; each gets its own salt, so a token of one is worthless as the other.
 VERIFY = "verify-address"
 RESET = "reset-password"
+UNDO = "undo-password-change"
 
 #: Longer text is not one of our tokens; refusing it early bounds the work an attacker causes.
 MAX_TOKEN_LENGTH = 1024

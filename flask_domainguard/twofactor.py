@@ -46,8 +46,8 @@ from werkzeug.security import check_password_hash
 
 from . import signals
 from .journal import EventKind, transaction
+from .lockout import Lock, Throttle
 from .mail import notify_user
-from .ratelimit import RateLimiter
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -414,28 +414,59 @@ def _client_key(client: str) -> str:
     return f"2fa:client:{client}"
 
 
-def _retry_after(guard: DomainGuard) -> timedelta:
-    window = int(guard.settings.twofactor_limit.window.total_seconds())
-    stamp = int(utcnow().timestamp())
-    return timedelta(seconds=window - stamp % window)
+def _locked(lock: Lock) -> AttemptResult:
+    return AttemptResult(Outcome.LOCKED, retry_after=lock.retry_after(utcnow()))
 
 
 def _begin(guard: DomainGuard, user_id: Any, client: str | None) -> AttemptResult | None:
     """Take one attempt from the user's budget before checking anything.
 
-    Counting first (one atomic upsert) means parallel requests against one account cannot
-    all slip in before the first failure is counted; a success gives the attempt back.
-    The client's budget counts failures only, so people behind one NAT address can log in.
+    Counting first (committed, then counted: see :mod:`.lockout`) means parallel requests
+    against one account cannot all slip in before the first failure is counted; a success
+    gives the attempts back. The client's budget counts failures only, so people behind one
+    NAT address can log in.
 
-    :returns: a LOCKED result when either budget is spent, else ``None``.
+    :returns: a LOCKED result while either is locked out, else ``None``.
     """
-    limiter = RateLimiter(guard)
-    limit = guard.settings.twofactor_limit
-    if client is not None and limiter.exceeded(_client_key(client), limit):
-        return AttemptResult(Outcome.LOCKED, retry_after=_retry_after(guard))
-    if not limiter.hit(_user_key(user_id), limit):
-        return AttemptResult(Outcome.LOCKED, retry_after=_retry_after(guard))
-    return None
+    throttle = Throttle(guard)
+    keys = [_client_key(client)] if client is not None else []
+    for key in [*keys, _user_key(user_id)]:
+        lock = throttle.active(key)
+        if lock is not None:
+            return _locked(lock)
+    if throttle.record(_user_key(user_id)) > throttle.limit:
+        # Concurrent attempts went past the limit before any of them failed: lock out now.
+        lock = throttle.lock(_user_key(user_id))
+        if lock.started:
+            _journal_lockout(guard, user_id, lock, "user")
+            _tell_owner_of_lockout(guard, user_id, lock)
+        return _locked(lock)
+    # A lockout that started since the first look emptied the window this attempt was
+    # counted in: it must not pass as the first of a fresh window.
+    started = throttle.active(_user_key(user_id))
+    return _locked(started) if started is not None else None
+
+
+def _journal_lockout(guard: DomainGuard, user_id: Any, lock: Lock, scope: str) -> None:
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.TWOFACTOR_LOCKED_OUT,
+            actor="system",
+            user_id=user_id,
+            signal=signals.twofactor_locked_out,
+            scope=scope,
+            level=lock.level,
+            lockout_seconds=int(lock.retry_after(utcnow()).total_seconds()),
+            window_seconds=int(guard.settings.twofactor_limit.window.total_seconds()),
+        )
+
+
+def _tell_owner_of_lockout(guard: DomainGuard, user_id: Any, lock: Lock) -> None:
+    # At the first lockout of a run only: the owner hears that someone is guessing (and so
+    # knows the password), without a mail for every escalation.
+    if lock.level == 1:
+        minutes = max(1, round(lock.retry_after(utcnow()).total_seconds() / 60))
+        _notify(guard, user_id, "twofactor_locked_out", minutes=minutes)
 
 
 def _fail(
@@ -446,14 +477,13 @@ def _fail(
     method: str,
     purpose: str,
 ) -> AttemptResult:
-    """Count a failure against the client, journal it, and journal a lock-out it causes."""
-    limiter = RateLimiter(guard)
-    limit = guard.settings.twofactor_limit
-    if client is not None:
-        limiter.hit(_client_key(client), limit)
-    locked = limiter.exceeded(_user_key(user_id), limit) or (
-        client is not None and limiter.exceeded(_client_key(client), limit)
-    )
+    """Count a failure against the client, journal it, and start the lockouts it causes."""
+    throttle = Throttle(guard)
+    locks: list[tuple[Lock, str]] = []
+    if client is not None and throttle.record(_client_key(client)) >= throttle.limit:
+        locks.append((throttle.lock(_client_key(client)), "client"))
+    if throttle.count(_user_key(user_id)) >= throttle.limit:
+        locks.append((throttle.lock(_user_key(user_id)), "user"))
     with transaction(guard.db, guard.models) as tx:
         tx.record(
             EventKind.TWOFACTOR_FAILED,
@@ -464,21 +494,21 @@ def _fail(
             reason=outcome.value,
             purpose=purpose,
         )
-        if locked:
-            tx.record(
-                EventKind.TWOFACTOR_LOCKED_OUT,
-                actor="system",
-                user_id=user_id,
-                signal=signals.twofactor_locked_out,
-                window_seconds=int(limit.window.total_seconds()),
-            )
-    return AttemptResult(outcome, retry_after=_retry_after(guard) if locked else None)
+    for lock, scope in locks:
+        if lock.started:
+            _journal_lockout(guard, user_id, lock, scope)
+            if scope == "user":
+                _tell_owner_of_lockout(guard, user_id, lock)
+    now = utcnow()
+    retry = max((lock.retry_after(now) for lock, _ in locks), default=None)
+    return AttemptResult(outcome, retry_after=retry)
 
 
 def _succeed(guard: DomainGuard, user_id: Any) -> None:
-    # The user proved the factor: their budget starts over. The client's does not, so one
-    # address cannot spread guesses over accounts it controls.
-    RateLimiter(guard).reset(_user_key(user_id))
+    # The user proved the factor: their attempts start over (how far their lockouts have
+    # escalated does not). The client's do not, so one address cannot spread guesses over
+    # accounts it controls.
+    Throttle(guard).clear(_user_key(user_id))
 
 
 def _check_totp(guard: DomainGuard, device: TOTPDevice, code: str) -> Outcome:
@@ -683,6 +713,18 @@ def _notify(guard: DomainGuard, user_id: Any, template: str, **context: Any) -> 
         log.exception("could not send the %s notice", template)
 
 
+def _notify_enrolment_after_reset(guard: DomainGuard, user_id: Any) -> bool:
+    # An attacker whose reset got through enrols their own authenticator next: soon after a
+    # reset, the other safe addresses get a "this wasn't me" link instead of the usual notice.
+    from .undo import notify_enrolment_after_reset
+
+    try:
+        return notify_enrolment_after_reset(guard, user_id)
+    except Exception:
+        log.exception("could not send the enrolment-after-reset notice")
+        return False
+
+
 def confirm_enrolment(
     guard: DomainGuard, user: Any, code: str, *, client: str | None
 ) -> AttemptResult:
@@ -720,7 +762,8 @@ def confirm_enrolment(
     if outcome is not Outcome.OK:
         return _fail(guard, user_id, client, outcome, "totp", "enrol")
     _succeed(guard, user_id)
-    _notify(guard, user_id, "twofactor_enrolled")
+    if not _notify_enrolment_after_reset(guard, user_id):
+        _notify(guard, user_id, "twofactor_enrolled")
     return AttemptResult(
         Outcome.OK, recovery_codes=tuple(codes), remaining_recovery_codes=len(codes)
     )

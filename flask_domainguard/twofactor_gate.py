@@ -10,11 +10,15 @@ must enrol (``DOMAINGUARD_2FA_REQUIRED_SINCE``) are sent to enrolment the same w
 Per-session state lives in the signed Flask session under :data:`SESSION_KEY`::
 
     {"uid": "<user id>", "mode": "pending" | "done" | "none",
-     "tf_at": <when the 2FA step last succeeded>, "pw_at": <when the password was confirmed>}
+     "tf_at": <when the 2FA step last succeeded>, "pw_at": <when the password was confirmed>,
+     "sb": <the session's binding to the password hash and the session epoch>}
 
 A session without that state, or with the state of another user, is treated as just logged in
-(fail closed). Users loaded by a Flask-Login ``request_loader`` (API tokens) are not gated:
-such a token is its own credential, not a password session.
+(fail closed). A session whose binding no longer matches (the password changed, or the user's
+sessions were ended) is logged out before anything else, remember cookie included; see
+:mod:`.sessions`. A password that "this wasn't me" disabled does not log in at all. Users
+loaded by a Flask-Login ``request_loader`` (API tokens) are not gated: such a token is its
+own credential, not a password session.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user
+from flask_login import current_user, logout_user
 from flask_login.signals import (
     user_loaded_from_cookie,
     user_loaded_from_request,
@@ -47,7 +51,7 @@ from flask_login.signals import (
 )
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import twofactor
+from . import passwords, sessions, twofactor
 from .config import ConfigError
 from .timeutil import utcnow
 
@@ -75,6 +79,8 @@ ALWAYS_ALLOWED = frozenset(
         # that needs more (an address unverified for a domain reason) demands a fresh
         # second factor itself, which a pending session does not have.
         "domainguard.verify_address",
+        # "This wasn't me": its token proves the mailbox; it only ever takes access away.
+        "domainguard.undo_change",
     }
 )
 
@@ -91,6 +97,9 @@ def init_app(app: Flask, guard: DomainGuard) -> None:
     user_logged_out.connect(_on_logout)
     # First, so no host hook can answer for a pending session before the gate has looked.
     app.before_request_funcs.setdefault(None, []).insert(0, _gate)
+    # First in the list is last to run (Flask runs them in reverse): after Flask-Login has
+    # set or cleared its remember cookie, whose companion this keeps in step.
+    app.after_request_funcs.setdefault(None, []).insert(0, _after_request)
     app.context_processor(_template_context)
     keys = guard._state(app).settings.totp_keys
     if keys:
@@ -120,30 +129,63 @@ def _state() -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def _set_state(user_id: Any, mode: str, *, tf_at: float | None = None) -> None:
-    session[SESSION_KEY] = {"uid": str(user_id), "mode": mode, "tf_at": tf_at, "pw_at": None}
+def _set_state(guard: DomainGuard, user: Any, mode: str) -> None:
+    session[SESSION_KEY] = {
+        "uid": str(guard.user_id_of(user)),
+        "mode": mode,
+        "tf_at": None,
+        "pw_at": None,
+        "sb": sessions.binding(guard, user),
+    }
 
 
 def _start_session(guard: DomainGuard, user: Any) -> None:
     """Mark a newly authenticated session: pending for 2FA users unless the device is trusted."""
     user_id = guard.user_id_of(user)
     if not twofactor.twofactor_enabled(guard, user_id):
-        _set_state(user_id, NONE)
+        _set_state(guard, user, NONE)
     elif trusted_device(guard, user):
-        _set_state(user_id, DONE)
+        _set_state(guard, user, DONE)
     else:
-        _set_state(user_id, PENDING)
+        _set_state(guard, user, PENDING)
 
 
 def _on_login(app: Flask, user: Any, **_: Any) -> None:
     guard = _guard(app)
     if guard is None:
         return
+    # A reset the host completed without calling guard.password_changed shows here, at the
+    # latest, when the new password is first used.
+    passwords.notice_unannounced_change(guard, user)
+    if passwords.is_locked(guard, user):
+        _refuse_login()
+        return
     twofactor.record_login(guard, user)
     _start_session(guard, user)
 
 
+def _refuse_login() -> None:
+    """Undo the host's ``login_user``: the password it accepted was disabled by its owner."""
+    logout_user()
+    if session.get("_remember") == "set":  # no remember cookie for a refused login
+        session.pop("_remember")
+    g._domainguard_session_ended = True
+    flash(
+        "This password no longer works: the account's owner reported a password change that "
+        "was not theirs. Reset the password through one of the account's addresses.",
+        "error",
+    )
+
+
 def _on_cookie_login(app: Flask, user: Any, **_: Any) -> None:
+    guard = _guard(app)
+    if guard is None:
+        return
+    if not sessions.remember_cookie_matches(guard, user):
+        # Made before the last password change (or before DomainGuard set companions): the
+        # gate logs it out before anything else runs.
+        g._domainguard_session_refused = True
+        return
     # A remembered user is a new session without a password: it passes the 2FA step again.
     _on_login(app, user)
 
@@ -160,12 +202,68 @@ def _on_logout(app: Flask, user: Any, **_: Any) -> None:
 
 def _current_state(guard: DomainGuard) -> dict[str, Any]:
     """The session's state for the current user, started afresh when missing or foreign."""
-    user_id = guard.user_id_of(current_user._get_current_object())
+    user = current_user._get_current_object()
     state = _state()
-    if state is None or state.get("uid") != str(user_id):
-        _start_session(guard, current_user._get_current_object())
+    if state is None or state.get("uid") != str(guard.user_id_of(user)):
+        _start_session(guard, user)
         state = cast("dict[str, Any]", session[SESSION_KEY])
+    elif "sb" not in state:  # a session from before sessions were bound: bind it now
+        state = {**state, "sb": sessions.binding(guard, user)}
+        session[SESSION_KEY] = state
     return state
+
+
+def _session_alive(guard: DomainGuard) -> bool:
+    """Whether the logged-in session's binding still matches its user (see :mod:`.sessions`)."""
+    if g.get("_domainguard_session_refused"):
+        return False
+    user = current_user._get_current_object()
+    state = _state()
+    if state is None or state.get("uid") != str(guard.user_id_of(user)) or "sb" not in state:
+        return True  # a session just started: _current_state binds it
+    return sessions.matches(guard, user, state["sb"])
+
+
+def _end_session() -> None:
+    """Log the current session out, remember cookie and its companion included."""
+    logout_user()
+    g._domainguard_session_ended = True
+    flash("You were signed out because the account's password or security changed.", "warning")
+
+
+def rebind_session(guard: DomainGuard, user: Any) -> None:
+    """Give the current session ``user``'s new binding, when it is ``user``'s own session.
+
+    Called after the user changed their own password (:func:`.passwords.password_changed`), so
+    the session that made the change goes on while every other one ends.
+    """
+    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
+        return
+    me = current_user._get_current_object()
+    if not getattr(me, "is_authenticated", False) or g.get("_domainguard_request_user"):
+        return
+    if guard.user_id_of(me) != guard.user_id_of(user):
+        return
+    state = _state()
+    if state is None or state.get("uid") != str(guard.user_id_of(user)):
+        return
+    session[SESSION_KEY] = {**state, "sb": sessions.binding(guard, user)}
+    g._domainguard_rebind_remember = True
+
+
+def _after_request(response: BaseResponse) -> BaseResponse:
+    if _guard() is None:
+        return response
+    state = _state()
+    uid = session.get("_user_id")
+    binding = state.get("sb") if state is not None and state.get("uid") == str(uid) else None
+    sessions.update_companion(
+        response,
+        binding if uid is not None else None,
+        forget=bool(g.get("_domainguard_session_ended")),
+        rebind=bool(g.get("_domainguard_rebind_remember")),
+    )
+    return response
 
 
 def is_second_factor_pending() -> bool:
@@ -247,6 +345,16 @@ def _gate() -> BaseResponse | None:
     endpoint = request.endpoint
     if guard is None or endpoint is None:  # no route: let Flask answer 404/405
         return None
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return None
+    # Every other page, our own included: a session that died with its password must not
+    # pass as its user anywhere (the verification page trusts the logged-in owner).
+    if (
+        current_user.is_authenticated
+        and not g.get("_domainguard_request_user")
+        and not _session_alive(guard)
+    ):
+        _end_session()
     if _allowed(endpoint, guard.settings.twofactor_allowed_endpoints):
         return None
     if not current_user.is_authenticated or g.get("_domainguard_request_user"):

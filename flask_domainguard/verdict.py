@@ -37,11 +37,29 @@ class VerdictKind(str, enum.Enum):
     EXPIRED = "expired"
     RELEASED = "released"
     REREGISTERED = "reregistered"
+    DNS_CHANGED = "dns_changed"
+    """The domain's name servers and mail servers all differ from those recorded when the
+    address was proved (:mod:`flask_domainguard.dnsverdict`): it may have changed hands."""
     UNKNOWN = "unknown"
 
 
 #: Kinds that make an address unfit to receive a password reset.
-UNSAFE_KINDS = frozenset({VerdictKind.EXPIRED, VerdictKind.RELEASED, VerdictKind.REREGISTERED})
+UNSAFE_KINDS = frozenset(
+    {VerdictKind.EXPIRED, VerdictKind.RELEASED, VerdictKind.REREGISTERED, VerdictKind.DNS_CHANGED}
+)
+
+#: How grave each kind is, for picking one verdict among several (an address's status and DNS
+#: verdicts, a domain's addresses): the most severe wins.
+SEVERITY = {
+    VerdictKind.UNKNOWN: 0,
+    VerdictKind.OK: 1,
+    VerdictKind.EXPIRING_SOON: 2,
+    VerdictKind.IN_GRACE: 3,
+    VerdictKind.EXPIRED: 4,
+    VerdictKind.RELEASED: 5,
+    VerdictKind.DNS_CHANGED: 6,
+    VerdictKind.REREGISTERED: 7,
+}
 
 
 @dataclass(frozen=True, kw_only=True)

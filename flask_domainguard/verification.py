@@ -13,9 +13,11 @@ verified state cannot bring it back.
 Before an address is marked verified its domain is looked up live (PyPI learned that a stale
 status re-unverified users right after they re-verified). A new verification is refused when
 anyone else could register or restore the domain now (released, expired). An address that
-was unverified *because of its domain* is held to more: only its owner, logged in and with a
-fresh second factor when they have 2FA, may re-verify it, and only on evidence that the
-domain is safe: a successful lookup now, or a recent check that judged it ``OK``.
+was unverified *because of its domain*, or by hand (an administrator, or "this wasn't me"
+after a reset through it), is held to more: only its owner, logged in, with 2FA and a fresh
+second factor (a user without 2FA enrols first), may re-verify it, and only on evidence that
+the domain is safe: a successful lookup now, or a recent check that judged it ``OK``. The
+owner's other safe addresses are told when it comes back.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from flask import current_app, has_request_context, request
 from flask_login import current_user
 
 from . import jobs, signals, tokens
-from .addresses import AddressError, resolve_address
+from .addresses import AddressError, resolve_address, unverify
+from .dnsevidence import fingerprint_of
+from .dnsverdict import VERIFICATION, Baseline
 from .domainstate import load_state
 from .journal import EventKind, transaction
 from .links import verify_link
 from .livecheck import DomainCheck, check_domain
-from .mail import address_verdict, is_safe_recipient, send_mail
+from .mail import address_verdict, is_safe_recipient, notify_user, send_mail
 from .mailguard import verification_mail_scope
 from .models import DOMAIN_REASONS, UnverifyReason
 from .ratelimit import RateLimiter
@@ -48,6 +52,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Reasons after which only the logged-in owner with 2FA may verify the address again: the
+#: domain's, and a person's decision (an administrator, or "this wasn't me" after a reset
+#: through the address, whose mailbox the attacker may read).
+OWNER_REASONS = DOMAIN_REASONS | {UnverifyReason.MANUAL}
+
 #: Kinds that mean someone other than the owner can register or restore the name right now.
 _UP_FOR_GRABS = frozenset({VerdictKind.RELEASED, VerdictKind.EXPIRED})
 
@@ -56,8 +65,8 @@ class VerificationError(AddressError):
     """Verification cannot go ahead; the message is meant for the address's owner.
 
     :param code: a short machine-readable reason (``"rate_limited"``, ``"domain_unsafe"``,
-        ``"login_required"``, ``"second_factor_required"``, ``"lookup_failed"``,
-        ``"already_verified"``).
+        ``"login_required"``, ``"twofactor_required"``, ``"second_factor_required"``,
+        ``"lookup_failed"``, ``"already_verified"``).
     """
 
     def __init__(self, message: str, *, code: str) -> None:
@@ -92,8 +101,12 @@ class AddressState:
     :param domain_verdict: the stored verdict for this address (``"ok"``, ``"expired"``, ...) or
         ``None`` when never checked; trusted providers report ``"trusted"``.
     :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
-    :param needs_login: re-verifying takes the owner logged in (a domain reason).
+    :param needs_login: re-verifying takes the owner logged in with 2FA (a domain reason, or
+        unverified by hand).
     :param label: one sentence for the owner.
+    :param needs_verification: a (new) verification link is what the address needs now: it
+        is unverified, or verified while its domain's name servers and mail servers have all
+        changed since (re-verifying, logged in, records the new ones as its baseline).
     """
 
     address: str
@@ -104,6 +117,7 @@ class AddressState:
     unverify_reason: str | None
     needs_login: bool
     label: str
+    needs_verification: bool = False
 
 
 # -- the 2FA seam --------------------------------------------------------------------------
@@ -195,7 +209,8 @@ def send_verification(
     :param check: a live check of the address's domain the caller just made (not repeated).
     """
     row = resolve_address(guard, address)
-    if row.verified_at is not None:
+    moved = row.verified_at is not None and dns_moved(guard, row)
+    if row.verified_at is not None and not moved:
         raise VerificationError(f"{row.address} is already verified.", code="already_verified")
     settings = guard.settings
     if rate_limit and not RateLimiter(guard).hit(
@@ -205,6 +220,12 @@ def send_verification(
             f"Too many verification mails for {row.address} lately; try again later.",
             code="rate_limited",
         )
+    if moved:
+        # Its DNS moved away from its proof: it receives nothing anyway, and the sweep would
+        # unverify it after its confirmation. Unverified now, the link below needs its owner
+        # logged in (with 2FA) and records the new DNS as the address's baseline.
+        with transaction(guard.db, guard.models) as tx:
+            unverify(tx, row, UnverifyReason.DNS_CHANGED, actor=actor, domain=row.registrable)
     if row.registrable not in settings.trusted_domains:
         state = load_state(guard, row.registrable)
         stored_unsafe = address_verdict(guard, state, None, utcnow()).unsafe
@@ -271,9 +292,49 @@ def _run_verification_mail(guard: DomainGuard, run: jobs.JobRun) -> None:
 # -- confirming ----------------------------------------------------------------------------
 
 
+def dns_moved(guard: DomainGuard, row: EmailAddress) -> bool:
+    """Whether the stored state finds ``row``'s domain DNS-changed for it: its name servers
+    and mail servers all differ from the address's baseline."""
+    if row.verified_at is None or row.registrable in guard.settings.trusted_domains:
+        return False
+    state = load_state(guard, row.registrable)
+    verdict = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
+    return verdict.kind is VerdictKind.DNS_CHANGED
+
+
 def needs_owner(row: EmailAddress) -> bool:
-    """Whether re-verifying ``row`` takes its owner, logged in: it was unverified for its domain."""
-    return row.unverify_reason in DOMAIN_REASONS
+    """Whether re-verifying ``row`` takes its owner, logged in with 2FA: it was unverified for
+    its domain or by hand (:data:`OWNER_REASONS`)."""
+    return row.unverify_reason in OWNER_REASONS
+
+
+def _owner_refusal(guard: DomainGuard, row: EmailAddress, user: Any) -> VerificationRefused | None:
+    """Why ``user`` may not re-verify ``row`` (which :func:`needs_owner`), or ``None``."""
+    owner = user is not None and bool(getattr(user, "is_authenticated", False))
+    if not owner or guard.user_id_of(user) != row.user_id:
+        return VerificationRefused(
+            f"{row.address} lost its verification because of its domain or a security "
+            "report. Log in to your account, then open the link again to verify it.",
+            code="login_required",
+        )
+    checker = getattr(guard, "has_fresh_second_factor", None)
+    if not callable(checker):  # a host with its own 2FA decides through its checker alone
+        from . import twofactor
+
+        if not twofactor.twofactor_enabled(guard, user):
+            # Whoever holds the mailbox now may hold the password too (a reset got
+            # through): only a second factor tells the owner apart.
+            return VerificationRefused(
+                "Set up two-factor authentication for your account first, then open the "
+                "link again to verify this address.",
+                code="twofactor_required",
+            )
+    if not has_fresh_second_factor(guard, user):
+        return VerificationRefused(
+            "Confirm your second factor again, then open the link once more.",
+            code="second_factor_required",
+        )
+    return None
 
 
 def _domain_refusal(
@@ -321,36 +382,27 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
 
     :param user: the logged-in user (``flask_login.current_user``), or ``None``.
     :raises flask_domainguard.tokens.TokenError: a bad, expired or spent token.
-    :raises VerificationRefused: the domain is unsafe, or a domain-reason address is not
-        being re-verified by its owner with a fresh second factor.
+    :raises VerificationRefused: the domain is unsafe, or an address that
+        :func:`needs_owner` is not being re-verified by its owner, logged in, with 2FA and a
+        fresh second factor.
     """
     row, checked = read_verification_token(guard, token)
     if row.verified_at is not None:
         return Outcome.ALREADY_VERIFIED
     actor = "user"
-    if needs_owner(row):
-        owner = user is not None and bool(getattr(user, "is_authenticated", False))
-        owner = owner and guard.user_id_of(user) == row.user_id
-        refusal: VerificationRefused | None = None
-        if not owner:
-            refusal = VerificationRefused(
-                f"{row.address} lost its verification because of its domain. Log in to your "
-                "account, then open the link again to verify it.",
-                code="login_required",
-            )
-        elif not has_fresh_second_factor(guard, user):
-            refusal = VerificationRefused(
-                "Confirm your second factor again, then open the link once more.",
-                code="second_factor_required",
-            )
+    owner_needed = needs_owner(row)
+    if owner_needed:
+        refusal = _owner_refusal(guard, row, user)
         if refusal is not None:
             _journal_refusal(guard, row, refusal, actor=actor)
             raise refusal
 
-    # Judged for the proof about to be made: a change of hands before it is the new owner's.
+    # Judged for the proof about to be made: a change of hands before it is the new owner's,
+    # and the DNS seen now becomes the address's baseline.
     check = check_domain(
         guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
     )
+    fingerprint = fingerprint_of(check.observation.dns if check.observation else None)
     domain_refusal = _domain_refusal(guard, row, check)
     if domain_refusal is not None:
         _journal_refusal(guard, row, domain_refusal, actor=actor)
@@ -366,9 +418,14 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
         previous_reason = row.unverify_reason
         row.verified_at = utcnow()
         row.unverify_reason = None
+        # A new proof, a new baseline (or none, to be first seen, when the DNS was not read).
+        baseline = None if fingerprint is None else Baseline(fingerprint, row.verified_at)
+        for column, value in Baseline.columns(baseline).items():
+            setattr(row, column, value)
         details: dict[str, Any] = {
             "domain_verdict": check.verdict.kind.value,
             "reverified": reverified,
+            "dns_baseline": VERIFICATION if baseline is not None else None,
         }
         if reverified:
             details["previous_reason"] = previous_reason.value if previous_reason else None
@@ -380,7 +437,28 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
             signal=signals.address_verified,
             **details,
         )
+    if owner_needed:
+        _tell_other_addresses(guard, row, previous_reason)
     return Outcome.REVERIFIED if reverified else Outcome.VERIFIED
+
+
+def _tell_other_addresses(
+    guard: DomainGuard, row: EmailAddress, reason: UnverifyReason | None
+) -> None:
+    """Tell the owner's other safe addresses that ``row`` receives resets again."""
+    try:
+        notify_user(
+            guard,
+            row.user_id,
+            "address_reverified",
+            exclude_id=row.id,
+            address=row.address,
+            why=_REASON_TEXT.get(reason, "it lost its verification") if reason else None,
+            app_name=current_app.name,
+        )
+    except Exception:
+        # Verified either way; a mail server outage must not undo or hide it.
+        log.exception("could not send the address-reverified notice")
 
 
 # -- state for account pages ---------------------------------------------------------------
@@ -390,7 +468,12 @@ _REASON_TEXT = {
     UnverifyReason.DOMAIN_RELEASED: "its domain was released and could be registered by anyone",
     UnverifyReason.DOMAIN_EXPIRED: "its domain expired",
     UnverifyReason.DOMAIN_REREGISTERED: "its domain was registered again after you verified it",
-    UnverifyReason.MANUAL: "an administrator unverified it",
+    UnverifyReason.DNS_CHANGED: "the name servers and mail servers of its domain all changed "
+    "after you verified it",
+    UnverifyReason.MANUAL: (
+        "it was unverified by hand (by an administrator, or after a password change through it "
+        "was reported as not yours)"
+    ),
     UnverifyReason.BOUNCE: "mail to it bounced",
 }
 
@@ -411,12 +494,20 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
     if not trusted:
         state = load_state(guard, row.registrable)
         # This address's own verdict: the domain's summary may be about an older address.
-        own = address_verdict(guard, state, row.verified_at, utcnow())
-        verdict = None if state.checked_at is None else own.kind.value
+        own = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
+        checked = state.checked_at is not None or state.dns is not None
+        verdict = own.kind.value if checked else None
     safe = is_safe_recipient(guard, row)
     reason = row.unverify_reason
+    moved = row.verified_at is not None and verdict == VerdictKind.DNS_CHANGED.value
     if row.verified_at is not None and safe:
         label = "Verified: password resets can be sent here."
+    elif moved:
+        label = (
+            f"Verified, but the name servers and mail servers of {row.registrable} have all "
+            "changed since you verified it: password resets are not sent here. If you moved "
+            "them, verify the address again while logged in; that records the new ones."
+        )
     elif row.verified_at is not None:
         label = (
             f"Verified, but its domain {row.registrable} looks unsafe ({verdict}): password "
@@ -424,8 +515,15 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
         )
     elif reason is not None:
         label = f"Unverified because {_REASON_TEXT.get(reason, reason.value)}."
-        if reason in DOMAIN_REASONS:
+        if reason is UnverifyReason.DNS_CHANGED:
+            label += (
+                " If you moved them yourself, verify it again while logged in: that records "
+                "the new ones."
+            )
+        elif reason in DOMAIN_REASONS:
             label += " Once the domain is yours again, verify it while logged in."
+        elif reason in OWNER_REASONS:
+            label += " Verify it again while logged in, with two-factor authentication."
         else:
             label += " Verify it again to receive password resets."
     else:
@@ -437,8 +535,9 @@ def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressSta
         receives_resets=safe,
         domain_verdict=verdict,
         unverify_reason=reason.value if reason is not None else None,
-        needs_login=needs_owner(row),
+        needs_login=needs_owner(row) or moved,
         label=label,
+        needs_verification=row.verified_at is None or moved,
     )
 
 

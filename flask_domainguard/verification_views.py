@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -51,13 +51,6 @@ def _guard() -> Any:
     return current_app.extensions["domainguard"].guard
 
 
-def _no_store(response: Response) -> Response:
-    # The token is in the URL: keep it out of caches and out of Referer headers.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
 def safe_next(target: str | None, fallback: str) -> str:
     """``target`` when it is a path on this site, else ``fallback`` (no open redirects)."""
     if not target or "\\" in target or any(ord(c) < 32 for c in target):
@@ -92,9 +85,9 @@ def verify_address(token: str) -> ResponseReturnValue:
         row, _ = read_verification_token(guard, token)
     except tokens.TokenError as exc:
         if json:
-            return json_answer({"error": "invalid_token", "message": str(exc)}, 400, private=True)
+            return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
         page = render_template("domainguard/verify/invalid.html", message=str(exc))
-        return _no_store(current_app.make_response((page, 400)))
+        return page, 400
     form = ConfirmAddressForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
@@ -102,39 +95,39 @@ def verify_address(token: str) -> ResponseReturnValue:
         except tokens.TokenError as exc:
             if json:
                 body = {"error": "invalid_token", "message": str(exc)}
-                return json_answer(body, 400, private=True)
+                return json_answer(body, 400)
             page = render_template("domainguard/verify/invalid.html", message=str(exc))
-            return _no_store(current_app.make_response((page, 400)))
+            return page, 400
         except VerificationError as exc:
             if json:
                 body = {"error": exc.code, "message": str(exc), "address": row.address}
-                return json_answer(body, 409, private=True)
+                return json_answer(body, 409)
             page = render_template(
                 "domainguard/verify/refused.html",
                 address=row.address,
                 message=str(exc),
                 code=exc.code,
             )
-            return _no_store(current_app.make_response((page, 409)))
+            return page, 409
         if json:
             body = {"status": outcome.value, "address": row.address}
-            return json_answer(body, private=True)
+            return json_answer(body)
         page = render_template(
             "domainguard/verify/done.html", address=row.address, outcome=outcome.value
         )
-        return _no_store(current_app.make_response(page))
+        return page
     status = 400 if request.method == "POST" else 200
     needs_login = needs_owner(row) and _logged_in_user() is None
     if json:
         if status == 400:
-            return json_answer(form_errors(form), 400, private=True)
+            return json_answer(form_errors(form), 400)
         state: dict[str, Any] = {
             "address": row.address,
             "already_verified": row.verified_at is not None,
             "needs_login": needs_login,
             **csrf_body(),
         }
-        return json_answer(state, private=True)
+        return json_answer(state)
     page = render_template(
         "domainguard/verify/confirm.html",
         form=form,
@@ -142,7 +135,7 @@ def verify_address(token: str) -> ResponseReturnValue:
         already=row.verified_at is not None,
         needs_login=needs_login,
     )
-    return _no_store(current_app.make_response((page, status)))
+    return (page, status)
 
 
 @bp.route("/verify/", methods=["GET"])

@@ -11,11 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from .config import Settings
 
 bp = Blueprint("domainguard", __name__, template_folder="templates", static_folder="static")
+
+#: URL arguments that hold a secret (reset, verification and "this wasn't me" links).
+TOKEN_ARGUMENTS = frozenset({"token"})
+
+
+@bp.after_request
+def _private_token_pages(response: Response) -> Response:
+    """Every answer of a page whose URL carries a token, errors and JSON included: kept out of
+    caches (``no-store``) and out of ``Referer`` headers sent to other sites."""
+    if request.view_args and TOKEN_ARGUMENTS & request.view_args.keys():
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
 
 #: Only the templates (mail above all), for apps that turn the pages off.
 templates_only = Blueprint("domainguard_templates", __name__, template_folder="templates")
@@ -33,19 +47,17 @@ def register_views(app: Flask, settings: Settings) -> None:
     from . import (  # noqa: F401  (importing them adds their routes to bp)
         reset_views,  # password reset pages
         twofactor_views,  # 2FA pages
+        undo_views,  # "this wasn't me" pages
         verification_views,  # address verification pages
     )
 
     app.register_blueprint(bp, url_prefix=settings.url_prefix)
 
 
-def json_answer(body: dict[str, Any], status: int = 200, *, private: bool = False) -> Response:
-    """A JSON response; ``private`` for answers about a token (no caching, no Referer)."""
+def json_answer(body: dict[str, Any], status: int = 200) -> Response:
+    """A JSON response (answers about a token get their headers from the blueprint's hook)."""
     response = jsonify(body)
     response.status_code = status
-    if private:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 

@@ -109,3 +109,20 @@ def test_hosts_build_their_own_links_on_the_same_base(app: Flask, guard: Any) ->
     with app.test_request_context("/", base_url="http://evil.example"):
         link = guard.external_link("my_reset", token="abc", next="/x")
     assert link == "https://accounts.example.com/my-reset/abc?next=/x"
+
+
+@pytest.mark.settings(DOMAINGUARD_EXTERNAL_URL="https://accounts.example.com")
+def test_a_forged_host_header_never_reaches_the_undo_link(
+    app: Flask, guard: Any, make_user: Any, outbox: list[Any]
+) -> None:
+    # The "this wasn't me" link of a password-changed notice, mailed from a request whose
+    # Host header names the attacker's site.
+    user = _verified(guard, make_user)
+    guard.add_address(user, "ana@example.org", verified=True)
+    with app.test_request_context("/", headers={"Host": "evil.example"}):
+        guard.password_changed(user, actor="user")
+    mails = [m for m in outbox if "/domainguard/undo/" in m.body]
+    assert len(mails) == 2  # a change made while logged in: every safe address gets one
+    for mail in mails:
+        assert "https://accounts.example.com/domainguard/undo/" in mail.body
+        assert "evil.example" not in mail.body

@@ -17,11 +17,13 @@ from tests import hostapp
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {
+    "domainguard_attempt",
     "domainguard_domain",
     "domainguard_email_address",
     "domainguard_event",
     "domainguard_held_action",
     "domainguard_job",
+    "domainguard_lockout",
     "domainguard_rate_counter",
     "domainguard_recovery_code",
     "domainguard_sweep_run",

@@ -25,6 +25,7 @@ from flask_wtf.csrf import generate_csrf
 
 from flask_domainguard.journal import EventKind
 from flask_domainguard.ratelimit import _digest, _window_start
+from flask_domainguard.reset import mail_budget_keys
 from flask_domainguard.status.static import StaticBackend
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp
@@ -99,7 +100,7 @@ def populate(app: Flask, guard: Any, make_user: Any) -> dict[str, Any]:
     add(guard, users["unsafe"], ADDRESSES["unsafe"])
     users["rate_limited"] = make_user()
     busy = add(guard, users["rate_limited"], ADDRESSES["rate_limited"])
-    exhaust(guard, f"reset:account:{busy.user_id}", guard.settings.reset_limit_per_account)
+    exhaust(guard, mail_budget_keys(busy, "127.0.0.1")[1], guard.settings.reset_limit_per_address)
     users["allowed"] = make_user()
     add(guard, users["allowed"], ADDRESSES["allowed"])
     return users

@@ -122,19 +122,22 @@ def test_circuit_breaker_holds_all_then_apply_held(
     assert report["held"]["count"] == 3
     assert {row["domain"] for row in report["held"]["rows"]} == {"x.com", "y.com", "z.com"}
 
-    # z.com was renewed meanwhile: applying re-checks each action first.
-    status_server.answers["z.com"] = "active"
+    # Meanwhile y.com was registered by someone (released, now held: it changed hands) and
+    # z.com's address was unverified by an administrator: applying re-checks each action.
+    status_server.answers["y.com"] = "active"
+    guard.unverify(address(guard, ids["z.com"][0]).address, reason="manual", actor="admin:t")
     result = runner.invoke(args=["domainguard", "sweep", "--apply-held", "--json"])
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.stdout)
     assert outcome["applied"] == 2 and outcome["obsolete"] == 1
     hostapp.db.session.expire_all()
     assert not address(guard, ids["x.com"][0]).verified
-    assert not address(guard, ids["y.com"][0]).verified
-    assert address(guard, ids["z.com"][0]).verified
+    y = address(guard, ids["y.com"][0])
+    assert not y.verified and y.unverify_reason.value == "domain_reregistered"
+    assert address(guard, ids["z.com"][0]).unverify_reason.value == "manual"
     assert {h.resolution for h in held_rows(guard)} == {"applied", "obsolete"}
     assert len(events(guard, EventKind.HELD_APPLIED)) == 2
-    assert len(events(guard, EventKind.ADDRESS_UNVERIFIED)) == 2
+    assert len(events(guard, EventKind.ADDRESS_UNVERIFIED)) == 3  # two applied, one manual
 
 
 @pytest.mark.settings(DOMAINGUARD_MAX_UNVERIFY=1)

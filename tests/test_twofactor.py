@@ -397,11 +397,16 @@ def test_failures_lock_out_with_a_journal_row_and_a_signal(guard: Any, make_user
             assert (result.retry_after is not None) == (i == 4)
         blocked = twofactor.verify_totp(guard, user, code_at(secret), client=CLIENT)
         assert blocked.outcome is Outcome.LOCKED
-        assert blocked.retry_after == timedelta(minutes=5) - timedelta(seconds=1)
+        assert blocked.retry_after == timedelta(minutes=5)
         assert twofactor.use_recovery_code(guard, user, "x", client="198.51.100.1").outcome is (
             Outcome.LOCKED
         ), "the user's own budget is spent whatever the address"
-    assert locked_out == [{"user_id": user.id, "address": None, "window_seconds": 300}]
+    # The client (five failures) and the user (five attempts) are each locked out once.
+    lockout = {"level": 1, "lockout_seconds": 300, "window_seconds": 300}
+    assert locked_out == [
+        {"user_id": user.id, "address": None, "scope": "client", **lockout},
+        {"user_id": user.id, "address": None, "scope": "user", **lockout},
+    ]
     with freeze_time(start + timedelta(minutes=5)):
         assert twofactor.verify_totp(guard, user, code_at(secret), client=CLIENT).ok
 

@@ -86,6 +86,13 @@ def login(client: FlaskClient, user: Any, *, second_factor_at: float | None = No
             }
 
 
+def login_with_2fa(client: FlaskClient, guard: Any, user: Any) -> None:
+    """Log ``user`` in with 2FA enrolled and just passed: what re-verifying an address that
+    lost its verification to its domain takes."""
+    enrol_2fa(guard, user)
+    login(client, user, second_factor_at=utcnow().timestamp())
+
+
 # -- sending -------------------------------------------------------------------------------
 
 
@@ -248,7 +255,7 @@ def test_reverification_needs_evidence_as_a_reset_does(
         clock.tick(timedelta(days=2))
         write_status(app, {})  # the lookup at confirmation fails
         owner = app.test_client()
-        login(owner, user)
+        login_with_2fa(owner, guard, user)
         response = confirm(owner, link)
     assert response.status_code == 409
     guard.db.session.refresh(row)
@@ -359,8 +366,18 @@ def test_domain_reason_needs_the_owner_logged_in(
     reasons = [e.details["reason"] for e in events(guard, EventKind.VERIFICATION_REFUSED)]
     assert reasons == ["login_required", "login_required"]
 
+    # The owner without 2FA must enrol first: whoever reads the mailbox may know the password.
     owner = app.test_client()
     login(owner, user)
+    response = confirm(owner, link)
+    assert response.status_code == 409 and b"two-factor authentication" in response.data
+    assert b"/domainguard/2fa/enroll" in response.data
+    guard.db.session.refresh(row)
+    assert row.verified_at is None
+    reasons = [e.details["reason"] for e in events(guard, EventKind.VERIFICATION_REFUSED)]
+    assert reasons[-1] == "twofactor_required"
+
+    login_with_2fa(owner, guard, user)
     seen: list[dict[str, Any]] = []
 
     def receiver(sender: Flask, **info: Any) -> None:
@@ -412,7 +429,7 @@ def test_domain_reason_on_a_still_unsafe_domain_is_refused(
     link = mailed_link(outbox)
     write_status(app, {})  # the lookup at confirmation fails; the stored verdict is OK now
     owner = app.test_client()
-    login(owner, user)
+    login_with_2fa(owner, guard, user)
     assert confirm(owner, link).status_code == 200
 
 
@@ -430,11 +447,13 @@ def test_domain_reason_with_failed_lookup_and_unsafe_stored_verdict_is_refused(
     guard.db.session.commit()
     write_status(app, {})
     owner = app.test_client()
-    login(owner, user)
+    login_with_2fa(owner, guard, user)
     response = confirm(owner, link)
     assert response.status_code == 409
     guard.db.session.refresh(row)
     assert row.verified_at is None
+    refused = events(guard, EventKind.VERIFICATION_REFUSED)
+    assert refused[-1].details["reason"] == "domain_unsafe"
 
 
 # -- the status page and the resend button --------------------------------------------------
@@ -533,3 +552,52 @@ def test_reverify_send_needs_server_name(
     add(guard, make_user(), "me@example-shop.com", verified=False)
     result = runner.invoke(args=["domainguard", "reverify", "me@example-shop.com", "--send"])
     assert result.exit_code == 2 and "SERVER_NAME" in result.output
+
+
+# -- re-verification is told, and manual unverification is held to the same rule ------------
+
+
+def test_the_other_safe_addresses_hear_of_a_reverification(
+    app: Flask, guard: Any, lapsed: tuple[Any, Any, str], outbox: list[Any]
+) -> None:
+    user, _, link = lapsed
+    add(guard, user, "me@gmail.com")  # a trusted provider: safe
+    owner = app.test_client()
+    login_with_2fa(owner, guard, user)
+    before = len(outbox)
+    assert confirm(owner, link).status_code == 200
+    [notice] = outbox[before:]
+    assert notice.recipients == ["me@gmail.com"], "never the re-verified address itself"
+    assert "me@example-shop.com receives password resets again" in notice.subject
+    assert "its domain expired" in notice.body
+
+
+def test_a_hand_unverified_address_needs_its_owner_with_2fa(
+    app: Flask, guard: Any, make_user: Any, outbox: list[Any], healthy: None
+) -> None:
+    # "This wasn't me" unverifies the reset's address by hand: the attacker reads its mailbox.
+    user = make_user()
+    row = add(guard, user, "me@example-shop.com")
+    add(guard, user, "me@gmail.com")
+    guard.unverify(row, reason="manual", actor="user")
+    guard.send_verification(row)
+    link = mailed_link(outbox)
+    stranger = app.test_client()
+    page = stranger.get(link)
+    assert b"Log in to your account first" in page.data
+    assert stranger.post(link, data={"csrf_token": csrf_of(page.data)}).status_code == 409
+    owner = app.test_client()
+    login_with_2fa(owner, guard, user)
+    assert confirm(owner, link).status_code == 200
+    guard.db.session.refresh(row)
+    assert row.verified_at is not None
+    assert guard.address_state(row).receives_resets
+
+
+def test_a_bounced_address_comes_back_from_its_mailbox_alone(
+    app: Flask, guard: Any, make_user: Any, outbox: list[Any], healthy: None
+) -> None:
+    row = add(guard, make_user(), "me@example-shop.com")
+    guard.unverify(row, reason="bounce", actor="bounce:test")
+    guard.send_verification(row)
+    assert confirm(app.test_client(), mailed_link(outbox)).status_code == 200

@@ -148,6 +148,15 @@ def create_site(config: dict[str, Any]) -> Flask:
         site_db.session.commit()
         return f"{PROTECTED} password changed"
 
+    @app.route("/account/password-announced", methods=["POST"])
+    @login_required
+    def change_password_announced() -> str:
+        # The same change, told to DomainGuard as docs/integration.md shows.
+        current_user.set_password(request.form["password"])
+        site_db.session.commit()
+        site_guard.password_changed(current_user, actor="user")
+        return f"{PROTECTED} password changed"
+
     @app.route("/api/me")
     @login_required
     def api_me() -> Any:

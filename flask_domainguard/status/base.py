@@ -23,6 +23,7 @@ __all__ = [
     "MIN_YEAR",
     "LoopClient",
     "StatusBackend",
+    "backend_covers",
     "observe_sync",
     "parse_datetime",
     "to_alabel",
@@ -68,6 +69,23 @@ class StatusBackend(Protocol):
     async def aclose(self) -> None:
         """Release what the backend holds (an HTTP client it created itself)."""
         ...
+
+
+def backend_covers(backend: StatusBackend, domain: str) -> bool | None:
+    """Whether ``backend`` has a status server for ``domain``'s TLD.
+
+    A backend says so with an optional ``covers(domain) -> bool | None`` method (``None``:
+    cannot tell yet). One without it is taken to cover every domain: the DNS then never
+    stands in for it as evidence (``DOMAINGUARD_DNS_EVIDENCE = "fallback"``).
+    """
+    covers = getattr(backend, "covers", None)
+    if covers is None:
+        return True
+    try:
+        answer = covers(domain)
+    except Exception:
+        return None
+    return answer if isinstance(answer, bool) else None
 
 
 def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = None) -> Observation:

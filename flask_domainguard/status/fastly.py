@@ -237,6 +237,10 @@ class _StatusApiBackend:
     def __repr__(self) -> str:  # never show the key
         return f"<{type(self).__name__} {self.url}>"
 
+    def covers(self, domain: str) -> bool:
+        """The API answers for every TLD (``unknown`` where it cannot tell: no evidence)."""
+        return True
+
     def server_key(self, domain: str) -> str:
         """Every lookup goes to the one API host."""
         return httpx.URL(self.url).netloc.decode("ascii", "replace")

@@ -415,6 +415,19 @@ class RdapBackend:
         await self._services(self._http(client))
         return self._bootstrap is not None
 
+    def covers(self, domain: str) -> bool | None:
+        """Whether a status server is known for ``domain``'s TLD (bootstrap and
+        ``DOMAINGUARD_RDAP_SERVERS``); ``None`` while no bootstrap could be loaded and no
+        configured server matches (unknown, so no other evidence stands in for it)."""
+        name = to_alabel(domain)
+        if name is None:
+            return None
+        if self._bootstrap is None:
+            self._load_cache_file()
+        if self._base(name) is not None:
+            return True
+        return False if self._bootstrap is not None else None
+
     def base_url(self, domain: str) -> str | None:
         """The RDAP base URL for ``domain`` from what is known now (no fetch)."""
         name = to_alabel(domain)

@@ -187,6 +187,10 @@ class StaticBackend:
         """The file's answer for ``domain``; ``client`` and ``timeout`` are not used."""
         return self.lookup(domain)
 
+    def covers(self, domain: str) -> bool:
+        """The file speaks for every domain (one it does not list is "could not tell")."""
+        return True
+
     def server_key(self, domain: str) -> str:
         """One "server": the file."""
         return SOURCE

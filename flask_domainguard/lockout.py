@@ -1,0 +1,158 @@
+"""Second-factor guessing: a sliding window of attempts and escalating lockouts, in the database.
+
+Each key (a user, a client address; stored hashed) has its attempts as
+:class:`~.models.Attempt` rows. A key with ``DOMAINGUARD_2FA_LIMIT`` attempts within the last
+window (sliding: the last five minutes whenever it is asked, so no burst fits across a window
+edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes, 30 minutes,
+2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the end of the
+last one takes the next duration, and the last one repeats. A lockout empties the key's
+window: once it ends, the key has the limit again, and then a longer lockout. Five guesses
+per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
+
+Across processes and machines: an attempt is inserted and committed before it is counted, so
+of concurrent attempts the k-th to commit counts at least k, and no more than the limit get
+through. A lockout starts with a compare-and-set on the key's :class:`~.models.Lockout` row,
+so two processes that both reach the limit start one lockout and escalate once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .timeutil import utcnow
+
+if TYPE_CHECKING:
+    from .extension import DomainGuard
+
+_NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _digest(key: str) -> str:
+    # Keys hold client addresses and account ids, which do not belong in the table.
+    return hashlib.sha256(f"2fa-lockout\0{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lockout of a key: until when, how far escalated, and whether this call started it."""
+
+    until: datetime
+    level: int
+    started: bool = False
+
+    def retry_after(self, now: datetime) -> timedelta:
+        """How long until the lockout ends."""
+        return max(self.until - now, timedelta(0))
+
+
+class Throttle:
+    """Attempts and lockouts of keys, for the current app's 2FA settings."""
+
+    def __init__(self, guard: DomainGuard) -> None:
+        self.guard = guard
+        settings = guard.settings
+        self.limit = settings.twofactor_limit.count
+        self.window = settings.twofactor_limit.window
+        self.steps = settings.twofactor_lockouts
+        self.memory = settings.twofactor_lockout_memory
+
+    @property
+    def _session(self) -> sa.orm.Session:
+        session: sa.orm.Session = self.guard.db.session
+        return session
+
+    def active(self, key: str) -> Lock | None:
+        """The key's lockout while it lasts, else ``None``."""
+        Lockout = self.guard.models.Lockout
+        row = self._session.execute(
+            sa.select(Lockout.locked_until, Lockout.level).where(Lockout.key == _digest(key))
+        ).first()
+        if row is None or row.locked_until <= utcnow():
+            return None
+        return Lock(row.locked_until, row.level)
+
+    def count(self, key: str) -> int:
+        """The key's attempts within the window ending now."""
+        Attempt = self.guard.models.Attempt
+        since = utcnow() - self.window
+        value = self._session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Attempt)
+            .where(Attempt.key == _digest(key), Attempt.at > since)
+        )
+        return int(value or 0)
+
+    def record(self, key: str) -> int:
+        """Add one attempt of ``key``, commit it, then count (see the module description).
+
+        :returns: the key's attempts within the window, this one included.
+        """
+        Attempt = self.guard.models.Attempt
+        now = utcnow()
+        session = self._session
+        # Rows that left every window are dead weight, whichever key they belong to.
+        session.execute(sa.delete(Attempt).where(Attempt.at <= now - self.window))
+        session.add(Attempt(key=_digest(key), at=now))
+        session.commit()
+        return self.count(key)
+
+    def clear(self, key: str) -> None:
+        """Forget the key's attempts (after a success), keeping how far it has escalated."""
+        Attempt = self.guard.models.Attempt
+        self._session.execute(sa.delete(Attempt).where(Attempt.key == _digest(key)))
+        self._session.commit()
+
+    def lock(self, key: str) -> Lock:
+        """Start a lockout of ``key``, one step longer than a recent last one; the lockout
+        already running when there is one (then ``started`` is false)."""
+        Lockout = self.guard.models.Lockout
+        digest = _digest(key)
+        session = self._session
+        self._ensure_row(digest)
+        now = utcnow()
+        row = session.execute(
+            sa.select(Lockout.locked_until, Lockout.level).where(Lockout.key == digest)
+        ).one()
+        if row.locked_until > now:
+            return Lock(row.locked_until, row.level)
+        level = row.level + 1 if row.level and now - row.locked_until < self.memory else 1
+        until = now + self.steps[min(level, len(self.steps)) - 1]
+        changed: sa.CursorResult[object] = session.execute(  # type: ignore[assignment]
+            sa.update(Lockout)
+            .where(
+                Lockout.key == digest,
+                Lockout.level == row.level,
+                Lockout.locked_until <= now,
+            )
+            .values(level=level, locked_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # another process started it first
+            session.commit()
+            running = self.active(key)
+            return running if running is not None else Lock(until, level)
+        # The lockout consumes the attempts that caused it.
+        Attempt = self.guard.models.Attempt
+        session.execute(sa.delete(Attempt).where(Attempt.key == digest))
+        session.commit()
+        return Lock(until, level, started=True)
+
+    def _ensure_row(self, digest: str) -> None:
+        Lockout = self.guard.models.Lockout
+        session = self._session
+        table: sa.Table = Lockout.__table__  # type: ignore[attr-defined]
+        dialect = session.get_bind(mapper=sa.inspect(Lockout)).dialect.name
+        values = {"key": digest, "level": 0, "locked_until": _NEVER}
+        if dialect in ("sqlite", "postgresql"):
+            insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+            session.execute(insert(table).values(**values).on_conflict_do_nothing())
+        elif session.get(Lockout, digest) is None:  # pragma: no cover - no ON CONFLICT
+            session.add(Lockout(**values))
+        session.commit()
