@@ -1,107 +1,194 @@
-"""Work done after the response: what keeps every reset answer equally fast.
+"""The in-process workers: threads in each app process that drain the job table.
 
 A reset request may take a live domain lookup (up to ``DOMAINGUARD_RESET_LIVE_TIMEOUT``) and
 an SMTP conversation, but only for some addresses. Doing that work in the request would tell
 an attacker, by the time it takes, which addresses have accounts. So the request only checks
-the form and hands the work to a small thread pool; the requester gets the same answer at
-the same speed whatever happens next.
+the form and writes one row to the job table (:mod:`.jobs`); the requester gets the same
+answer at the same speed whatever happens next, and the row outlives a crash.
 
-The pool is per app and per process (it is rebuilt after a fork, so pre-forking servers
-work), bounded (a flood is dropped rather than queued without end), and each job runs in a
-request context rebuilt from the original request, with its own session object, so
-``url_for(..., _external=True)``, ``g`` and the host's view code behave as in the request
-while nothing they do reaches the response already sent.
+These threads are the default worker, enough for small sites: ``DOMAINGUARD_JOBS_WORKERS``
+per process (0: none; drain the table with Celery or ``flask domainguard jobs --drain``).
+They start on the first job this process writes, or on its first request when the table
+holds due jobs (left by a process that died), and are rebuilt after a fork, so pre-forking
+servers work. Woken at once when this process writes a job, they also look every
+``DOMAINGUARD_JOBS_POLL`` seconds for retries and for jobs other processes wrote, and stop
+after a minute with nothing to do and no job waiting in the table.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
-from flask import Flask, current_app, request
-from flask.ctx import RequestContext
+from flask import Flask, current_app
 
 log = logging.getLogger(__name__)
 
 _KEY = "domainguard.background"
 
+#: Jobs a thread claims at once (each one's lease covers the others' run time).
+CLAIM_BATCH = 4
+#: An idle thread ends after this many seconds without work; the next job starts it again.
+IDLE_EXIT = 60.0
 
-class BackgroundJobs:
-    """A bounded thread pool running jobs inside a copy of the submitting request's context.
+
+class JobWorkers:
+    """A few threads that drain the job table for one app, in this process.
 
     :param app: the app whose context the jobs run in.
-    :param workers: threads in the pool.
-    :param max_pending: jobs waiting or running at once; more are dropped (and logged).
+    :param threads: how many threads (``DOMAINGUARD_JOBS_WORKERS``).
     """
 
-    def __init__(self, app: Flask, *, workers: int = 2, max_pending: int = 256) -> None:
+    def __init__(self, app: Flask, *, threads: int) -> None:
         self.app = app
-        self.workers = workers
-        self.max_pending = max_pending
+        self.threads = threads
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._pid = os.getpid()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pending: set[concurrent.futures.Future[None]] = set()
+        self._alive: set[threading.Thread] = set()
+        self._busy = 0
+        self._signals = 0
+        self._stopping = False
+        self._checked_at_start = False
+        #: Called on every :meth:`wake` (e.g. to send a Celery task that drains the table).
+        self.on_wake: list[Callable[[], object]] = []
 
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._pool is None or self._pid != os.getpid():
-            # A forked worker inherits the parent's pool object but none of its threads.
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.workers, thread_name_prefix="domainguard"
-            )
-            self._pending = set()
+    # -- life cycle ------------------------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        if self._pid != os.getpid():
+            # A forked worker inherits the parent's bookkeeping but none of its threads.
             self._pid = os.getpid()
-        return self._pool
+            self._alive = set()
+            self._busy = 0
+        self._alive = {t for t in self._alive if t.is_alive()}
+        while not self._stopping and len(self._alive) < self.threads:
+            thread = threading.Thread(
+                target=self._loop, name=f"domainguard-worker-{len(self._alive)}", daemon=True
+            )
+            self._alive.add(thread)
+            thread.start()
 
-    def submit(self, job: Callable[[], None]) -> bool:
-        """Run ``job`` later in a copy of the current request's context.
-
-        :returns: ``False`` when the queue is full and the job was dropped.
-        """
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        # Parse the body now: the input stream is gone once the response has been sent.
-        req.form  # noqa: B018
-        environ = req.environ
-
-        def run() -> None:
-            # No session is passed: the copy opens its own from the request's cookie, so
-            # whatever the job does to it (a flash message) never races the real response.
-            with RequestContext(self.app, environ, request=req):
-                try:
-                    job()
-                except Exception:
-                    log.exception("background job failed")
-
+    def wake(self) -> None:
+        """Start the threads if needed and tell them a job is waiting."""
+        for callback in self.on_wake:
+            try:
+                callback()
+            except Exception:  # the job is in the table: a poll or beat finds it later
+                log.exception("job worker: a wake-up callback failed")
+        if self.threads <= 0:
+            return
         with self._lock:
-            if len(self._pending) >= self.max_pending:
-                log.warning("background queue full (%d jobs): job dropped", self.max_pending)
-                return False
-            future = self._executor().submit(run)
-            self._pending.add(future)
-        future.add_done_callback(self._done)
-        return True
+            self._start_locked()
+            self._signals += 1
+            self._wake.notify()
 
-    def _done(self, future: concurrent.futures.Future[None]) -> None:
+    def start_if_work(self) -> None:
+        """On this process's first request: start the threads when due jobs are waiting."""
+        if self._checked_at_start or (self.threads <= 0 and not self.on_wake):
+            return
+        self._checked_at_start = True
+        from .jobs import has_due_jobs
+
+        guard = current_app.extensions["domainguard"].guard
+        if has_due_jobs(guard):
+            self.wake()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads (tests, shutdown); running jobs finish first."""
         with self._lock:
-            self._pending.discard(future)
+            self._stopping = True
+            self._wake.notify_all()
+            threads = list(self._alive)
+        for thread in threads:
+            thread.join(timeout)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        from .jobs import DrainReport, drain
+        from .sweep import new_run_id
+
+        owner = new_run_id()
+        idle_since = time.monotonic()
+        while True:
+            with self._lock:
+                if self._stopping:
+                    break
+                seen = self._signals
+                self._busy += 1
+            done = 0
+            try:
+                with self.app.app_context():
+                    guard = self.app.extensions["domainguard"].guard
+                    report = drain(guard, owner, batch=CLAIM_BATCH, report=DrainReport())
+                    done = report.done + report.failed + report.shed_unknown + report.shed_known
+            except Exception:
+                log.exception("job worker: draining the job table failed")
+            with self._lock:
+                self._busy -= 1
+                if self._stopping:
+                    break
+                if done:
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since >= IDLE_EXIT:
+                    if not self._retries_waiting():
+                        break
+                    idle_since = time.monotonic()  # a retry is due later: keep watching
+                if self._signals == seen:
+                    poll = self.app.extensions["domainguard"].settings.jobs_poll
+                    self._wake.wait(poll)
+        with self._lock:
+            self._alive.discard(threading.current_thread())
+
+    def _retries_waiting(self) -> bool:
+        from .jobs import has_pending_jobs
+
+        try:
+            with self.app.app_context():
+                return has_pending_jobs(self.app.extensions["domainguard"].guard)
+        except Exception:
+            return False
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the jobs submitted so far; ``True`` when all finished within ``timeout``."""
-        with self._lock:
-            pending = set(self._pending)
-        if not pending:
-            return True
-        _, not_done = concurrent.futures.wait(pending, timeout=timeout)
-        return not not_done
+        """Wait until no job is due or running; ``True`` when that happened within ``timeout``.
+
+        Jobs waiting for a retry later do not count.
+        """
+        from .jobs import has_due_jobs
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        guard = self.app.extensions["domainguard"].guard
+        while True:
+            with self.app.app_context():
+                due = has_due_jobs(guard)
+            with self._lock:
+                busy = self._busy
+            if not due and not busy:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if due and self.threads > 0:
+                self.wake()
+            time.sleep(0.02)
 
 
-def jobs_for(app: Flask | None = None) -> BackgroundJobs:
-    """The app's job pool, created on first use."""
+def jobs_for(app: Flask | None = None) -> JobWorkers:
+    """The app's worker threads in this process, created (not started) on first use."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    jobs = app.extensions.get(_KEY)
-    if jobs is None:
-        jobs = app.extensions.setdefault(_KEY, BackgroundJobs(app))
-    return jobs  # type: ignore[no-any-return]
+    workers = app.extensions.get(_KEY)
+    if workers is None:
+        threads = app.extensions["domainguard"].settings.jobs_workers
+        workers = app.extensions.setdefault(_KEY, JobWorkers(app, threads=threads))
+    return workers  # type: ignore[no-any-return]
+
+
+def stop_workers(app: Flask) -> None:
+    """Stop ``app``'s worker threads in this process, if any were made."""
+    workers = app.extensions.get(_KEY)
+    if workers is not None:
+        workers.stop()

@@ -303,10 +303,14 @@ def sweep_command(
     Run it from cron (hourly is fine: only due domains are looked up). Several sweeps may
     run at once, on several machines: they share the work through leases.
 
-    Exit codes: 0 done; 1 done, but some lookups or mails failed (retried later);
-    3 the circuit breaker held the unverifications for review (more than
-    DOMAINGUARD_MAX_UNVERIFY; see `flask domainguard report --held`); 4 nothing checked,
-    because other sweeps hold the leases of every due domain; 2 usage error.
+    The exit code is the most urgent that applies, in this order. Exit codes: 3 the circuit
+    breaker held the unverifications for review (more than DOMAINGUARD_MAX_UNVERIFY; see
+    `flask domainguard report --held`);
+    5 most lookups failed (more than DOMAINGUARD_SWEEP_FAILING_SHARE of the domains checked:
+    a source or network problem); 6 a run that died left work behind (domains it still
+    leases, unverifications it planned, waiting for adoption); 1 done, but some lookups or
+    mails failed (retried later); 4 nothing checked, because other sweeps hold the leases of
+    every due domain; 0 done; 2 usage error.
     """
     import sqlalchemy as sa
 
@@ -356,6 +360,7 @@ def sweep_command(
         if dry_run:
             click.echo("Dry run: nothing was changed.")
         print_table(report.summary_rows())
+    code, _ = report.outcome(guard.settings.sweep_failing_share)
     if report.breaker_tripped:
         click.echo(
             f"Circuit breaker: {report.held} unverifications exceed DOMAINGUARD_MAX_UNVERIFY "
@@ -366,16 +371,113 @@ def sweep_command(
             "`flask domainguard sweep --dismiss-held`.",
             err=True,
         )
-        sys.exit(3)
-    if report.errors:
-        sys.exit(1)
-    if report.checked == 0 and report.leased_elsewhere:
+    if code == 5:
+        click.echo(
+            f"{report.failed_lookups} of {report.checked} lookups failed (more than "
+            f"{guard.settings.sweep_failing_share:.0%}): check the status source and the "
+            "network; the failed domains are retried with backoff.",
+            err=True,
+        )
+    if report.leased_by_dead_runs or report.planned_by_dead_runs:
+        click.echo(
+            f"A sweep run that died left {report.leased_by_dead_runs} domains leased and "
+            f"{report.planned_by_dead_runs} unverifications planned: the leases expire and the "
+            "plans are adopted by a run after DOMAINGUARD_SWEEP_LEASE "
+            f"({guard.settings.sweep_lease}).",
+            err=True,
+        )
+    if code == 4:
         click.echo(
             f"{report.leased_elsewhere} due domains are leased by another sweep; nothing to do.",
             err=True,
         )
-        sys.exit(4)
-    sys.exit(0)
+    sys.exit(code)
+
+
+@domainguard_cli.command("jobs")
+@click.option("--retry", is_flag=True, help="Put every failed job back in the queue.")
+@click.option("--drain", is_flag=True, help="Run every due job in this process, then exit.")
+@click.option("--kind", "kinds", multiple=True, help="With --drain: only jobs of this kind.")
+@click.option(
+    "--max-seconds", type=click.FloatRange(min=0.1), help="With --drain: stop after this long."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def jobs_command(
+    retry: bool, drain: bool, kinds: tuple[str, ...], max_seconds: float | None, as_json: bool
+) -> None:
+    """Show the job table (reset requests and mail waiting to be done); retry or drain it.
+
+    Without options it shows the queue: pending jobs by kind, the oldest one's age, jobs
+    running and their owners, failed and shed jobs. --retry puts failed jobs back; --drain
+    runs every due job here (shedding load as the workers do), for cron or after an outage.
+
+    Exit codes: 0 done (with --drain: every job ran); 1 with --drain: some jobs failed and
+    wait for a retry; 3 failed jobs are in the table (without --retry or --drain); 2 usage
+    error.
+    """
+    import time
+
+    from . import jobs
+    from .sweep import new_run_id
+
+    unknown = sorted(set(kinds) - set(jobs.KINDS))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: the kinds are {', '.join(jobs.KINDS)}", param_hint="--kind"
+        )
+    guard = guard_for_app()
+    result: dict[str, Any] = {}
+    if retry:
+        result["retried"] = jobs.retry_failed(guard)
+    drained = None
+    if drain:
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        drained = jobs.drain(guard, new_run_id(), kinds=kinds or None, deadline=deadline)
+        result["drained"] = drained.as_dict()
+    stats = jobs.job_stats(guard)
+    result["queue"] = stats
+    if as_json:
+        print_json(result)
+    else:
+        rows: list[tuple[str, Any]] = []
+        if "retried" in result:
+            rows.append(("failed jobs put back", result["retried"]))
+        if drained is not None:
+            rows += [
+                ("jobs run", drained.done),
+                ("jobs failed (retried later)", drained.failed),
+                (
+                    "requests shed (unknown / known)",
+                    f"{drained.shed_unknown} / {drained.shed_known}",
+                ),
+            ]
+        from .overview import job_rows
+
+        print_table(rows + job_rows(stats))
+    if drained is not None:
+        sys.exit(1 if drained.failed else 0)
+    sys.exit(3 if stats["failed"] and not retry else 0)
+
+
+@domainguard_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@with_appcontext
+def status_command(as_json: bool) -> None:
+    """What runs and what waits: the job queue (depth, oldest pending, running, failed and
+    shed jobs), domain leases and who holds them (alive or dead), unverifications planned
+    by sweep runs, the last sweep run's start, end and outcome, and the domains whose
+    lookups fail, per status server. Reads the database only.
+
+    Exit codes: 0 always (the figures are the result); 2 usage error.
+    """
+    from .overview import overview, summary_rows
+
+    data = overview(guard_for_app())
+    if as_json:
+        print_json(data)
+    else:
+        print_table(summary_rows(data))
 
 
 @domainguard_cli.command("report")

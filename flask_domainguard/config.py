@@ -149,6 +149,14 @@ def _non_negative_float(value: Any) -> float:
     return float(value)
 
 
+def _share(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError("expected a number between 0 and 1, e.g. 0.5")
+    if not 0 < value <= 1:
+        raise ValueError("must be greater than 0 and at most 1")
+    return float(value)
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TypeError("expected a non-empty string")
@@ -574,6 +582,53 @@ OPTIONS: dict[str, Option] = {
         _duration,
         "How long a sweeper owns the domains it claimed before others may take them.",
     ),
+    "DOMAINGUARD_SWEEP_FAILING_SHARE": _opt(
+        "sweep_failing_share",
+        0.5,
+        _share,
+        "Share of a run's checked domains with failed lookups above which `sweep` exits 5 "
+        "(most lookups failed: a source or network problem) instead of 1 (a few failed).",
+    ),
+    # -- jobs --------------------------------------------------------------------------
+    "DOMAINGUARD_JOBS_WORKERS": _opt(
+        "jobs_workers",
+        4,
+        _non_negative_int,
+        "Threads per app process that run jobs from the job table (reset requests, mail); "
+        "0 leaves the table to Celery or `flask domainguard jobs --drain`.",
+    ),
+    "DOMAINGUARD_JOBS_MAX_PENDING": _opt(
+        "jobs_max_pending",
+        1000,
+        _positive_int,
+        "Pending reset requests beyond which workers shed load: requests for unknown "
+        "addresses first, then the newest (journalled as reset_shed).",
+    ),
+    "DOMAINGUARD_JOBS_LEASE": _opt(
+        "jobs_lease",
+        timedelta(minutes=2),
+        _duration,
+        "How long a worker owns a job it claimed; a job whose worker died runs again after it.",
+    ),
+    "DOMAINGUARD_JOBS_MAX_ATTEMPTS": _opt(
+        "jobs_max_attempts",
+        8,
+        _positive_int,
+        "Runs of a job (with exponential backoff between them) before it is marked failed.",
+    ),
+    "DOMAINGUARD_JOBS_POLL": _opt(
+        "jobs_poll",
+        5.0,
+        _positive_float,
+        "Seconds an idle in-process worker waits before looking for due jobs again "
+        "(retries, and jobs that other processes wrote).",
+    ),
+    "DOMAINGUARD_JOBS_KEEP": _opt(
+        "jobs_keep",
+        timedelta(days=7),
+        _duration,
+        "How long finished jobs (done, failed, shed) stay in the table for `status` and support.",
+    ),
     # -- verification and reset --------------------------------------------------------
     "DOMAINGUARD_VERIFY_WITHIN": _opt(
         "verify_within", timedelta(hours=24), _duration, "Lifetime of a verification link."
@@ -636,8 +691,8 @@ OPTIONS: dict[str, Option] = {
         "reset_processing",
         "background",
         _choice("background", "inline"),
-        "Where reset requests are decided and mailed: 'background' (a worker thread, so every "
-        "answer takes the same time) or 'inline' (in the request).",
+        "Where reset requests are decided and mailed: 'background' (a row in the job table, "
+        "run by a worker, so every answer takes the same time) or 'inline' (in the request).",
     ),
     "DOMAINGUARD_MAIL_GUARD": _opt(
         "mail_guard",
@@ -770,6 +825,13 @@ class Settings:
     sweep_retries: int
     sweep_batch_size: int
     sweep_lease: timedelta
+    sweep_failing_share: float
+    jobs_workers: int
+    jobs_max_pending: int
+    jobs_lease: timedelta
+    jobs_max_attempts: int
+    jobs_poll: float
+    jobs_keep: timedelta
     verify_within: timedelta
     verify_resend_limit: RateLimit
     reset_within: timedelta

@@ -141,6 +141,11 @@ class DomainGuard(Generic[UserT]):
 
         twofactor_gate.init_app(app, self)
 
+        from .background import jobs_for
+
+        # A process that starts after another died drains what that one left in the job table.
+        app.before_request(lambda: jobs_for().start_if_work())
+
     # -- per-app state -------------------------------------------------------------------
 
     @staticmethod
@@ -426,7 +431,8 @@ class DomainGuard(Generic[UserT]):
         return user
 
     def wait_for_background(self, timeout: float | None = None) -> bool:
-        """Wait for reset requests handed to the background; ``True`` when all are done."""
+        """Wait until the job table holds no job due or running (reset requests, mail),
+        running them in this process's workers; ``True`` when that happened in time."""
         from .background import jobs_for
 
         return jobs_for().join(timeout)

@@ -39,6 +39,9 @@ class EventKind(str, enum.Enum):
     UNSAFE_NOTICE_SENT = "unsafe_notice_sent"
     RESET_SENT = "reset_sent"
     RESET_REFUSED = "reset_refused"
+    RESET_SHED = "reset_shed"
+    MAIL_ATTEMPT = "mail_attempt"
+    MAIL_FAILED = "mail_failed"
     PASSWORD_RESET = "password_reset"  # noqa: S105 - an event name, not a password
     PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an event name, not a password
     ACCOUNT_LOCKED = "account_locked"

@@ -422,6 +422,57 @@ class _HeldAction(_Row):
     """The sweep run that planned it: the circuit breaker counts a run's actions by it."""
 
 
+class _Job(_Row):
+    """One unit of work in the durable job table (the transactional outbox).
+
+    Written in the same transaction as the state change that causes it; workers claim rows
+    with leases, run them, retry them with backoff and mark them done (see
+    :mod:`flask_domainguard.jobs`). The payload never holds a token or a secret.
+    """
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    """``reset_request``, ``verification_mail``, ``expiry_warning`` or ``unverify_notice``."""
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict, nullable=False)
+    address: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+    """The normalised address a reset request names (whether or not it is stored): the
+    shedder finds requests for unknown addresses by it."""
+    dedupe_key: Mapped[str | None] = mapped_column(sa.String(128), nullable=True, unique=True)
+    """Set while the job waits for its first run: a second request for the same work joins it
+    (:attr:`requests`) instead of adding a row."""
+    requests: Mapped[int] = mapped_column(sa.Integer, default=1, nullable=False)
+    """How many requests this job answers (coalesced requests for the same address)."""
+    state: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    """``pending`` (waiting, or running under a lease), ``done``, ``failed`` (gave up after
+    ``DOMAINGUARD_JOBS_MAX_ATTEMPTS``) or ``shed`` (dropped under load, see the journal)."""
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, nullable=False)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the job left the ``pending`` state (done, failed or shed)."""
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.kind} {self.state}>"
+
+
+class _SweepRun(_Row):
+    """One sweep run: when it started and ended, and what it reported (``flask domainguard
+    status``). A run killed before its end keeps ``finished_at`` empty."""
+
+    run_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    """``running``, then the exit code's name (``ok``, ``lookups_failed``, ...) or ``crashed``."""
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    report: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict, nullable=False)
+    """The run's ``--json`` report."""
+
+
 _TEMPLATES: dict[str, type[_Row]] = {
     "EmailAddress": _EmailAddress,
     "Domain": _Domain,
@@ -432,6 +483,8 @@ _TEMPLATES: dict[str, type[_Row]] = {
     "RateCounter": _RateCounter,
     "UsedToken": _UsedToken,
     "HeldAction": _HeldAction,
+    "Job": _Job,
+    "SweepRun": _SweepRun,
     "Attempt": _Attempt,
     "Lockout": _Lockout,
 }
@@ -447,6 +500,8 @@ if TYPE_CHECKING:
     RateCounter = _RateCounter
     UsedToken = _UsedToken
     HeldAction = _HeldAction
+    Job = _Job
+    SweepRun = _SweepRun
     Attempt = _Attempt
     Lockout = _Lockout
 
@@ -481,6 +536,8 @@ class Models:
     RateCounter: type[RateCounter]
     UsedToken: type[UsedToken]
     HeldAction: type[HeldAction]
+    Job: type[Job]
+    SweepRun: type[SweepRun]
     Attempt: type[Attempt]
     Lockout: type[Lockout]
     user_model: type[Any]
@@ -613,6 +670,14 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
 
     sa.event.listen(EmailAddressRow.__table__, "after_create", _one_primary_on_mysql(user_pk))
 
+    class JobRow(_Job, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "job"
+        # Claims read pending rows in order of when they may run.
+        __table_args__ = (sa.Index(PREFIX + "job_due", "state", "not_before"),)
+
+    class SweepRunRow(_SweepRun, base):  # type: ignore[valid-type,misc]
+        __tablename__ = PREFIX + "sweep_run"
+
     class AttemptRow(_Attempt, base):  # type: ignore[valid-type,misc]
         __tablename__ = PREFIX + "attempt"
         __table_args__ = (sa.Index(PREFIX + "attempt_key_at", "key", "at"),)
@@ -630,6 +695,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         (RateCounterRow, "RateCounter"),
         (UsedTokenRow, "UsedToken"),
         (HeldActionRow, "HeldAction"),
+        (JobRow, "Job"),
+        (SweepRunRow, "SweepRun"),
         (AttemptRow, "Attempt"),
         (LockoutRow, "Lockout"),
     ):
@@ -645,6 +712,8 @@ def define_models(db: Any, user_model: type[Any]) -> Models:
         RateCounter=RateCounterRow,
         UsedToken=UsedTokenRow,
         HeldAction=HeldActionRow,
+        Job=JobRow,
+        SweepRun=SweepRunRow,
         Attempt=AttemptRow,
         Lockout=LockoutRow,
         user_model=user_model,

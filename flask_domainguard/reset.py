@@ -20,9 +20,11 @@ unsafe *now* (:func:`reset_decision`, with a live lookup when the last check is 
    password, stored by ``guard.password_setter``).
 
 Whatever happens, the requester sees one answer. With ``DOMAINGUARD_RESET_PROCESSING =
-"background"`` (the default) the request only validates the form and counts the client's
-attempts, and the decision, the live lookup and the mail happen in a worker thread
-(:mod:`.background`), so the answer also takes the same time.
+"background"`` (the default) the request only validates the form, counts the client's
+attempts and writes one row to the job table (:mod:`.jobs`), the same row whatever the
+address; the decision, the live lookup and the mail happen in a worker (:mod:`.background`,
+Celery, or ``flask domainguard jobs --drain``), so the answer also takes the same time, and a
+crash after the answer loses nothing.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from flask import current_app, g, has_request_context, render_template, request
 from flask.typing import ResponseReturnValue
 
-from . import passwords, signals, tokens
+from . import jobs, passwords, signals, tokens
 from .addresses import find_address
 from .background import jobs_for
 from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address
+from .jobs import JobRun
 from .journal import EventKind, transaction
 from .links import reset_link
 from .livecheck import check_domain
@@ -277,20 +280,46 @@ def send_reset_mail(
         requester the same way either way.
     """
     decision = target if isinstance(target, ResetDecision) else reset_decision(guard, target)
+    return _mail_reset(guard, decision, template=template, context=context)
+
+
+def _job_details(run: JobRun | None) -> dict[str, Any]:
+    return {} if run is None else {"job": run.job.id, "requests": run.job.requests}
+
+
+def _mail_reset(
+    guard: DomainGuard,
+    decision: ResetDecision,
+    *,
+    template: str = "reset_password",
+    context: dict[str, Any] | None = None,
+    run: JobRun | None = None,
+) -> bool:
     row = decision.address
     # A decision is trusted only as far as the stored state agrees with it.
     if not decision.allowed or row is None or not is_safe_recipient(guard, row):
         return False
     link = reset_link(reset_token(guard, decision.user, row))
-    values: dict[str, Any] = {"app_name": current_app.name, **context}
+    values: dict[str, Any] = {"app_name": current_app.name, **(context or {})}
     values.update(
         link=link, address=row.address, user=decision.user, valid_for=guard.settings.reset_within
     )
+    if run is not None:
+        run.record_attempt(recipients=1, address=row, template=template)
     with reset_mail_scope(decision):
         send_mail(guard, [row.address], template, **values)
     with transaction(guard.db, guard.models) as tx:
-        tx.record(EventKind.RESET_SENT, actor="requester", address=row, signal=signals.reset_sent)
-    passwords.reset_mailed(guard, decision.user, row)
+        tx.record(
+            EventKind.RESET_SENT,
+            actor="requester",
+            address=row,
+            signal=signals.reset_sent,
+            **_job_details(run),
+        )
+        if run is not None:
+            run.mark_done()
+        # Its commit is the transaction's: the journal row, the job and this note together.
+        passwords.reset_mailed(guard, decision.user, row)
     return True
 
 
@@ -305,7 +334,12 @@ _REFUSAL_TEXT = {
 }
 
 
-def _notify_refused(guard: DomainGuard, decision: ResetDecision) -> int:
+def _first_run(run: JobRun | None) -> bool:
+    # A job run again after its worker died was counted against the limits already.
+    return run is None or run.job.attempts <= 1
+
+
+def _notify_refused(guard: DomainGuard, decision: ResetDecision, run: JobRun | None = None) -> int:
     """Tell the owner's other safe addresses that a reset was refused; rate-limited per account.
 
     :returns: how many addresses were told.
@@ -313,10 +347,14 @@ def _notify_refused(guard: DomainGuard, decision: ResetDecision) -> int:
     row = decision.address
     if row is None:
         return 0
-    if not safe_addresses(guard, row.user_id, exclude_id=row.id):
+    safe = safe_addresses(guard, row.user_id, exclude_id=row.id)
+    if not safe:
         return 0
-    if not RateLimiter(guard).hit(f"reset-notice:{row.user_id}", guard.settings.reset_notice_limit):
+    limit = guard.settings.reset_notice_limit
+    if _first_run(run) and not RateLimiter(guard).hit(f"reset-notice:{row.user_id}", limit):
         return 0
+    if run is not None:
+        run.record_attempt(recipients=len(safe), user_id=row.user_id, template="reset_refused")
     recipients = notify_user(
         guard,
         row.user_id,
@@ -369,6 +407,7 @@ def process_reset_request(
     *,
     client: str | None = None,
     on_allowed: Callable[[ResetDecision], Any] | None = None,
+    run: JobRun | None = None,
 ) -> tuple[ResetDecision, Any]:
     """Decide, count the mail against the address's budgets, journal, tell the owner of
     refusals, act when allowed.
@@ -376,6 +415,9 @@ def process_reset_request(
     :param client: the requester's address (for the per-client budget of mails).
     :param on_allowed: what to do for an allowed request (the host's view); by default
         :func:`send_reset_mail`.
+    :param run: the job this request came from: its mail attempts are journalled, it is
+        marked done in the transaction that journals the outcome, and a run after a crash
+        does not count against the limits again.
     :returns: the decision and what ``on_allowed`` returned.
     """
     address = address[:MAX_ADDRESS_LENGTH]
@@ -383,6 +425,7 @@ def process_reset_request(
     if (
         decision.allowed
         and decision.address is not None
+        and _first_run(run)
         and not _mail_allowed(guard, decision.address, client)
     ):
         decision = ResetDecision(
@@ -392,8 +435,10 @@ def process_reset_request(
     result: Any = None
     if decision.allowed:
         if on_allowed is None:
-            send_reset_mail(guard, decision)
+            _mail_reset(guard, decision, run=run)
         else:
+            if run is not None:
+                run.record_attempt(recipients=1, address=decision.address, template="host")
             with reset_mail_scope(decision):
                 result = on_allowed(decision)
             with transaction(guard.db, guard.models) as tx:
@@ -403,31 +448,59 @@ def process_reset_request(
                     address=decision.address,
                     signal=signals.reset_sent,
                     via="host",
+                    **_job_details(run),
                 )
-            if decision.address is not None:
-                # The host's reset page may forget guard.password_changed: this lets the
-                # next login notice the change (passwords.notice_unannounced_change).
-                passwords.reset_mailed(guard, decision.user, decision.address)
+                if run is not None:
+                    run.mark_done()
+                if decision.address is not None:
+                    # The host's reset page may forget guard.password_changed: this lets the
+                    # next login notice the change (passwords.notice_unannounced_change).
+                    # It commits the transaction: the journal row, the job and this together.
+                    passwords.reset_mailed(guard, decision.user, decision.address)
         return decision, result
 
     if decision.address is not None:
         told = 0
         if decision.reason.startswith(_NOTICE_REASONS):
             try:
-                told = _notify_refused(guard, decision)
+                told = _notify_refused(guard, decision, run)
             except Exception:
+                if run is not None:
+                    raise  # the job runs again: the notice is sent at least once
                 log.exception("could not send the refused-reset notice")
-        with transaction(guard.db, guard.models) as tx:
-            tx.record(
-                EventKind.RESET_REFUSED,
-                actor="requester",
-                address=decision.address,
-                signal=signals.reset_refused,
-                reason=decision.reason,
-                verdict=decision.verdict.kind.value if decision.verdict else None,
-                notice_recipients=told,
-            )
+        _journal_refused(guard, decision, run, notice_recipients=told)
     return decision, result
+
+
+def _journal_refused(
+    guard: DomainGuard, decision: ResetDecision, run: JobRun | None, **details: Any
+) -> None:
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.RESET_REFUSED,
+            actor="requester",
+            address=decision.address,
+            signal=signals.reset_refused,
+            reason=decision.reason,
+            verdict=decision.verdict.kind.value if decision.verdict else None,
+            **details,
+            **_job_details(run),
+        )
+        if run is not None:
+            run.mark_done()
+
+
+#: Host views decorated with :func:`guarded_reset_request`, by :func:`_view_key`: a worker
+#: finds the view a queued request is for by this name (the closure cannot be stored).
+_HOST_VIEWS: dict[str, tuple[Callable[..., Any], str]] = {}
+
+
+def _view_key(view: Callable[..., Any]) -> str:
+    return f"{view.__module__}:{view.__qualname__}"
+
+
+def _plain(values: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (values or {}).items() if isinstance(v, (str, int, float, bool))}
 
 
 def submit_reset_request(
@@ -436,23 +509,95 @@ def submit_reset_request(
     *,
     client: str | None,
     on_allowed: Callable[[ResetDecision], Any] | None = None,
+    view: str | None = None,
 ) -> tuple[ResetDecision | None, Any]:
-    """Handle a reset request from a view: count the client, then process it now or later.
+    """Handle a reset request from a view: process it now, or queue it.
 
-    :returns: ``(decision, result)`` when processed now (``DOMAINGUARD_RESET_PROCESSING =
-        "inline"``, no request to copy, or a client over its limit), else
-        ``(None, None)``: the work was handed to the background pool.
+    Queued (``DOMAINGUARD_RESET_PROCESSING = "background"``, in a request), the request is
+    exactly one statement, the same whatever the address: an insert into the job table of the
+    normalised address, the client and, for a host's view, the view's name, path and
+    arguments; never a token or a cookie. A waiting request for the same address absorbs it.
+    The worker counts the client against ``DOMAINGUARD_RESET_LIMIT_PER_CLIENT``; a request
+    over it does no work, and a known account hears of it in the journal. Inline, the client
+    is counted here and a request over the limit is refused at once.
+
+    :param view: the key of the decorated host view (:func:`guarded_reset_request`) a queued
+        request calls when allowed.
+    :returns: ``(decision, result)`` when processed now (``"inline"``, or no request to
+        copy), else ``(None, None)``: the work was queued.
     """
-    if not client_allowed(guard, client):
-        return ResetDecision(False, RATE_LIMITED, None, None), None
+    address = address[:MAX_ADDRESS_LENGTH]
     if guard.settings.reset_processing == "inline" or not has_request_context():
+        if not client_allowed(guard, client):
+            return ResetDecision(False, RATE_LIMITED, None, None), None
         return process_reset_request(guard, address, client=client, on_allowed=on_allowed)
-
-    def job() -> None:
-        process_reset_request(guard, address, client=client, on_allowed=on_allowed)
-
-    jobs_for().submit(job)
+    normalized, _ = _parse(address)
+    payload: dict[str, Any] = {
+        "address": normalized,
+        "client": client,
+        "url_root": request.url_root,
+        "path": request.path,
+    }
+    if view is not None:
+        payload.update(view=view, view_args=_plain(request.view_args))
+    what = f"{view or ''}|{normalized}"
+    with transaction(guard.db, guard.models):
+        jobs.enqueue(
+            guard,
+            jobs.RESET_REQUEST,
+            payload,
+            address=normalized,
+            dedupe_key=f"reset:{jobs.digest(what)}",
+        )
+    jobs_for().wake()
     return None, None
+
+
+@jobs.register(jobs.RESET_REQUEST)
+def _run_reset_job(guard: DomainGuard, run: JobRun) -> None:
+    """A queued reset request, in a request context rebuilt from what the job stored."""
+    payload = run.job.payload
+    address = str(payload.get("address") or "")
+    view_key = payload.get("view")
+    field = "email"
+    view: Callable[..., Any] | None = None
+    if view_key is not None:
+        try:
+            view, field = _HOST_VIEWS[view_key]
+        except KeyError:
+            raise LookupError(
+                f"no view decorated with guarded_reset_request is named {view_key!r} in this "
+                "process: import the host's views before draining the job table"
+            ) from None
+    base_url = guard.settings.external_url or payload.get("url_root") or None
+    context = current_app.test_request_context(
+        str(payload.get("path") or "/"),
+        base_url=base_url,
+        method="POST",
+        data={field: address},
+        environ_base={"REMOTE_ADDR": str(payload.get("client") or "")},
+    )
+    with context:
+        if _first_run(run) and not client_allowed(guard, payload.get("client")):
+            row = _lookup_row(guard, address)
+            if row is not None:
+                user = guard.get_user(row.user_id)
+                decision = ResetDecision(False, RATE_LIMITED, user, row)
+                _journal_refused(guard, decision, run, limit="client")
+            return
+        on_allowed: Callable[[ResetDecision], Any] | None = None
+        if view is not None:
+            host_view = view
+            view_args = dict(payload.get("view_args") or {})
+
+            def call_view(decision: ResetDecision) -> Any:
+                g.domainguard_reset = decision
+                return host_view(**view_args)
+
+            on_allowed = call_view
+        process_reset_request(
+            guard, address, client=payload.get("client"), on_allowed=on_allowed, run=run
+        )
 
 
 # -- the decorator for a host's own forgot-password view -----------------------------------
@@ -510,8 +655,10 @@ def guarded_reset_request(
     - anything else: never calls the view; returns the generic answer instead.
 
     With ``DOMAINGUARD_RESET_PROCESSING = "background"`` (default) the generic answer is
-    returned at once in every case and the view runs afterwards in a worker thread, in a copy
-    of the request's context; its return value is discarded. With ``"inline"`` an allowed
+    returned at once in every case and the request is queued in the job table; a worker runs
+    the view afterwards in a request context rebuilt from the job (path, view arguments, the
+    address in ``request.form[field]``, the client; no cookies, so no session or logged-in
+    user), and discards its return value. With ``"inline"`` an allowed
     request returns the view's own response, which must then look exactly like the generic
     one (it also takes longer: the mail is sent in the request).
 
@@ -523,6 +670,9 @@ def guarded_reset_request(
     """
 
     def decorate(view: F) -> F:
+        key = _view_key(view)
+        _HOST_VIEWS[key] = (view, field)
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if request.method != "POST":
@@ -536,7 +686,7 @@ def guarded_reset_request(
                 return view(*args, **kwargs)
 
             decision, result = submit_reset_request(
-                guard, raw, client=request.remote_addr, on_allowed=call_view
+                guard, raw, client=request.remote_addr, on_allowed=call_view, view=key
             )
             if decision is not None:
                 g.domainguard_reset = decision

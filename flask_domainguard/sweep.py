@@ -43,7 +43,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .addresses import unverify
@@ -63,10 +62,12 @@ from .domainstate import (
     row_values,
     verdict_for,
 )
+from .jobs import EXPIRY_WARNING, UNVERIFY_NOTICE, deliver_now
+from .jobs import drain as drain_jobs
 from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
-from .mail import notify_user
 from .models import MYSQL_DIALECTS, UnverifyReason
+from .notices import queue_expiry_warning, queue_unverify_notice
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
 from .verdict import SEVERITY, Verdict, VerdictKind, judge
@@ -121,6 +122,23 @@ _WARN_KINDS = frozenset({VerdictKind.EXPIRING_SOON, VerdictKind.IN_GRACE})
 def new_run_id() -> str:
     """A fresh run id or lease owner: host, process and a random part (64 characters at most)."""
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(6)}"[:64]
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the process a run id or lease owner (:func:`new_run_id`) names still runs:
+    ``False`` only when it ran on this host and no such process exists now, ``None`` when
+    this host cannot tell (another host, or not our format)."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:32] or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to another user
+        return True
+    return True
 
 
 def _jitter(delta: timedelta, fraction: float) -> timedelta:
@@ -182,6 +200,10 @@ class SweepReport:
     notices_sent: int = 0
     lost_leases: int = 0
     leased_elsewhere: int = 0
+    leased_by_dead_runs: int = 0
+    planned_elsewhere: int = 0
+    planned_by_dead_runs: int = 0
+    errors_by_server: dict[str, int] = field(default_factory=dict)
     not_found: list[str] = field(default_factory=list)
     attempts: int = 0
     seconds: float = 0.0
@@ -198,13 +220,22 @@ class SweepReport:
             "warnings_sent",
             "notices_sent",
             "lost_leases",
-            "leased_elsewhere",
             "attempts",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        # What other runs hold is counted by each chunk at its end: the latest count wins.
+        for name in (
+            "leased_elsewhere",
+            "leased_by_dead_runs",
+            "planned_elsewhere",
+            "planned_by_dead_runs",
+        ):
+            setattr(self, name, max(getattr(self, name), getattr(other, name)))
         for kind, count in other.verdicts.items():
             if count:
                 self.verdicts[kind] = self.verdicts.get(kind, 0) + count
+        for server, count in other.errors_by_server.items():
+            self.errors_by_server[server] = self.errors_by_server.get(server, 0) + count
         self.breaker_tripped = self.breaker_tripped or other.breaker_tripped
         self.not_found += [name for name in other.not_found if name not in self.not_found]
         self.seconds += other.seconds
@@ -215,7 +246,31 @@ class SweepReport:
         known = {f.name for f in fields(cls)}
         report = cls(**{key: value for key, value in data.items() if key in known})
         report.verdicts = {kind: int(n) for kind, n in report.verdicts.items() if n}
+        report.errors_by_server = {k: int(n) for k, n in report.errors_by_server.items()}
         return report
+
+    @property
+    def failed_lookups(self) -> int:
+        """Checked domains whose lookup failed or answered "unknown"."""
+        return self.verdicts.get(VerdictKind.UNKNOWN.value, 0)
+
+    def outcome(self, failing_share: float) -> tuple[int, str]:
+        """The command's exit code and its name (docs/cli.md), most urgent first.
+
+        :param failing_share: ``DOMAINGUARD_SWEEP_FAILING_SHARE``: the share of checked
+            domains with failed lookups beyond which the run counts as mostly failed.
+        """
+        if self.breaker_tripped:
+            return 3, "breaker_tripped"
+        if self.checked and self.failed_lookups > failing_share * self.checked:
+            return 5, "lookups_mostly_failed"
+        if self.leased_by_dead_runs or self.planned_by_dead_runs:
+            return 6, "dead_run_left_work"
+        if self.errors:
+            return 1, "some_errors"
+        if self.checked == 0 and self.leased_elsewhere:
+            return 4, "leased_elsewhere"
+        return 0, "ok"
 
     def count_verdict(self, kind: VerdictKind | str) -> None:
         key = kind.value if isinstance(kind, VerdictKind) else kind
@@ -244,8 +299,15 @@ class SweepReport:
             ("expiry warnings sent", self.warnings_sent),
             ("notices to other addresses", self.notices_sent),
         ]
-        if self.leased_elsewhere:
-            rows.append(("due but leased by another sweep", self.leased_elsewhere))
+        rows.append(("due but leased by other sweeps", self.leased_elsewhere))
+        if self.leased_by_dead_runs:
+            rows.append(("  of them by runs that died", self.leased_by_dead_runs))
+        if self.planned_elsewhere:
+            rows.append(("unverifications planned by other runs", self.planned_elsewhere))
+        if self.planned_by_dead_runs:
+            rows.append(("  of them by runs that died (adopted later)", self.planned_by_dead_runs))
+        for server, count in sorted(self.errors_by_server.items()):
+            rows.append((f"  lookup errors at {server}", count))
         if self.lost_leases:
             rows.append(("results dropped (lease lost)", self.lost_leases))
         if self.not_found:
@@ -356,6 +418,7 @@ class Sweep:
         self._after: str | None = None  # dry-run keyset position
         self._thread: LookupThread | None = None
         self._planned_any = False
+        self._beat_at = 0.0
         m = guard.models
         self._D = _table(m.Domain)
         self._A = _table(m.EmailAddress)
@@ -450,6 +513,41 @@ class Sweep:
             )
         )
         return int(self.guard.db.session.scalar(query) or 0)
+
+    def count_leftovers(self) -> None:
+        """Count, into the report, what other runs hold: due domains they lease and
+        unverifications they planned, and how much of each belongs to runs that died (on
+        this host, with no such process left; their leases expire and their plans are adopted
+        after ``DOMAINGUARD_SWEEP_LEASE``)."""
+        D, H = self._D, self._H
+        now = utcnow()
+        session = self.guard.db.session
+        leased = session.execute(
+            sa.select(D.c.lease_owner, sa.func.count())
+            .where(
+                *self._due(now, leased_ok=True),
+                D.c.lease_until >= now,
+                D.c.lease_owner != self.lease_owner,
+            )
+            .group_by(D.c.lease_owner)
+        ).all()
+        planned = session.execute(
+            sa.select(H.c.run_id, sa.func.count())
+            .where(H.c.resolution == PLANNED, H.c.run_id != self.run_id)
+            .group_by(H.c.run_id)
+        ).all()
+        session.rollback()
+        report = self.report
+        report.leased_elsewhere = sum(int(n) for _, n in leased)
+        report.leased_by_dead_runs = sum(int(n) for o, n in leased if owner_alive(o) is False)
+        report.planned_elsewhere = sum(int(n) for _, n in planned)
+        report.planned_by_dead_runs = sum(int(n) for r, n in planned if owner_alive(r) is False)
+
+    def _server_of(self, name: str) -> str:
+        try:
+            return str(self.backend.server_key(name))
+        except Exception:
+            return "unknown"
 
     def claim_batch(
         self, size: int | None = None, *, names: Sequence[str] | None = None
@@ -705,6 +803,8 @@ class Sweep:
                 if base.kind is VerdictKind.UNKNOWN:
                     report.errors += 1
                     report.count_verdict(VerdictKind.UNKNOWN)
+                    server = self._server_of(claim.name)
+                    report.errors_by_server[server] = report.errors_by_server.get(server, 0) + 1
                     failed.append(self._failure_values(claim, obs, base, now, new))
                     continue
                 rows = addresses.get(claim.name, [])
@@ -751,8 +851,8 @@ class Sweep:
                 return report
             self._write_domains(done, failed, superseded)
             self._plan(planned, now)
-            self._claim_warnings(warnings)
-        self._send_warnings(warnings)
+            warning_jobs = self._queue_warnings(tx, warnings)
+        self._send_warnings(warning_jobs)
         return report
 
     def _failure_values(
@@ -877,9 +977,9 @@ class Sweep:
             warning.rows.append(row)
         return list(by_user.values())
 
-    def _claim_warnings(self, warnings: list[_Warning]) -> None:
-        # Marked before sending (in the batch's transaction): a crash after the commit loses
-        # a warning rather than repeating it; a failed send puts the old value back.
+    def _queue_warnings(self, tx: Transaction, warnings: list[_Warning]) -> list[int]:
+        """Mark the addresses warned, queue the warnings and journal them, all in the batch's
+        transaction: a crash after its commit loses no warning and no record of one."""
         A = self._A
         updates = [
             {"b_id": row.id, "warned": warning.until}
@@ -893,56 +993,27 @@ class Sweep:
                 .values(expiry_warned_for=sa.bindparam("warned"))
             )
             self.guard.db.session.execute(stmt, updates)
-
-    def _send_warnings(self, warnings: list[_Warning]) -> None:
-        guard, db = self.guard, self.guard.db
-        sent: list[tuple[_Warning, int]] = []
-        undo: list[dict[str, Any]] = []
+        ids: list[int] = []
         for warning in warnings:
-            try:
-                recipients = notify_user(
-                    guard,
-                    warning.user_id,
-                    "domain_expiring",
-                    app_name=current_app.name,
-                    domain=warning.domain,
-                    stage=warning.kind.value,
-                    until=warning.until,
-                    reason=warning.reason,
-                    addresses=[row.address for row in warning.rows],
-                )
-            except Exception as exc:
-                log.error("expiry warning for %s not sent: %s", warning.domain, type(exc).__name__)
-                self.report.errors += 1
-                undo += [{"b_id": row.id, "warned": row.expiry_warned_for} for row in warning.rows]
-                continue
-            if recipients:
-                sent.append((warning, len(recipients)))
-        if undo:
-            A = self._A
-            stmt = (
-                sa.update(A)
-                .where(A.c.id == sa.bindparam("b_id"))
-                .values(expiry_warned_for=sa.bindparam("warned"))
+            job_id = queue_expiry_warning(
+                self.guard,
+                tx,
+                user_id=warning.user_id,
+                domain=warning.domain,
+                stage=warning.kind.value,
+                until=warning.until,
+                reason=warning.reason,
+                addresses=[row.address for row in warning.rows],
             )
-            db.session.execute(stmt, undo)
-            db.session.commit()
-        if sent:
-            with transaction(db, guard.models) as tx:
-                for warning, count in sent:
-                    for row in warning.rows:
-                        tx.record(
-                            EventKind.EXPIRY_WARNING_SENT,
-                            actor="sweep",
-                            user_id=row.user_id,
-                            address=row.address,
-                            signal=signals.expiry_warning_sent,
-                            domain=warning.domain,
-                            until=warning.until.isoformat(),
-                            stage=warning.kind.value,
-                            recipients=count,
-                        )
-            self.report.warnings_sent += len(sent)
+            if job_id is not None:
+                ids.append(job_id)
+        return ids
+
+    def _send_warnings(self, job_ids: list[int]) -> None:
+        """Deliver the batch's warnings now; a failed one stays queued and is retried."""
+        outcome = deliver_now(self.guard, job_ids)
+        self.report.warnings_sent += outcome.done
+        self.report.errors += outcome.failed
 
     # -- 4. the circuit breaker ------------------------------------------------------------------
 
@@ -1039,6 +1110,7 @@ class Sweep:
             notices: list[_Notice] = []
             with transaction(db, guard.models) as tx:
                 for action in actions:
+                    # (the loop unverifies; the notices are queued in the same transaction)
                     # Taking the action row first makes the transition happen once, whatever
                     # other run (adopting orphans) looks at it at the same time.
                     taken = db.session.execute(
@@ -1059,9 +1131,10 @@ class Sweep:
                         )
                     else:
                         notices.append(notice)
+                notice_jobs = _queue_notices(guard, tx, notices, actor="sweep")
             db.session.expire_all()
             self.report.unverified += len(notices)
-            self.report.notices_sent += _send_notices(guard, notices, self.report)
+            self.report.notices_sent += _send_notices(guard, notice_jobs, self.report)
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -1089,6 +1162,7 @@ class Sweep:
         started = time.monotonic()
         report = self.report
         if finish:
+            self.record_start()
             report.skipped_trusted = self.count_trusted() if names is None else 0
             if names is not None:
                 trusted = self.settings.trusted_domains
@@ -1133,19 +1207,96 @@ class Sweep:
                     applying = []
                     if on_progress is not None:
                         on_progress(len(claims))
+                    if finish:
+                        self.heartbeat()
         except BaseException:
             # Leases of unfinished batches would expire anyway; giving them back now lets
             # the next run start at once.
             self.close()
             self.release(c.name for claims in [applying, *in_flight.values()] for c in claims)
+            if finish:
+                self.record_end(crashed=True)
             raise
         self.close()
-        if names is None and report.checked == 0:
-            report.leased_elsewhere = self.count_leased_elsewhere()
         if finish:
             self.finish()
+            if not self.dry_run:
+                # Warnings and notices queued by a run that died before mailing them.
+                left = drain_jobs(self.guard, self.run_id, kinds=(EXPIRY_WARNING, UNVERIFY_NOTICE))
+                report.warnings_sent += left.by_kind.get(EXPIRY_WARNING, 0)
+                report.notices_sent += left.by_kind.get(UNVERIFY_NOTICE, 0)
+                report.errors += left.failed
+        if names is None:
+            self.count_leftovers()
         report.seconds = time.monotonic() - started
+        if finish:
+            self.record_end()
         return report
+
+    # -- the run record (flask domainguard status) --------------------------------------------
+
+    #: Seconds between two heartbeats of a run's record.
+    HEARTBEAT_EVERY = 10.0
+
+    def record_start(self, started_at: datetime | None = None) -> None:
+        """Write the run's record (``domainguard_sweep_run``) as running; commits."""
+        if self.dry_run:
+            return
+        SweepRun = self.guard.models.SweepRun
+        db = self.guard.db
+        now = utcnow()
+        if db.session.get(SweepRun, self.run_id) is None:
+            db.session.add(
+                SweepRun(
+                    run_id=self.run_id,
+                    started_at=started_at or now,
+                    heartbeat_at=now,
+                    outcome="running",
+                    report={},
+                )
+            )
+        db.session.commit()
+        self._beat_at = time.monotonic()
+
+    def heartbeat(self) -> None:
+        """Refresh the run record's ``heartbeat_at`` (at most every few seconds)."""
+        if self.dry_run or time.monotonic() - self._beat_at < self.HEARTBEAT_EVERY:
+            return
+        self._beat_at = time.monotonic()
+        R = _table(self.guard.models.SweepRun)
+        try:
+            self.guard.db.session.execute(
+                sa.update(R).where(R.c.run_id == self.run_id).values(heartbeat_at=utcnow())
+            )
+            self.guard.db.session.commit()
+        except Exception:
+            self.guard.db.session.rollback()
+            log.warning("could not refresh the record of sweep run %s", self.run_id)
+
+    def record_end(self, *, crashed: bool = False) -> None:
+        """Store the run's outcome, exit code and report in its record; commits."""
+        if self.dry_run:
+            return
+        code, outcome = self.report.outcome(self.settings.sweep_failing_share)
+        R = _table(self.guard.models.SweepRun)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "heartbeat_at": now,
+            "finished_at": now,
+            "outcome": "crashed" if crashed else outcome,
+            "exit_code": None if crashed else code,
+            "report": self.report.as_dict(),
+        }
+        session = self.guard.db.session
+        try:
+            if not session.execute(
+                sa.update(R).where(R.c.run_id == self.run_id).values(values)
+            ).rowcount:
+                session.execute(sa.insert(R).values(run_id=self.run_id, started_at=now, **values))
+            session.commit()
+        except Exception:
+            session.rollback()
+            log.warning("could not store the outcome of sweep run %s", self.run_id)
 
 
 # -- acting on one address (shared by the sweep and apply_held) ------------------------------
@@ -1175,48 +1326,42 @@ def _unverify_for(
     return _Notice(row.user_id, row.id, row.address, action.domain, reason, action.verdict_reason)
 
 
-def _send_notices(guard: DomainGuard, notices: list[_Notice], report: SweepReport) -> int:
-    """Tell each user, at their other safe addresses, which addresses were unverified."""
+def _queue_notices(
+    guard: DomainGuard, tx: Transaction, notices: list[_Notice], *, actor: str
+) -> list[int]:
+    """Queue one notice per user (in ``tx``, with the unverifications) telling their other
+    safe addresses which addresses were unverified."""
     by_user: dict[Any, list[_Notice]] = {}
     for notice in notices:
         by_user.setdefault(notice.user_id, []).append(notice)
-    sent = 0
+    ids: list[int] = []
     for user_id, items in by_user.items():
-        try:
-            recipients = notify_user(
-                guard,
-                user_id,
-                "address_unverified",
-                exclude_id=items[0].exclude_id,
-                app_name=current_app.name,
-                items=[
-                    {
-                        "address": n.address,
-                        "domain": n.domain,
-                        "reason": n.reason.value,
-                        "explanation": n.verdict_reason,
-                    }
-                    for n in items
-                ],
-            )
-        except Exception as exc:
-            log.error("unverify notice not sent: %s", type(exc).__name__)
-            report.errors += 1
-            continue
-        if not recipients:
-            continue  # no safe address left: the report lists such accounts
-        sent += 1
-        with transaction(guard.db, guard.models) as tx:
-            for n in items:
-                tx.record(
-                    EventKind.UNSAFE_NOTICE_SENT,
-                    actor="sweep",
-                    user_id=user_id,
-                    address=n.address,
-                    domain=n.domain,
-                    recipients=len(recipients),
-                )
-    return sent
+        job_id = queue_unverify_notice(
+            guard,
+            tx,
+            user_id=user_id,
+            exclude_id=items[0].exclude_id,
+            actor=actor,
+            items=[
+                {
+                    "address": n.address,
+                    "domain": n.domain,
+                    "reason": n.reason.value,
+                    "explanation": n.verdict_reason,
+                }
+                for n in items
+            ],
+        )
+        if job_id is not None:
+            ids.append(job_id)
+    return ids
+
+
+def _send_notices(guard: DomainGuard, job_ids: list[int], report: SweepReport) -> int:
+    """Deliver queued notices now; a failed one stays queued and is retried."""
+    outcome = deliver_now(guard, job_ids)
+    report.errors += outcome.failed
+    return outcome.done
 
 
 # -- held actions --------------------------------------------------------------------------
@@ -1311,7 +1456,8 @@ def apply_held(
                 notices.append(notice)
                 outcome.applied += 1
             tx.record(EventKind.HELD_APPLIED, actor=actor, address=address, held_action=action.id)
-    outcome.notices_sent = _send_notices(guard, notices, report)
+        notice_jobs = _queue_notices(guard, tx, notices, actor="sweep")
+    outcome.notices_sent = _send_notices(guard, notice_jobs, report)
     outcome.errors += report.errors
     return outcome
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import enum
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, has_request_context
+from flask import current_app, has_request_context, request
 from flask_login import current_user
 
-from . import signals, tokens
+from . import jobs, signals, tokens
 from .addresses import AddressError, resolve_address, unverify
 from .dnsevidence import fingerprint_of
 from .dnsverdict import VERIFICATION, Baseline
@@ -237,27 +238,55 @@ def send_verification(
             if refusal is not None:
                 _journal_refusal(guard, row, refusal, actor=actor)
                 raise refusal
-    token = verification_token(row)
-    link = verify_link(token)
-    with verification_mail_scope(row):
-        send_mail(
-            guard,
-            [row.address],
-            "verify_address",
-            address=row.address,
-            link=link,
-            valid_for=settings.verify_within,
-            reverify=row.unverified_at is not None,
-            app_name=current_app.name,
-        )
+    # Queued with its journal row, then delivered at once: a mail server that is down, or a
+    # crash, leaves the job to the workers, who retry it (the link is made when it is sent).
+    # A link that cannot be built at all is a configuration error: say so now, not in a worker.
+    verify_link(verification_token(row))
+    payload: dict[str, Any] = {"address_id": row.id}
+    if has_request_context():
+        payload["url_root"] = request.url_root
     with transaction(guard.db, guard.models) as tx:
+        job_id = jobs.enqueue(guard, jobs.VERIFICATION_MAIL, payload, address=row.address)
         tx.record(
             EventKind.VERIFICATION_SENT,
             actor=actor,
             address=row,
             signal=signals.verification_sent,
+            job=job_id,
         )
+    jobs.deliver_now(guard, [job_id])
     return row
+
+
+@jobs.register(jobs.VERIFICATION_MAIL)
+def _run_verification_mail(guard: DomainGuard, run: jobs.JobRun) -> None:
+    """Mail the link, unless the address was verified (or removed) since the job was queued."""
+    payload = run.job.payload
+    row = guard.db.session.get(guard.models.EmailAddress, payload.get("address_id"))
+    if row is None or row.verified_at is not None or row.address != run.job.address:
+        return
+    url_root = payload.get("url_root")
+    # A link without DOMAINGUARD_EXTERNAL_URL or SERVER_NAME (debug and testing only) takes
+    # the host of the request that asked for the mail.
+    context: Any = (
+        current_app.test_request_context("/", base_url=url_root)
+        if url_root and not has_request_context()
+        else nullcontext()
+    )
+    with context:
+        link = verify_link(verification_token(row))
+        run.record_attempt(recipients=1, address=row, template="verify_address")
+        with verification_mail_scope(row):
+            send_mail(
+                guard,
+                [row.address],
+                "verify_address",
+                address=row.address,
+                link=link,
+                valid_for=guard.settings.verify_within,
+                reverify=row.unverified_at is not None,
+                app_name=current_app.name,
+            )
 
 
 # -- confirming ----------------------------------------------------------------------------

@@ -151,6 +151,9 @@ def app(app_config: dict[str, Any], tmp_path: Path) -> Iterator[Flask]:
         hostapp.db.create_all()
     with app.app_context():
         yield app
+    from flask_domainguard.background import stop_workers
+
+    stop_workers(app)
     with app.app_context():
         hostapp.db.session.remove()
         hostapp.db.drop_all()
@@ -225,10 +228,16 @@ class SMTPSink:
 
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        #: Seconds each message takes to be accepted (a slow mail server).
+        self.delay = 0.0
         self.port = _free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            import asyncio
+
+            await asyncio.sleep(self.delay)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
         return "250 OK"

@@ -246,6 +246,11 @@ def snapshot(guard: Any) -> dict[str, Any]:
 
 def sweep_process(config: dict[str, Any], *args: str) -> Any:
     """Start ``flask domainguard sweep --json`` in a subprocess for ``config``."""
+    return domainguard_process(config, "sweep", "--json", *args)
+
+
+def domainguard_process(config: dict[str, Any], *args: str) -> Any:
+    """Start ``flask domainguard ARGS`` in a subprocess for ``config``."""
     import subprocess
     import sys
     from pathlib import Path
@@ -260,8 +265,6 @@ def sweep_process(config: dict[str, Any], *args: str) -> Any:
             "--app",
             "tests.sweep_support:create_app",
             "domainguard",
-            "sweep",
-            "--json",
             *args,
         ],
         cwd=root,

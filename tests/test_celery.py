@@ -250,6 +250,42 @@ def test_celery_init_app_registers_the_tasks(app: Flask) -> None:
     assert celery_app.tasks[CHUNK_TASK].acks_late is True
 
 
+@pytest.mark.settings(
+    CELERY=EAGER,
+    DOMAINGUARD_JOBS_WORKERS=0,
+    WTF_CSRF_ENABLED=False,
+    SERVER_NAME="accounts.host.test",
+)
+def test_celery_drains_the_job_table(app: Flask, guard: Any, make_user: Any) -> None:
+    from flask_domainguard.contrib.celery import (
+        DRAIN_TASK,
+        drain_jobs,
+        jobs_beat_schedule,
+        wake_celery_workers,
+    )
+
+    write_statuses(app, {"shop.com": {"registered": True, "statuses": ["active"]}})
+    user = make_user()
+    guard.add_address(user, "owner@shop.com", verified=True)
+    celery_app = celery_init_app(app)
+    assert DRAIN_TASK in celery_app.tasks
+    entry = jobs_beat_schedule(timedelta(seconds=20))["domainguard-jobs"]
+    assert entry["task"] == DRAIN_TASK and entry["kwargs"] == {"max_seconds": 18.0}
+    with app.extensions["mail"].record_messages() as outbox:
+        # Without a wake-up the job waits for beat: nothing runs in the web process.
+        app.test_client().post("/domainguard/reset", data={"email": "owner@shop.com"})
+        assert outbox == []
+        assert drain_jobs.apply().get()["done"] == 1
+        assert [m.recipients for m in outbox] == [["owner@shop.com"]]
+        # With a wake-up each new job sends the task at once.
+        wake_celery_workers(app)
+        app.test_client().post("/domainguard/reset", data={"email": "owner@shop.com"})
+        assert len(outbox) == 2
+    Job = guard.models.Job
+    states = hostapp.db.session.scalars(sa.select(Job.state)).all()
+    assert states == ["done", "done"]
+
+
 # -- integration: real workers, Redis and PostgreSQL ------------------------------------------
 
 DOMAINS = 20_000

@@ -22,9 +22,11 @@ TABLES = {
     "domainguard_email_address",
     "domainguard_event",
     "domainguard_held_action",
+    "domainguard_job",
     "domainguard_lockout",
     "domainguard_rate_counter",
     "domainguard_recovery_code",
+    "domainguard_sweep_run",
     "domainguard_totp_device",
     "domainguard_used_token",
     "domainguard_user_state",
@@ -99,6 +101,14 @@ def use_the_tables(database: str) -> None:
         assert stored is not None and stored.verified_at is not None
         assert stored.verified_at.utcoffset() is not None  # aware UTC, read back
         assert hostapp.guard.unverify(row.address, reason="manual", actor="admin:test")
+        # The job table: JSON payloads, and the unique key that folds repeated requests.
+        from flask_domainguard import jobs
+
+        for _ in range(2):
+            jobs.enqueue(hostapp.guard, jobs.RESET_REQUEST, {"a": 1}, dedupe_key="reset:x")
+        hostapp.db.session.commit()
+        [job] = hostapp.db.session.scalars(sa.select(hostapp.guard.models.Job)).all()
+        assert job.requests == 2 and job.payload == {"a": 1}
         hostapp.db.session.remove()
         hostapp.db.engine.dispose()
 

@@ -21,6 +21,13 @@ returns what it did and the run still finishes; a worker killed mid-chunk (``ack
 gets its chunk delivered again, and its leases lapse after ``DOMAINGUARD_SWEEP_LEASE``. If
 the chord never completes, the next run's finish adopts the planned unverifications.
 
+The same module drains the durable job table (:mod:`flask_domainguard.jobs`: reset
+requests, verification mail, expiry warnings, notices) on Celery workers:
+:data:`drain_jobs` (``flask_domainguard.jobs.drain``), scheduled by
+:func:`jobs_beat_schedule` for retries and for jobs left by processes that died, and sent
+at once when a job is written if the app calls :func:`wake_celery_workers` (for apps that
+set ``DOMAINGUARD_JOBS_WORKERS = 0``, so the web processes run no job threads).
+
 Every task needs the Flask app context: make the Celery app with :func:`celery_init_app`
 (Flask's documented pattern, whose :class:`FlaskTask` pushes it), or push it in your own
 task base class. See docs/celery.md.
@@ -46,14 +53,18 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_TASK",
     "DEFAULT_CHUNK_SIZE",
+    "DRAIN_TASK",
     "FINISH_TASK",
     "START_TASK",
     "FlaskTask",
     "beat_schedule",
     "celery_init_app",
+    "drain_jobs",
     "finish_sweep",
+    "jobs_beat_schedule",
     "start_sweep",
     "sweep_chunk",
+    "wake_celery_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,7 @@ log = logging.getLogger(__name__)
 START_TASK = "flask_domainguard.sweep.start"
 CHUNK_TASK = "flask_domainguard.sweep.chunk"
 FINISH_TASK = "flask_domainguard.sweep.finish"
+DRAIN_TASK = "flask_domainguard.jobs.drain"
 
 #: Domains per chunk: enough batches (DOMAINGUARD_SWEEP_BATCH_SIZE) that the lookups stay
 #: busy while a chunk's slowest lookups finish, few enough that a chunk takes minutes, not
@@ -256,8 +268,11 @@ def _finish(
         report.merge(SweepReport.from_dict(data))
         failed += bool(data.get("chunk_failed"))
     sweep.report = report
+    sweep.record_start(began)
     sweep.finish()
+    sweep.count_leftovers()
     report.seconds = (utcnow() - began).total_seconds()
+    sweep.record_end()
     log.info(
         "sweep run %s finished: %d domains checked in %d chunks (%d failed), %d unverified, "
         "%d held, %d lookup errors",
@@ -274,6 +289,56 @@ def _finish(
     return data
 
 
+def _drain(max_seconds: float = 50.0, kinds: list[str] | None = None) -> dict[str, Any]:
+    """Run due jobs from the job table for up to ``max_seconds`` (shedding load on the way).
+
+    Returns what it did (:meth:`flask_domainguard.jobs.DrainReport.as_dict`).
+    """
+    import time
+
+    from ..jobs import drain
+
+    report = drain(_guard(), new_run_id(), kinds=kinds, deadline=time.monotonic() + max_seconds)
+    return report.as_dict()
+
+
+def jobs_beat_schedule(
+    every: timedelta = timedelta(seconds=30),
+    *,
+    max_seconds: float | None = None,
+    queue: str | None = None,
+    name: str = "domainguard-jobs",
+) -> dict[str, dict[str, Any]]:
+    """A ``beat_schedule`` entry that drains the job table ``every`` so often: retries after
+    their backoff, and jobs whose worker died. Each run stops after ``max_seconds`` (default:
+    most of one period) and expires if no worker took it within the period."""
+    if every <= timedelta(0):
+        raise ValueError("every must be a positive timedelta, e.g. timedelta(seconds=30)")
+    options: dict[str, Any] = {"expires": every.total_seconds()}
+    if queue is not None:
+        options["queue"] = queue
+    seconds = max_seconds if max_seconds is not None else every.total_seconds() * 0.9
+    return {
+        name: {
+            "task": DRAIN_TASK,
+            "schedule": every,
+            "kwargs": {"max_seconds": seconds},
+            "options": options,
+        }
+    }
+
+
+def wake_celery_workers(app: Flask, *, queue: str | None = None) -> None:
+    """Send :data:`drain_jobs` whenever this app writes a job (a reset request, a mail), so a
+    Celery worker runs it at once; for apps with ``DOMAINGUARD_JOBS_WORKERS = 0``."""
+    from ..background import jobs_for
+
+    options: dict[str, Any] = {"expires": 60}
+    if queue is not None:
+        options["queue"] = queue
+    jobs_for(app).on_wake.append(lambda: drain_jobs.apply_async(**options))
+
+
 #: ``start_sweep.delay(chunk_size=5000)`` starts a run (beat: :func:`beat_schedule`).
 start_sweep: Any = shared_task(name=START_TASK, ignore_result=False)(_start)
 #: One chunk; ``acks_late``: a chunk whose worker died is delivered again.
@@ -282,3 +347,7 @@ sweep_chunk: Any = shared_task(
 )(_chunk)
 #: The chord callback that finishes a run.
 finish_sweep: Any = shared_task(name=FINISH_TASK, ignore_result=False)(_finish)
+#: Drains the job table (beat: :func:`jobs_beat_schedule`; on each new job:
+#: :func:`wake_celery_workers`). ``acks_late``: a worker that dies mid-drain leaves its jobs
+#: leased; they run again once their leases expire.
+drain_jobs: Any = shared_task(name=DRAIN_TASK, acks_late=True, ignore_result=True)(_drain)

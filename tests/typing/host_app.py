@@ -22,7 +22,7 @@ from flask_domainguard import DomainGuard, ResetDecision
 
 if TYPE_CHECKING:
     # For annotations only: the mapped class of an app is guard.models.EmailAddress.
-    from flask_domainguard.models import EmailAddress
+    from flask_domainguard.models import EmailAddress  # noqa: F401 (in assert_type strings)
 
 
 class Base(DeclarativeBase):
