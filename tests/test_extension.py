@@ -233,7 +233,11 @@ def test_mysql_and_mariadb_urls_are_accepted(scheme: str, tmp_path: Any) -> None
     pytest.importorskip("pymysql")
     app = Flask("mysqlhost")
     # Nothing listens there: making the engine does not connect, and init_app must not.
-    app.config.update(SQLALCHEMY_DATABASE_URI=f"{scheme}://root@127.0.0.1:9/none", SECRET_KEY="x")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=f"{scheme}://root@127.0.0.1:9/none",
+        SECRET_KEY="x",
+        DOMAINGUARD_EXTERNAL_URL="https://host.example",
+    )
     hostapp.db.init_app(app)
     hostapp.guard.init_app(app)
     assert app.extensions["domainguard"].guard is hostapp.guard
