@@ -94,7 +94,15 @@ class JobWorkers:
         from .jobs import has_due_jobs
 
         guard = current_app.extensions["domainguard"].guard
-        if has_due_jobs(guard):
+        try:
+            due = has_due_jobs(guard)
+        except Exception:
+            # A page must not fail for this (a migration not applied yet, a database hiccup):
+            # the next enqueue wakes the workers anyway.
+            guard.db.session.rollback()
+            log.exception("job worker: could not look for jobs left by another process")
+            return
+        if due:
             self.wake()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -41,11 +41,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from .journal import EventKind, transaction
+from .models import MYSQL_DIALECTS
+from .sqlcompat import locked_ids, update_returning
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -217,8 +220,13 @@ def enqueue(
     }
     session = guard.db.session
     if dedupe_key is None:
-        return int(session.execute(sa.insert(J).values(values).returning(J.c.id)).scalar_one())
+        return _insert(session, J, values)
     dialect = _dialect(guard)
+    if dialect in MYSQL_DIALECTS:
+        session.execute(
+            mysql_insert(J).values(values).on_duplicate_key_update(requests=J.c.requests + 1)
+        )
+        return int(session.scalar(sa.select(J.c.id).where(J.c.dedupe_key == dedupe_key)))
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         stmt = (
@@ -232,12 +240,17 @@ def enqueue(
         return int(session.execute(stmt).scalar_one())
     try:  # pragma: no cover - other databases: a savepoint and the unique index
         with session.begin_nested():
-            return int(session.execute(sa.insert(J).values(values).returning(J.c.id)).scalar_one())
+            return _insert(session, J, values)
     except IntegrityError:  # pragma: no cover
         session.execute(
             sa.update(J).where(J.c.dedupe_key == dedupe_key).values(requests=J.c.requests + 1)
         )
         return int(session.scalar(sa.select(J.c.id).where(J.c.dedupe_key == dedupe_key)))
+
+
+def _insert(session: Any, J: sa.Table, values: dict[str, Any]) -> int:
+    # inserted_primary_key works on every database; RETURNING on INSERT is not in MySQL.
+    return int(session.execute(sa.insert(J).values(values)).inserted_primary_key[0])
 
 
 # -- claiming and finishing ----------------------------------------------------------------
@@ -272,39 +285,29 @@ def claim(
     if ids is not None:
         where.append(J.c.id.in_(list(ids)))
     pick = sa.select(J.c.id).where(*where).order_by(J.c.not_before, J.c.id).limit(limit)
-    stmt = (
-        sa.update(J)
-        .where(J.c.id.in_(_locked(guard, pick)), *where)
-        .values(
-            lease_owner=owner,
-            lease_until=now + guard.settings.jobs_lease,
-            attempts=J.c.attempts + 1,
-            # A new request for the same work starts a new job from now on.
-            dedupe_key=None,
-        )
-        .returning(J.c.id, J.c.kind, J.c.payload, J.c.attempts, J.c.address, J.c.requests)
-    )
+    session, dialect = db.session, _dialect(guard)
     try:
-        rows = db.session.execute(stmt).all()
+        rows = update_returning(
+            session,
+            dialect,
+            J,
+            J.c.id,
+            [J.c.id.in_(locked_ids(session, dialect, pick)), *where],
+            {
+                "lease_owner": owner,
+                "lease_until": now + guard.settings.jobs_lease,
+                "attempts": J.c.attempts + 1,
+                # A new request for the same work starts a new job from now on.
+                "dedupe_key": None,
+            },
+            [J.c.id, J.c.kind, J.c.payload, J.c.attempts, J.c.address, J.c.requests],
+        )
         db.session.commit()
     except BaseException:
         db.session.rollback()
         raise
     jobs = [ClaimedJob(r[0], r[1], dict(r[2] or {}), int(r[3]), r[4], int(r[5])) for r in rows]
     return sorted(jobs, key=lambda job: job.id)
-
-
-def _locked(guard: DomainGuard, pick: sa.Select[Any]) -> Any:
-    """What an ``UPDATE ... WHERE id IN (...)`` may take from ``pick`` without a race.
-
-    On PostgreSQL the rows are locked first, in this transaction, with ``FOR UPDATE SKIP
-    LOCKED``, and their ids are passed on: as a subquery, PostgreSQL may run ``pick`` again for
-    every row the update scans, each time past the rows it just changed, and take them all
-    regardless of the ``LIMIT``. SQLite runs the subquery once, under its write lock.
-    """
-    if _dialect(guard) != "postgresql":
-        return pick
-    return list(guard.db.session.scalars(pick.with_for_update(skip_locked=True)))
 
 
 def _finish(
@@ -453,12 +456,21 @@ def shed(guard: DomainGuard) -> ShedReport:
         pick = sa.select(J.c.id).where(*waiting).order_by(J.c.id.desc()).limit(excess)
         EmailAddress = guard.models.EmailAddress
         with transaction(db, guard.models) as tx:
-            rows = db.session.execute(
-                sa.update(J)
-                .where(J.c.id.in_(_locked(guard, pick)), *waiting)
-                .values(state=SHED, done_at=now, dedupe_key=None, last_error="shed: queue full")
-                .returning(J.c.id, J.c.address, J.c.requests)
-            ).all()
+            session, dialect = db.session, _dialect(guard)
+            rows = update_returning(
+                session,
+                dialect,
+                J,
+                J.c.id,
+                [J.c.id.in_(locked_ids(session, dialect, pick)), *waiting],
+                {
+                    "state": SHED,
+                    "done_at": now,
+                    "dedupe_key": None,
+                    "last_error": "shed: queue full",
+                },
+                [J.c.id, J.c.address, J.c.requests],
+            )
             found = {
                 row.address: row
                 for row in db.session.scalars(

@@ -68,6 +68,7 @@ from .journal import EventKind, transaction
 from .lookups import LookupLimits, LookupThread
 from .models import MYSQL_DIALECTS, UnverifyReason
 from .notices import queue_expiry_warning, queue_unverify_notice
+from .sqlcompat import update_returning
 from .status.observation import Observation
 from .timeutil import as_utc, utcnow
 from .verdict import SEVERITY, Verdict, VerdictKind, judge
@@ -688,21 +689,9 @@ class Sweep:
         values: dict[str, Any],
         columns: list[sa.Column[Any]],
     ) -> list[tuple[Any, ...]]:
-        """``UPDATE table SET values WHERE where RETURNING columns`` in the current transaction.
-
-        MySQL/MariaDB have no RETURNING on UPDATE: there the same rows are read with a locking
-        SELECT (held to the end of the transaction, as the UPDATE's own locks would be), then
-        updated by ``key``.
-        """
-        session = self.guard.db.session
-        if self._dialect not in MYSQL_DIALECTS:
-            stmt = sa.update(table).where(*where).values(values).returning(*columns)
-            return [tuple(row) for row in session.execute(stmt)]
-        found = session.execute(sa.select(key, *columns).where(*where).with_for_update()).all()
-        if found:
-            keys = [row[0] for row in found]
-            session.execute(sa.update(table).where(key.in_(keys)).values(values))
-        return [tuple(row[1:]) for row in found]
+        return update_returning(
+            self.guard.db.session, self._dialect, table, key, where, values, columns
+        )
 
     def _load_addresses(self, names: Iterable[str]) -> dict[str, list[_AddressRow]]:
         A = self._A

@@ -323,7 +323,8 @@ def schedule_class(domain: Any, started: datetime, ended: datetime) -> str:
     return f"? {wait}"
 
 
-VARYING_DETAILS = frozenset({"run", "held_action", "verified_at"})
+# Ids and times that differ between two equal runs: the run, the held action, the job row.
+VARYING_DETAILS = frozenset({"run", "held_action", "verified_at", "job"})
 
 
 def outcome(guard: Any, started: datetime, ended: datetime) -> dict[str, Any]:
