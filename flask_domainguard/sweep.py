@@ -672,7 +672,9 @@ class Sweep:
         this batch's changes.
         """
         D = self._D
-        rows = self._update_returning(
+        rows = update_returning(
+            self.guard.db.session,
+            self._dialect,
             D,
             D.c.name,
             [D.c.name.in_(names), D.c.lease_owner == self.lease_owner],
@@ -680,18 +682,6 @@ class Sweep:
             [D.c.name],
         )
         return {row[0] for row in rows}
-
-    def _update_returning(
-        self,
-        table: sa.Table,
-        key: sa.Column[Any],
-        where: list[sa.ColumnElement[bool]],
-        values: dict[str, Any],
-        columns: list[sa.Column[Any]],
-    ) -> list[tuple[Any, ...]]:
-        return update_returning(
-            self.guard.db.session, self._dialect, table, key, where, values, columns
-        )
 
     def _load_addresses(self, names: Iterable[str]) -> dict[str, list[_AddressRow]]:
         A = self._A
@@ -1054,7 +1044,9 @@ class Sweep:
         )
         EmailAddress = guard.models.EmailAddress
         with transaction(db, guard.models) as tx:
-            rows = self._update_returning(
+            rows = update_returning(
+                db.session,
+                self._dialect,
                 H,
                 H.c.id,
                 [H.c.run_id == self.run_id, H.c.resolution == PLANNED],

@@ -294,3 +294,17 @@ def fresh_request_globals(app: Flask) -> Iterator[None]:
         yield
     finally:
         request_started.disconnect(clear, app)
+
+
+@pytest.fixture
+def smtp_app(
+    app_config: dict[str, Any], smtp_sink: SMTPSink, request: pytest.FixtureRequest
+) -> Iterator[Flask]:
+    """The test app mailing through :func:`smtp_sink`, with a link base and the reset work
+    done in the request (``DOMAINGUARD_RESET_PROCESSING = "inline"``)."""
+    use_smtp(app_config, smtp_sink)
+    app_config.setdefault("SERVER_NAME", "accounts.host.test")
+    app_config.setdefault("DOMAINGUARD_RESET_PROCESSING", "inline")
+    app: Flask = request.getfixturevalue("app")
+    request.getfixturevalue("fresh_request_globals")
+    yield app

@@ -6,7 +6,6 @@ Each test is an attack that must fail."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,7 +20,7 @@ from flask_domainguard.mail import has_reset_evidence
 from flask_domainguard.models import UnverifyReason
 from flask_domainguard.sweep import Sweep
 from flask_domainguard.timeutil import utcnow
-from tests.conftest import SMTPSink, use_smtp
+from tests.conftest import SMTPSink
 from tests.guard_helpers import COUNTING, OK, CountingBackend, add, csrf_of, events, write_status
 from tests.sweep_support import StatusServer
 
@@ -42,18 +41,6 @@ def victim(guard: Any, make_user: Any) -> Any:
     add(guard, user, VICTIM, verified_at=VERIFIED, primary=True)
     add(guard, user, BACKUP)
     return user
-
-
-@pytest.fixture
-def smtp_app(
-    app_config: dict[str, Any], smtp_sink: SMTPSink, request: pytest.FixtureRequest
-) -> Iterator[Flask]:
-    use_smtp(app_config, smtp_sink)
-    app_config.setdefault("SERVER_NAME", "accounts.host.test")
-    app_config.setdefault("DOMAINGUARD_RESET_PROCESSING", "inline")
-    app: Flask = request.getfixturevalue("app")
-    request.getfixturevalue("fresh_request_globals")
-    yield app
 
 
 def host_sends(app: Flask, **fields: Any) -> None:

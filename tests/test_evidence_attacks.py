@@ -4,7 +4,6 @@ evidence rule; each must be refused now. The legitimate paths stay open."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,7 +13,7 @@ from freezegun import freeze_time
 
 from flask_domainguard.journal import EventKind
 from flask_domainguard.models import UnverifyReason
-from tests.conftest import SMTPSink, use_smtp
+from tests.conftest import SMTPSink
 from tests.guard_helpers import OK, add, csrf_of, events, set_domain, write_status
 from tests.sweep_support import StatusServer
 
@@ -186,18 +185,6 @@ def test_reverification_after_the_sale_gives_the_new_proof_a_clean_slate(
 
 
 # -- case 1, through the real parts: a status API that fails, mail over SMTP ----------------
-
-
-@pytest.fixture
-def smtp_app(
-    app_config: dict[str, Any], smtp_sink: SMTPSink, request: pytest.FixtureRequest
-) -> Iterator[Flask]:
-    use_smtp(app_config, smtp_sink)
-    app_config.setdefault("SERVER_NAME", "accounts.host.test")
-    app_config.setdefault("DOMAINGUARD_RESET_PROCESSING", "inline")
-    app: Flask = request.getfixturevalue("app")
-    request.getfixturevalue("fresh_request_globals")
-    yield app
 
 
 def ask(app: Flask, address: str) -> None:
