@@ -23,15 +23,26 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from .models import MYSQL_DIALECTS
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
 
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+#: MySQL/MariaDB error codes of a transaction rolled back to break a lock wait.
+_DEADLOCK_CODES = frozenset({1205, 1213})
+_DEADLOCK_RETRIES = 3
+
+
+def _is_deadlock(exc: sa.exc.OperationalError) -> bool:
+    args: tuple[object, ...] = tuple(getattr(exc.orig, "args", ()))
+    return bool(args) and args[0] in _DEADLOCK_CODES
 
 
 def _digest(key: str) -> str:
@@ -97,10 +108,19 @@ class Throttle:
         Attempt = self.guard.models.Attempt
         now = utcnow()
         session = self._session
-        # Rows that left every window are dead weight, whichever key they belong to.
-        session.execute(sa.delete(Attempt).where(Attempt.at <= now - self.window))
-        session.add(Attempt(key=_digest(key), at=now))
-        session.commit()
+        # Rows that left every window are dead weight, whichever key they belong to. On
+        # MySQL/MariaDB the range DELETE takes gap locks that can deadlock with another
+        # process's attempt; the database then rolls one back, which is retried as it advises.
+        for retry in range(_DEADLOCK_RETRIES + 1):
+            try:
+                session.execute(sa.delete(Attempt).where(Attempt.at <= now - self.window))
+                session.add(Attempt(key=_digest(key), at=now))
+                session.commit()
+                break
+            except sa.exc.OperationalError as exc:
+                session.rollback()
+                if retry == _DEADLOCK_RETRIES or not _is_deadlock(exc):
+                    raise
         return self.count(key)
 
     def clear(self, key: str) -> None:
@@ -153,6 +173,11 @@ class Throttle:
         if dialect in ("sqlite", "postgresql"):
             insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
             session.execute(insert(table).values(**values).on_conflict_do_nothing())
+        elif dialect in MYSQL_DIALECTS:
+            # A no-op update on a duplicate key: two processes may create the row at once.
+            session.execute(
+                mysql_insert(table).values(**values).on_duplicate_key_update(level=table.c.level)
+            )
         elif session.get(Lockout, digest) is None:  # pragma: no cover - no ON CONFLICT
             session.add(Lockout(**values))
         session.commit()

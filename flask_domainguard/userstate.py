@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .models import MYSQL_DIALECTS
 
 if TYPE_CHECKING:
     from .extension import DomainGuard
@@ -31,11 +34,18 @@ def ensure(guard: DomainGuard, user_id: Any) -> UserState:
     db = guard.db
     UserState = guard.models.UserState
     dialect = db.session.get_bind(mapper=sa.inspect(UserState)).dialect.name
+    table: sa.Table = UserState.__table__  # type: ignore[attr-defined]
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
-        table: sa.Table = UserState.__table__  # type: ignore[attr-defined]
         db.session.execute(
             insert(table).values(user_id=user_id, session_epoch=0).on_conflict_do_nothing()
+        )
+    elif dialect in MYSQL_DIALECTS:
+        # A no-op update on a duplicate key: a concurrent request may create the row first.
+        db.session.execute(
+            mysql_insert(table)
+            .values(user_id=user_id, session_epoch=0)
+            .on_duplicate_key_update(session_epoch=table.c.session_epoch)
         )
     else:  # pragma: no cover - databases without ON CONFLICT
         db.session.add(UserState(user_id=user_id, session_epoch=0))
