@@ -72,6 +72,10 @@ def create_app() -> Flask:
     return app
 
 
+#: Modules of an optional extra, and the install line their ImportError must name.
+NEEDS_EXTRA = {"flask_domainguard.metrics": "flask-domainguard[metrics]"}
+
+
 def check_installed() -> None:
     """Fail loudly on anything the wheel should carry and does not."""
     where = Path(flask_domainguard.__file__).parent
@@ -84,6 +88,12 @@ def check_installed() -> None:
     for module in pkgutil.walk_packages(flask_domainguard.__path__, "flask_domainguard."):
         if module.name.startswith("flask_domainguard.contrib."):
             continue  # optional extras (Celery) are not installed here
+        if module.name in NEEDS_EXTRA:  # not installed here: it must say which extra
+            try:
+                importlib.import_module(module.name)
+            except ImportError as exc:
+                assert NEEDS_EXTRA[module.name] in str(exc), exc
+            continue
         importlib.import_module(module.name)
 
     app = create_app()
