@@ -161,19 +161,34 @@ def test_a_forged_host_header_never_reaches_a_mailed_link(seeded: Flask) -> None
 
 def test_login_takes_as_long_for_unknown_accounts_as_for_known_ones(seeded: Flask) -> None:
     client = seeded.test_client()
-    samples: dict[str, list[float]] = {"known": [], "unknown": []}
     addresses = {"known": ALICE, "unknown": "nobody@healthy-corp.example"}
     client.post("/login", data={"email": ALICE, "password": "warm-up"})
-    for _ in range(50):
-        for kind, address in addresses.items():  # interleaved: drift hits both alike
-            start = time.perf_counter()
-            response = client.post("/login", data={"email": address, "password": "wrong-password"})
-            samples[kind].append(time.perf_counter() - start)
-            assert response.status_code == 200 and b"Wrong address or password" in response.data
-    known = statistics.median(samples["known"])
-    unknown = statistics.median(samples["unknown"])
-    print(f"\nlogin, median of 50: known {known * 1000:.1f} ms, unknown {unknown * 1000:.1f} ms")
-    assert abs(known - unknown) <= 0.10 * known, (known, unknown)
+
+    def medians() -> tuple[float, float]:
+        samples: dict[str, list[float]] = {"known": [], "unknown": []}
+        for _ in range(50):
+            for kind, address in addresses.items():  # interleaved: drift hits both alike
+                start = time.perf_counter()
+                response = client.post(
+                    "/login", data={"email": address, "password": "wrong-password"}
+                )
+                samples[kind].append(time.perf_counter() - start)
+                assert response.status_code == 200
+                assert b"Wrong address or password" in response.data
+        return statistics.median(samples["known"]), statistics.median(samples["unknown"])
+
+    # A loaded machine (CI's other jobs) can skew one round; a real difference (a password
+    # hash for known accounts only: 182 ms against 4 ms) shows in every round.
+    rounds = []
+    for _ in range(3):
+        known, unknown = medians()
+        rounds.append((known, unknown))
+        print(
+            f"\nlogin, median of 50: known {known * 1000:.1f} ms, unknown {unknown * 1000:.1f} ms"
+        )
+        if abs(known - unknown) <= 0.10 * known:
+            break
+    assert abs(known - unknown) <= 0.10 * known, rounds
 
 
 def _same_answer(first: Any, second: Any, first_text: str, second_text: str) -> None:
