@@ -19,7 +19,7 @@ from .models import MYSQL_DIALECTS, UnverifyReason
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .journal import Transaction
     from .models import EmailAddress
 
@@ -40,7 +40,7 @@ class UnknownAddress(AddressError):
     """No such address is stored."""
 
 
-def ensure_domains(guard: DomainGuard, names: Iterable[str]) -> None:
+def ensure_domains(guard: Guard, names: Iterable[str]) -> None:
     """Create the missing :class:`~.models.Domain` rows for ``names``, due for a check at once.
 
     Safe under concurrent writers: ``INSERT ... ON CONFLICT DO NOTHING`` (MySQL: ``ON
@@ -77,7 +77,7 @@ def ensure_domains(guard: DomainGuard, names: Iterable[str]) -> None:
 
 
 def add_address(
-    guard: DomainGuard,
+    guard: Guard,
     user: Any,
     raw: str,
     *,
@@ -116,7 +116,7 @@ def add_address(
 
 
 def _insert_address(
-    guard: DomainGuard,
+    guard: Guard,
     user_id: Any,
     parsed: Address,
     registrable: str,
@@ -164,7 +164,7 @@ def _insert_address(
     return row
 
 
-def _proof_baseline(guard: DomainGuard, registrable: str) -> Baseline | None:
+def _proof_baseline(guard: Guard, registrable: str) -> Baseline | None:
     """The DNS baseline for an address proved now, where the DNS is consulted for its domain;
     ``None`` when it is not or the lookup told nothing (first seen at a later check)."""
     from .dnsevidence import fingerprint_of, proof_fingerprint
@@ -173,7 +173,7 @@ def _proof_baseline(guard: DomainGuard, registrable: str) -> Baseline | None:
     return None if fingerprint is None else Baseline(fingerprint, utcnow())
 
 
-def _clear_primary(guard: DomainGuard, user_id: Any) -> None:
+def _clear_primary(guard: Guard, user_id: Any) -> None:
     EmailAddress = guard.models.EmailAddress
     # Flush the UPDATE before any INSERT/UPDATE that sets a new primary: the unique index
     # on (user_id) WHERE primary must never see two rows at once.
@@ -185,7 +185,7 @@ def _clear_primary(guard: DomainGuard, user_id: Any) -> None:
     )
 
 
-def resolve_address(guard: DomainGuard, address: EmailAddress | str) -> EmailAddress:
+def resolve_address(guard: Guard, address: EmailAddress | str) -> EmailAddress:
     """The stored row for ``address`` (a row passes through).
 
     :raises UnknownAddress: when no such address is stored.
@@ -198,9 +198,7 @@ def resolve_address(guard: DomainGuard, address: EmailAddress | str) -> EmailAdd
     return address
 
 
-def set_primary(
-    guard: DomainGuard, address: EmailAddress | str, *, actor: str = "user"
-) -> EmailAddress:
+def set_primary(guard: Guard, address: EmailAddress | str, *, actor: str = "user") -> EmailAddress:
     """Make a verified address its user's primary address.
 
     :raises AddressError: when the address is not verified.
@@ -219,7 +217,7 @@ def set_primary(
     return row
 
 
-def remove_address(guard: DomainGuard, address: EmailAddress | str, *, actor: str = "user") -> None:
+def remove_address(guard: Guard, address: EmailAddress | str, *, actor: str = "user") -> None:
     """Remove an address; a removed primary hands over to the oldest other verified address.
 
     :raises LastVerifiedAddress: when it is the user's last verified address.
@@ -262,7 +260,7 @@ def remove_address(guard: DomainGuard, address: EmailAddress | str, *, actor: st
             )
 
 
-def find_address(guard: DomainGuard, address: str) -> EmailAddress | None:
+def find_address(guard: Guard, address: str) -> EmailAddress | None:
     """The stored row for ``address`` in any spelling (case, Unicode domain), or ``None``."""
     try:
         normalized = parse_address(address).normalized
@@ -275,7 +273,7 @@ def find_address(guard: DomainGuard, address: str) -> EmailAddress | None:
     return row
 
 
-def addresses_of(guard: DomainGuard, user: Any) -> list[EmailAddress]:
+def addresses_of(guard: Guard, user: Any) -> list[EmailAddress]:
     """A user's addresses, primary first, then oldest first."""
     EmailAddress = guard.models.EmailAddress
     user_id = guard.user_id_of(user)
@@ -319,7 +317,7 @@ def unverify(
 
 
 def unverify_address(
-    guard: DomainGuard,
+    guard: Guard,
     address: EmailAddress | str,
     *,
     reason: UnverifyReason | str,

@@ -29,7 +29,7 @@ from .journal import EventKind
 from .timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 #: No address on a registered domain can have been proven before the first .com (March 1985).
 EARLIEST_PROOF = datetime(1985, 1, 1, tzinfo=timezone.utc)
@@ -116,7 +116,7 @@ class ProofSource:
 
 
 def adopt_addresses(
-    guard: DomainGuard,
+    guard: Guard,
     *,
     verified: bool,
     verified_since: date | datetime | None = None,
@@ -143,7 +143,7 @@ def adopt_addresses(
             "attribute holding each user's address."
         )
     proof = proof_source(guard, verified=verified, verified_since=verified_since)
-    pk = getattr(User, guard._user_pk_attr)
+    pk = guard.models.user_pk
     columns = [pk, getattr(User, attr)]
     if proof.column_name is not None:
         columns.append(getattr(User, proof.column_name))
@@ -169,7 +169,7 @@ def adopt_addresses(
 
 
 def proof_source(
-    guard: DomainGuard, *, verified: bool, verified_since: date | datetime | None
+    guard: Guard, *, verified: bool, verified_since: date | datetime | None
 ) -> ProofSource:
     """Check how adopted addresses will be dated, before reading any user.
 
@@ -210,7 +210,7 @@ def _created_proof(name: str, value: Any, now: datetime) -> datetime | str:
 
 
 def _adopt_batch(
-    guard: DomainGuard, batch: list[Any], verified: bool, proof: ProofSource, report: AdoptReport
+    guard: Guard, batch: list[Any], verified: bool, proof: ProofSource, report: AdoptReport
 ) -> None:
     db = guard.db
     models = guard.models

@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 from flask import Flask, current_app
 
+from .context import current_guard, current_settings
+
 log = logging.getLogger(__name__)
 
 _KEY = "domainguard.background"
@@ -93,7 +95,7 @@ class JobWorkers:
         self._checked_at_start = True
         from .jobs import has_due_jobs
 
-        guard = current_app.extensions["domainguard"].guard
+        guard = current_guard()
         try:
             due = has_due_jobs(guard)
         except Exception:
@@ -131,7 +133,7 @@ class JobWorkers:
             done = 0
             try:
                 with self.app.app_context():
-                    guard = self.app.extensions["domainguard"].guard
+                    guard = current_guard(self.app)
                     report = drain(guard, owner, batch=CLAIM_BATCH, report=DrainReport())
                     done = report.done + report.failed + report.shed_unknown + report.shed_known
             except Exception:
@@ -148,7 +150,7 @@ class JobWorkers:
                         break
                     idle_since = time.monotonic()  # a retry is due later: keep watching
                 if self._signals == seen:
-                    poll = self.app.extensions["domainguard"].settings.jobs_poll
+                    poll = current_settings(self.app).jobs_poll
                     self._wake.wait(poll)
         with self._lock:
             self._alive.discard(threading.current_thread())
@@ -158,7 +160,7 @@ class JobWorkers:
 
         try:
             with self.app.app_context():
-                return has_pending_jobs(self.app.extensions["domainguard"].guard)
+                return has_pending_jobs(current_guard(self.app))
         except Exception:
             return False
 
@@ -170,7 +172,7 @@ class JobWorkers:
         from .jobs import has_due_jobs
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        guard = self.app.extensions["domainguard"].guard
+        guard = current_guard(self.app)
         while True:
             with self.app.app_context():
                 due = has_due_jobs(guard)
@@ -190,7 +192,7 @@ def jobs_for(app: Flask | None = None) -> JobWorkers:
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     workers = app.extensions.get(_KEY)
     if workers is None:
-        threads = app.extensions["domainguard"].settings.jobs_workers
+        threads = current_settings(app).jobs_workers
         workers = app.extensions.setdefault(_KEY, JobWorkers(app, threads=threads))
     return workers  # type: ignore[no-any-return]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .addresses import find_address
 from .dnsevidence import dns_lookup, dns_role
 from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address, registrable_domain
@@ -22,7 +23,7 @@ from .status.observation import DnsObservation, Observation
 from .verdict import Verdict, VerdictKind
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 __all__ = ["EXIT_SAFE", "EXIT_UNKNOWN", "EXIT_UNSAFE", "CheckResult", "check_target"]
 
@@ -179,7 +180,7 @@ class CheckResult:
         return rows
 
 
-def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | None, Baseline | None]:
+def _target_domain(guard: Guard, target: str) -> tuple[str, datetime | None, Baseline | None]:
     text = target.strip()
     if "@" in text:
         try:
@@ -188,7 +189,7 @@ def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | Non
             raise ValueError(str(exc)) from None
         if parsed.registrable is None:
             raise ValueError(f"{parsed.domain} is not a domain anyone can register")
-        row = guard.find_address(parsed.normalized)
+        row = find_address(guard, parsed.normalized)
         if row is None:
             return parsed.registrable, None, None
         return parsed.registrable, row.verified_at, Baseline.of(row)
@@ -198,9 +199,7 @@ def _target_domain(guard: DomainGuard, target: str) -> tuple[str, datetime | Non
     return name, None, None
 
 
-def check_target(
-    guard: DomainGuard, target: str, *, backend_name: str | None = None
-) -> CheckResult:
+def check_target(guard: Guard, target: str, *, backend_name: str | None = None) -> CheckResult:
     """Look ``target`` (a domain or an address) up live and judge it; writes nothing.
 
     The domain's stored memories (:mod:`.domainstate`), and for a stored address its

@@ -20,6 +20,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .adopt import adopt_addresses
+from .context import current_guard
 
 
 @click.group("domainguard")
@@ -29,9 +30,7 @@ def domainguard_cli() -> None:
 
 def guard_for_app() -> Any:
     """The current app's :class:`~flask_domainguard.DomainGuard`."""
-    from .extension import DomainGuard
-
-    return DomainGuard._state().guard
+    return current_guard()
 
 
 @contextmanager

@@ -30,13 +30,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from flask import Flask, current_app
 
+from .context import current_settings
 from .status.base import backend_covers
 from .status.dnslookup import DnsLookup
 from .status.observation import DnsFingerprint, DnsObservation, Observation
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .extension import DomainGuard
+    from .context import Guard
     from .status.base import StatusBackend
 
 __all__ = [
@@ -65,7 +66,7 @@ _lookups: weakref.WeakKeyDictionary[Flask, DnsLookup] = weakref.WeakKeyDictionar
 
 def dns_lookup(settings: Settings | None = None) -> DnsLookup | None:
     """The current app's :class:`~.status.dnslookup.DnsLookup` (``None`` with ``"off"``)."""
-    settings = settings or current_app.extensions["domainguard"].settings
+    settings = settings or current_settings()
     if settings.dns_evidence == "off":
         return None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -116,7 +117,7 @@ async def observe_with_dns(
     return replace(obs, dns=replace(sighting, evidence=role == EVIDENCE))
 
 
-def role_for(guard: DomainGuard, name: str) -> str | None:
+def role_for(guard: Guard, name: str) -> str | None:
     """:func:`dns_role` for ``name`` with the current app's settings and backend."""
     settings = guard.settings
     if settings.dns_evidence == "off" or name in settings.trusted_domains:
@@ -128,7 +129,7 @@ def role_for(guard: DomainGuard, name: str) -> str | None:
     return dns_role(settings.dns_evidence, backend, name)
 
 
-def proof_fingerprint(guard: DomainGuard, name: str) -> DnsObservation | None:
+def proof_fingerprint(guard: Guard, name: str) -> DnsObservation | None:
     """Read ``name``'s DNS now, for the baseline of an address being proved (bounded by
     ``DOMAINGUARD_DNS_TIMEOUT``; never raises); ``None`` where the DNS has no role for it."""
     if role_for(guard, name) is None:

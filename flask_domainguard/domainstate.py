@@ -65,7 +65,7 @@ from .verdict import (
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .extension import DomainGuard
+    from .context import Guard
 
 __all__ = [
     "DomainState",
@@ -416,12 +416,12 @@ def dns_row_values(state: DomainState) -> dict[str, Any]:
 # -- the database side ---------------------------------------------------------------------
 
 
-def _table(guard: DomainGuard) -> sa.Table:
+def _table(guard: Guard) -> sa.Table:
     table: sa.Table = guard.models.Domain.__table__  # type: ignore[attr-defined]
     return table
 
 
-def load_state(guard: DomainGuard, name: str, *, lock: bool = False) -> DomainState:
+def load_state(guard: Guard, name: str, *, lock: bool = False) -> DomainState:
     """The stored state of ``name`` (an empty state when there is no row).
 
     :param lock: take the row's write lock first, in the current transaction, so no other
@@ -439,7 +439,7 @@ def load_state(guard: DomainGuard, name: str, *, lock: bool = False) -> DomainSt
     return DomainState(name=name) if row is None else DomainState.of(row)
 
 
-def earliest_proofs(guard: DomainGuard, names: list[str]) -> dict[str, datetime]:
+def earliest_proofs(guard: Guard, names: list[str]) -> dict[str, datetime]:
     """The earliest ``verified_at`` of the verified addresses on each of ``names``."""
     if not names:
         return {}
@@ -452,7 +452,7 @@ def earliest_proofs(guard: DomainGuard, names: list[str]) -> dict[str, datetime]
     return {name: as_utc(moment) for name, moment in rows if moment is not None}
 
 
-def _summary(guard: DomainGuard, state: DomainState, now: datetime, policy: Policy) -> Verdict:
+def _summary(guard: Guard, state: DomainState, now: datetime, policy: Policy) -> Verdict:
     """The row's summary: the most severe verdict among the domain's verified addresses, that
     is the earliest proof (a verdict only gets harsher the earlier the proof) with each
     distinct DNS baseline they hold (or none); the proof-free one without any."""
@@ -479,7 +479,7 @@ def _summary(guard: DomainGuard, state: DomainState, now: datetime, policy: Poli
 
 
 def first_seen_baselines(
-    guard: DomainGuard, name: str, obs: Observation, now: datetime
+    guard: Guard, name: str, obs: Observation, now: datetime
 ) -> sa.Update | None:
     """The UPDATE that makes a successful DNS sighting of a delegated domain the "first seen"
     baseline of each verified address on ``name`` without one; ``None`` when it is no such
@@ -505,7 +505,7 @@ def first_seen_baselines(
 
 
 def record(
-    guard: DomainGuard,
+    guard: Guard,
     name: str,
     obs: Observation,
     *,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -12,6 +11,7 @@ from flask import Flask, current_app
 
 from . import addresses
 from .config import Settings, apply_defaults, load_settings
+from .context import EXTENSION_KEY, AppState, PasswordChecker, PasswordSetter, app_state
 from .links import check_link_base
 from .models import Models, UserT, check_dialect, define_models
 
@@ -26,27 +26,11 @@ if TYPE_CHECKING:
     from .status.base import StatusBackend
     from .verification import AddressState, Outcome
 
-EXTENSION_KEY = "domainguard"
-
 log = logging.getLogger(__name__)
-
-#: ``password_setter(user, new_password)`` stores a new password the host's way.
-PasswordSetter = Callable[[Any, str], None]
-#: ``password_checker(user, password) -> bool`` checks a password the host's way.
-PasswordChecker = Callable[[Any, str], bool]
 
 # A decorated view's parameters and return type, kept by the decorators below.
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-@dataclass
-class _AppState:
-    """What DomainGuard keeps per app (several apps may share one :class:`DomainGuard`)."""
-
-    guard: DomainGuard
-    settings: Settings
-    backends: dict[str, StatusBackend] = field(default_factory=dict)
 
 
 class DomainGuard(Generic[UserT]):
@@ -104,7 +88,7 @@ class DomainGuard(Generic[UserT]):
         apply_defaults(app.config)
         settings = load_settings(app.config)
         check_link_base(app, settings)
-        app.extensions[EXTENSION_KEY] = _AppState(guard=self, settings=settings)
+        app.extensions[EXTENSION_KEY] = AppState(guard=self, settings=settings)
         if settings.reset_live_check != "evidence":
             log.warning(
                 "DOMAINGUARD_RESET_LIVE_CHECK = %r: password resets may be mailed without "
@@ -149,15 +133,8 @@ class DomainGuard(Generic[UserT]):
     # -- per-app state -------------------------------------------------------------------
 
     @staticmethod
-    def _state(app: Flask | None = None) -> _AppState:
-        app = app or current_app
-        try:
-            state: _AppState = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError(
-                "DomainGuard is not registered on this app: call guard.init_app(app)."
-            ) from None
-        return state
+    def _state(app: Flask | None = None) -> AppState:
+        return app_state(app)
 
     @property
     def settings(self) -> Settings:

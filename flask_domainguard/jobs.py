@@ -52,7 +52,7 @@ from .sqlcompat import locked_ids, update_returning
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 __all__ = [
     "EXPIRY_WARNING",
@@ -116,7 +116,7 @@ class JobRun:
     :param owner: the lease owner that claimed it.
     """
 
-    def __init__(self, guard: DomainGuard, job: ClaimedJob, owner: str) -> None:
+    def __init__(self, guard: Guard, job: ClaimedJob, owner: str) -> None:
         self.guard = guard
         self.job = job
         self.owner = owner
@@ -147,7 +147,7 @@ class JobRun:
         self.marked_done = True
 
 
-Handler = Callable[["DomainGuard", JobRun], None]
+Handler = Callable[["Guard", JobRun], None]
 _HANDLERS: dict[str, Handler] = {}
 
 
@@ -171,12 +171,12 @@ def _handler(kind: str) -> Handler:
         raise LookupError(f"no handler for job kind {kind!r}") from None
 
 
-def _table(guard: DomainGuard) -> sa.Table:
+def _table(guard: Guard) -> sa.Table:
     table: sa.Table = guard.models.Job.__table__  # type: ignore[attr-defined]
     return table
 
 
-def _dialect(guard: DomainGuard) -> str:
+def _dialect(guard: Guard) -> str:
     bind = guard.db.session.get_bind(mapper=sa.inspect(guard.models.Job))
     return str(bind.dialect.name)
 
@@ -190,7 +190,7 @@ def digest(text: str) -> str:
 
 
 def enqueue(
-    guard: DomainGuard,
+    guard: Guard,
     kind: str,
     payload: dict[str, Any],
     *,
@@ -265,7 +265,7 @@ def _claimable(J: sa.Table, now: datetime) -> list[sa.ColumnElement[bool]]:
 
 
 def claim(
-    guard: DomainGuard,
+    guard: Guard,
     owner: str,
     *,
     limit: int = 1,
@@ -310,9 +310,7 @@ def claim(
     return sorted(jobs, key=lambda job: job.id)
 
 
-def _finish(
-    guard: DomainGuard, job_id: int, owner: str, state: str, error: str | None = None
-) -> bool:
+def _finish(guard: Guard, job_id: int, owner: str, state: str, error: str | None = None) -> bool:
     J = _table(guard)
     result = guard.db.session.execute(
         sa.update(J)
@@ -336,7 +334,7 @@ def retry_delay(attempts: int) -> timedelta:
     return jittered
 
 
-def _failed(guard: DomainGuard, run: JobRun, exc: BaseException) -> str:
+def _failed(guard: Guard, run: JobRun, exc: BaseException) -> str:
     """Schedule the next run of a job that raised, or give it up; journal a failed delivery."""
     job, db = run.job, guard.db
     J = _table(guard)
@@ -376,7 +374,7 @@ def _failed(guard: DomainGuard, run: JobRun, exc: BaseException) -> str:
     return FAILED if give_up else PENDING
 
 
-def run_claimed(guard: DomainGuard, job: ClaimedJob, owner: str) -> bool:
+def run_claimed(guard: Guard, job: ClaimedJob, owner: str) -> bool:
     """Run one claimed job in the current app context; ``True`` when it finished.
 
     A job that raises is rolled back and scheduled again (or given up); the error is logged
@@ -422,7 +420,7 @@ def _waiting_resets(J: sa.Table, now: datetime) -> list[sa.ColumnElement[bool]]:
     ]
 
 
-def shed(guard: DomainGuard) -> ShedReport:
+def shed(guard: Guard) -> ShedReport:
     """Drop waiting reset requests beyond ``DOMAINGUARD_JOBS_MAX_PENDING``; commits.
 
     Requests for addresses nobody has go first: they would mail nothing, so dropping them
@@ -543,7 +541,7 @@ _shed_throttle = _Throttle(SHED_INTERVAL)
 _purge_throttle = _Throttle(PURGE_INTERVAL)
 
 
-def purge(guard: DomainGuard) -> int:
+def purge(guard: Guard) -> int:
     """Delete finished jobs older than ``DOMAINGUARD_JOBS_KEEP``; commits. Returns the count."""
     J = _table(guard)
     cutoff = utcnow() - guard.settings.jobs_keep
@@ -554,7 +552,7 @@ def purge(guard: DomainGuard) -> int:
     return int(result.rowcount)
 
 
-def housekeeping(guard: DomainGuard, report: DrainReport | None = None) -> None:
+def housekeeping(guard: Guard, report: DrainReport | None = None) -> None:
     """Shed (at most once a second) and purge (every few minutes) on behalf of this process."""
     if _shed_throttle.ready():
         shed_report = shed(guard)
@@ -566,7 +564,7 @@ def housekeeping(guard: DomainGuard, report: DrainReport | None = None) -> None:
 
 
 def drain(
-    guard: DomainGuard,
+    guard: Guard,
     owner: str,
     *,
     kinds: Iterable[str] | None = None,
@@ -602,7 +600,7 @@ def drain(
     return report
 
 
-def deliver_now(guard: DomainGuard, ids: Iterable[int]) -> DrainReport:
+def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
     """Run the given jobs right away in this thread (a sweep's warnings after its commit, a
     verification mail): whatever fails here stays in the table for the workers."""
     from .sweep import new_run_id
@@ -614,7 +612,7 @@ def deliver_now(guard: DomainGuard, ids: Iterable[int]) -> DrainReport:
     return drain(guard, new_run_id(), ids=id_list, batch=10)
 
 
-def retry_failed(guard: DomainGuard) -> int:
+def retry_failed(guard: Guard) -> int:
     """Put every ``failed`` job back in the queue (due now, attempts counted afresh); commits."""
     J = _table(guard)
     result = guard.db.session.execute(
@@ -626,7 +624,7 @@ def retry_failed(guard: DomainGuard) -> int:
     return int(result.rowcount)
 
 
-def has_pending_jobs(guard: DomainGuard) -> bool:
+def has_pending_jobs(guard: Guard) -> bool:
     """Whether any job is pending at all, due now or waiting for a retry later."""
     J = _table(guard)
     found = guard.db.session.scalar(sa.select(J.c.id).where(J.c.state == PENDING).limit(1))
@@ -634,7 +632,7 @@ def has_pending_jobs(guard: DomainGuard) -> bool:
     return found is not None
 
 
-def has_due_jobs(guard: DomainGuard) -> bool:
+def has_due_jobs(guard: Guard) -> bool:
     """Whether any job is waiting to run now or running (for waits in tests and start-up)."""
     J = _table(guard)
     now = utcnow()
@@ -648,7 +646,7 @@ def has_due_jobs(guard: DomainGuard) -> bool:
 # -- figures -------------------------------------------------------------------------------
 
 
-def job_stats(guard: DomainGuard) -> dict[str, Any]:
+def job_stats(guard: Guard) -> dict[str, Any]:
     """The queue in figures: pending jobs by kind, the oldest one's age, jobs running and by
     whom, failed jobs, and jobs and requests shed within ``DOMAINGUARD_JOBS_KEEP``."""
     J = _table(guard)

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from flask import Flask, current_app, has_request_context, url_for
 
 from .config import ConfigError
+from .context import current_settings
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -46,7 +47,7 @@ def check_link_base(app: Flask, settings: Settings) -> None:
 
 def _base(app: Flask) -> tuple[str, str, str] | None:
     """``(scheme, host[:port], root path)`` of mailed links, or ``None`` when none is set."""
-    external = app.extensions["domainguard"].settings.external_url
+    external = current_settings(app).external_url
     if external:
         parts = urlsplit(external)
         return parts.scheme, parts.netloc, parts.path or "/"
@@ -95,7 +96,7 @@ def _from_template(template: str, token: str) -> str:
 
 def reset_link(token: str) -> str:
     """The link a reset mail carries: ``DOMAINGUARD_RESET_URL`` or the blueprint's page."""
-    template = current_app.extensions["domainguard"].settings.reset_url
+    template = current_settings().reset_url
     if template:
         return _from_template(template, token)
     return external_link("domainguard.reset_password", token=token)
@@ -103,7 +104,7 @@ def reset_link(token: str) -> str:
 
 def verify_link(token: str) -> str:
     """The link a verification mail carries: ``DOMAINGUARD_VERIFY_URL`` or the blueprint's page."""
-    template = current_app.extensions["domainguard"].settings.verify_url
+    template = current_settings().verify_url
     if template:
         return _from_template(template, token)
     return external_link("domainguard.verify_address", token=token)

@@ -37,7 +37,7 @@ from .timeutil import utcnow
 from .verdict import Policy, Verdict, VerdictKind, is_conclusive, judge
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 #: Extra seconds past the backend's own timeout before the lookup is abandoned regardless.
 _DEADLINE_SLACK = 1.0
@@ -72,7 +72,7 @@ class DomainCheck:
     evidence: bool = False
 
 
-def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
+def lookup(guard: Guard, name: str, *, timeout: float) -> Observation:
     """Look ``name`` up through the app's status backend, with the DNS where
     ``DOMAINGUARD_DNS_EVIDENCE`` gives it a role (:attr:`Observation.dns`); never raises, never
     outlasts the timeout (plus a second's slack, plus ``DOMAINGUARD_DNS_TIMEOUT`` where the
@@ -132,7 +132,7 @@ def lookup(guard: DomainGuard, name: str, *, timeout: float) -> Observation:
 
 
 def check_domain(
-    guard: DomainGuard,
+    guard: Guard,
     name: str,
     *,
     verified_at: datetime | None,
@@ -209,7 +209,7 @@ def _dns_continuous(
 
 
 def live_verdict(
-    guard: DomainGuard,
+    guard: Guard,
     name: str,
     obs: Observation,
     verified_at: datetime | None,

@@ -31,7 +31,7 @@ from .models import MYSQL_DIALECTS
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -66,7 +66,7 @@ class Lock:
 class Throttle:
     """Attempts and lockouts of keys, for the current app's 2FA settings."""
 
-    def __init__(self, guard: DomainGuard) -> None:
+    def __init__(self, guard: Guard) -> None:
         self.guard = guard
         settings = guard.settings
         self.limit = settings.twofactor_limit.count

@@ -22,14 +22,14 @@ from .domainstate import STATE_COLUMNS, DomainState, load_state, policy_of, verd
 from .timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
     from .verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 
-def send_mail(guard: DomainGuard, recipients: list[str], template: str, **context: Any) -> None:
+def send_mail(guard: Guard, recipients: list[str], template: str, **context: Any) -> None:
     """Render ``domainguard/mail/<template>.txt`` (and ``.html`` when present) and send it.
 
     The subject is the first line of the text template, after ``Subject:``.
@@ -55,7 +55,7 @@ def send_mail(guard: DomainGuard, recipients: list[str], template: str, **contex
 
 
 def address_verdict(
-    guard: DomainGuard,
+    guard: Guard,
     state: DomainState,
     verified_at: datetime | None,
     now: datetime,
@@ -73,7 +73,7 @@ def address_verdict(
     return verdict_for(state, verified_at, now, policy_of(guard.settings), baseline)
 
 
-def is_safe_recipient(guard: DomainGuard, row: EmailAddress) -> bool:
+def is_safe_recipient(guard: Guard, row: EmailAddress) -> bool:
     """Whether ``row`` may receive mail about its account: verified, and its domain's stored
     facts not unsafe *for this address* (a newer address on the domain changes nothing).
 
@@ -88,7 +88,7 @@ def is_safe_recipient(guard: DomainGuard, row: EmailAddress) -> bool:
     return not address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row)).unsafe
 
 
-def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
+def has_reset_evidence(guard: Guard, row: EmailAddress) -> bool:
     """Whether the stored state alone is evidence that ``row`` may receive a reset: verified,
     and a trusted provider or a recent check that judged its domain ``OK`` for it."""
     if row.verified_at is None:
@@ -109,7 +109,7 @@ def has_reset_evidence(guard: DomainGuard, row: EmailAddress) -> bool:
     )
 
 
-def safe_addresses(guard: DomainGuard, user_id: Any, *, exclude_id: int | None = None) -> list[str]:
+def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None) -> list[str]:
     """The user's verified addresses whose domain is not unsafe for them, primary first."""
     EmailAddress = guard.models.EmailAddress
     Domain = guard.models.Domain
@@ -147,7 +147,7 @@ def safe_addresses(guard: DomainGuard, user_id: Any, *, exclude_id: int | None =
 
 
 def notify_user(
-    guard: DomainGuard,
+    guard: Guard,
     user_id: Any,
     template: str,
     *,

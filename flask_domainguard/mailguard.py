@@ -4,7 +4,7 @@ Flask-Mail has no hook before a message leaves (its ``email_dispatched`` signal 
 delivery), and every way of sending (``mail.send``, ``mail.send_message``,
 ``connection.send``, ``message.send``) ends in :meth:`flask_mail.Connection.send`. So that
 one method is wrapped, once per process, by :func:`install_mail_guard`. The wrapper does
-nothing unless the current app has DomainGuard, and then applies ``DOMAINGUARD_MAIL_GUARD``:
+nothing unless the current app has Guard, and then applies ``DOMAINGUARD_MAIL_GUARD``:
 
 ``"all"`` (default)
     Recipients that are stored addresses on a domain whose verdict is unsafe for them
@@ -17,7 +17,7 @@ nothing unless the current app has DomainGuard, and then applies ``DOMAINGUARD_M
 ``"off"``
     Nothing.
 
-The reset rule: inside :func:`reset_mail_scope` (DomainGuard opens it around the host's
+The reset rule: inside :func:`reset_mail_scope` (Guard opens it around the host's
 decorated forgot-password view and around its own reset mail) every recipient must be a
 stored, verified address on a domain not unsafe for it
 (:func:`flask_domainguard.mail.is_safe_recipient`) and, by default, with evidence: the reset
@@ -46,8 +46,7 @@ from contextvars import ContextVar
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app
-
+from .context import registered_state
 from .dnsverdict import Baseline
 from .domainstate import load_state
 from .emails import InvalidAddress, parse_address
@@ -56,7 +55,7 @@ from .models import DOMAIN_REASONS
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
     from .reset import ResetDecision
 
@@ -96,7 +95,7 @@ def reset_mail_scope(decision: ResetDecision | None = None) -> Iterator[None]:
 @contextmanager
 def verification_mail_scope(row: EmailAddress) -> Iterator[None]:
     """Within this block the verification link for ``row`` passes the safety net, although
-    ``row`` lost its verification to its domain (DomainGuard's own re-verification: it checks
+    ``row`` lost its verification to its domain (Guard's own re-verification: it checks
     the domain live first, and the link needs the owner logged in)."""
     token = _verification_scope.set(_verification_scope.get() | {row.id})
     try:
@@ -132,7 +131,7 @@ def _delivered_domain(recipient: Any) -> str | None:
         return None
 
 
-def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bool:
+def recipient_allowed(guard: Guard, recipient: Any, *, strict: bool) -> bool:
     """Whether ``recipient`` (text, ``"Name <addr>"`` or ``(name, addr)``) may get this mail.
 
     A recipient that does not parse as an address is refused: what cannot be read cannot be
@@ -175,7 +174,7 @@ def recipient_allowed(guard: DomainGuard, recipient: Any, *, strict: bool) -> bo
         return not address_verdict(guard, state, row.verified_at, utcnow(), baseline).unsafe
 
 
-def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:
+def filter_message(guard: Guard, message: Any, *, strict: bool) -> int:
     """Drop the recipients of a Flask-Mail message that may not receive it.
 
     :returns: how many were dropped.
@@ -191,8 +190,8 @@ def filter_message(guard: DomainGuard, message: Any, *, strict: bool) -> int:
     return dropped
 
 
-def _guard_for_current_app() -> DomainGuard | None:
-    state = current_app.extensions.get("domainguard")
+def _guard_for_current_app() -> Guard | None:
+    state = registered_state()
     return None if state is None else state.guard
 
 

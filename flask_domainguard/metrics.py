@@ -22,6 +22,8 @@ from typing import Any, cast
 
 from flask import Flask
 
+from .context import current_guard
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.core import GaugeMetricFamily
@@ -55,7 +57,7 @@ class DomainGuardCollector:
         from .overview import overview
 
         with self.app.app_context():
-            data = overview(self.app.extensions["domainguard"].guard)
+            data = overview(current_guard(self.app))
         jobs = data["jobs"]
 
         pending = _gauge("jobs_pending", "Jobs waiting to run or running, by kind.", ["kind"])

@@ -23,7 +23,7 @@ from .journal import EventKind
 from .mail import safe_addresses, send_mail
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .jobs import JobRun
     from .journal import Transaction
 
@@ -34,7 +34,7 @@ def _json_key(user_id: Any) -> Any:
 
 
 def queue_expiry_warning(
-    guard: DomainGuard,
+    guard: Guard,
     tx: Transaction,
     *,
     user_id: Any,
@@ -78,7 +78,7 @@ def queue_expiry_warning(
 
 
 def queue_unverify_notice(
-    guard: DomainGuard,
+    guard: Guard,
     tx: Transaction,
     *,
     user_id: Any,
@@ -111,7 +111,7 @@ def queue_unverify_notice(
 
 
 def _deliver(
-    guard: DomainGuard,
+    guard: Guard,
     run: JobRun,
     template: str,
     *,
@@ -127,7 +127,7 @@ def _deliver(
 
 
 @jobs.register(jobs.EXPIRY_WARNING)
-def _run_expiry_warning(guard: DomainGuard, run: JobRun) -> None:
+def _run_expiry_warning(guard: Guard, run: JobRun) -> None:
     p = run.job.payload
     _deliver(
         guard,
@@ -143,7 +143,7 @@ def _run_expiry_warning(guard: DomainGuard, run: JobRun) -> None:
 
 
 @jobs.register(jobs.UNVERIFY_NOTICE)
-def _run_unverify_notice(guard: DomainGuard, run: JobRun) -> None:
+def _run_unverify_notice(guard: Guard, run: JobRun) -> None:
     p = run.job.payload
     _deliver(
         guard,

@@ -17,7 +17,7 @@ from .sweep import PLANNED, owner_alive
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 
 def _alive_text(alive: bool | None) -> str:
@@ -49,7 +49,7 @@ def _run(row: Any) -> dict[str, Any] | None:
     }
 
 
-def overview(guard: DomainGuard) -> dict[str, Any]:
+def overview(guard: Guard) -> dict[str, Any]:
     """The operator's figures as JSON-ready data (the keys of ``status --json``)."""
     m = guard.models
     session = guard.db.session

@@ -43,13 +43,13 @@ from .timeutil import utcnow
 from .twofactor import password_hash_of
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(guard: DomainGuard, user: Any) -> str | None:
+def fingerprint(guard: Guard, user: Any) -> str | None:
     """A digest of the user's password hash (``None`` when the hash cannot be read).
 
     Not keyed: it must survive a ``SECRET_KEY`` rotation, and it tells nothing the hash it
@@ -62,7 +62,7 @@ def fingerprint(guard: DomainGuard, user: Any) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _row(guard: DomainGuard, via: EmailAddress | str | None) -> EmailAddress | None:
+def _row(guard: Guard, via: EmailAddress | str | None) -> EmailAddress | None:
     if via is None or not isinstance(via, str):
         return via
     return find_address(guard, via)
@@ -81,7 +81,7 @@ class Change:
 
 def record_change(
     tx: Transaction,
-    guard: DomainGuard,
+    guard: Guard,
     user: Any,
     *,
     actor: str,
@@ -120,7 +120,7 @@ def record_change(
     )
 
 
-def after_change(guard: DomainGuard, user: Any, change: Change) -> None:
+def after_change(guard: Guard, user: Any, change: Change) -> None:
     """What follows a committed change: the caller's session rebound, the notices mailed."""
     from . import twofactor_gate, undo
 
@@ -157,7 +157,7 @@ def after_change(guard: DomainGuard, user: Any, change: Change) -> None:
 
 
 def password_changed(
-    guard: DomainGuard, user: Any, *, actor: str, via: EmailAddress | str | None = None
+    guard: Guard, user: Any, *, actor: str, via: EmailAddress | str | None = None
 ) -> None:
     """Everything that follows a new password (see the module's description).
 
@@ -174,7 +174,7 @@ def password_changed(
 # -- reset links mailed, and changes nobody announced ----------------------------------------
 
 
-def reset_mailed(guard: DomainGuard, user: Any, row: EmailAddress) -> None:
+def reset_mailed(guard: Guard, user: Any, row: EmailAddress) -> None:
     """Note that a reset link for ``user`` went to ``row``, with the password hash of now
     (and commit): a different hash at the next login means that link was used."""
     user_id = guard.user_id_of(user)
@@ -187,7 +187,7 @@ def reset_mailed(guard: DomainGuard, user: Any, row: EmailAddress) -> None:
     guard.db.session.commit()
 
 
-def notice_unannounced_change(guard: DomainGuard, user: Any) -> bool:
+def notice_unannounced_change(guard: Guard, user: Any) -> bool:
     """At login: treat a password changed since a reset link was mailed as a completed reset
     the host did not announce; otherwise just remember the current password's fingerprint.
 
@@ -225,7 +225,7 @@ def notice_unannounced_change(guard: DomainGuard, user: Any) -> bool:
 # -- the lock of "this wasn't me" ----------------------------------------------------------
 
 
-def is_locked(guard: DomainGuard, user: Any) -> bool:
+def is_locked(guard: Guard, user: Any) -> bool:
     """Whether the user's current password was disabled by "this wasn't me".
 
     A password changed since the lock (by a reset) is not the one it disabled. Without a

@@ -25,7 +25,7 @@ from .models import MYSQL_DIALECTS, check_dialect
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 
 def _digest(key: str) -> str:
@@ -41,7 +41,7 @@ def _window_start(now: datetime, window: timedelta) -> datetime:
 class RateLimiter:
     """Count attempts per key against a :class:`~.config.RateLimit`, in the host's database."""
 
-    def __init__(self, guard: DomainGuard) -> None:
+    def __init__(self, guard: Guard) -> None:
         self.guard = guard
 
     def _table(self) -> sa.Table:

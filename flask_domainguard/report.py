@@ -27,7 +27,7 @@ from .timeutil import utcnow
 from .verdict import UNSAFE_KINDS, VerdictKind
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 __all__ = ["FAILING_AFTER", "SECTIONS", "Report", "Section", "build_report", "render_text"]
 
@@ -81,7 +81,7 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _verified_counts(guard: DomainGuard) -> Any:
+def _verified_counts(guard: Guard) -> Any:
     A = guard.models.EmailAddress
     return (
         sa.select(A.registrable.label("name"), sa.func.count().label("addresses"))
@@ -91,7 +91,7 @@ def _verified_counts(guard: DomainGuard) -> Any:
     )
 
 
-def _only_custom_users(guard: DomainGuard) -> Any:
+def _only_custom_users(guard: Guard) -> Any:
     """Users whose verified addresses are all on custom domains, with their soonest expiry."""
     A, D = guard.models.EmailAddress, guard.models.Domain
     trusted = sorted(guard.settings.trusted_domains)
@@ -107,7 +107,7 @@ def _only_custom_users(guard: DomainGuard) -> Any:
     )
 
 
-def _address_rows(guard: DomainGuard, user_ids: list[Any]) -> list[dict[str, Any]]:
+def _address_rows(guard: Guard, user_ids: list[Any]) -> list[dict[str, Any]]:
     """One row per verified address of these users, in the users' order."""
     if not user_ids:
         return []
@@ -131,7 +131,7 @@ def _address_rows(guard: DomainGuard, user_ids: list[Any]) -> list[dict[str, Any
     return [row for user_id in user_ids for row in by_user.get(user_id, [])]
 
 
-def _at_risk(guard: DomainGuard, limit: int) -> Section:
+def _at_risk(guard: Guard, limit: int) -> Section:
     A, T = guard.models.EmailAddress, guard.models.TOTPDevice
     session = guard.db.session
     has_2fa = sa.select(T.id).where(T.user_id == A.user_id, T.confirmed_at.is_not(None)).exists()
@@ -145,7 +145,7 @@ def _at_risk(guard: DomainGuard, limit: int) -> Section:
     return Section("at_risk", _TITLES["at_risk"], count, columns, _address_rows(guard, sample))
 
 
-def _custom_only(guard: DomainGuard, limit: int) -> Section:
+def _custom_only(guard: Guard, limit: int) -> Section:
     session = guard.db.session
     users = _only_custom_users(guard).subquery()
     count = int(session.scalar(sa.select(sa.func.count()).select_from(users)) or 0)
@@ -162,7 +162,7 @@ def _custom_only(guard: DomainGuard, limit: int) -> Section:
 
 
 def _domains(
-    guard: DomainGuard,
+    guard: Guard,
     name: str,
     where: list[Any],
     order: Any,
@@ -188,7 +188,7 @@ def _domains(
     return Section(name, _TITLES[name], count, ["domain", *columns], rows)
 
 
-def _held(guard: DomainGuard, limit: int) -> Section:
+def _held(guard: Guard, limit: int) -> Section:
     H = guard.models.HeldAction
     A = guard.models.EmailAddress
     session = guard.db.session
@@ -217,7 +217,7 @@ def _held(guard: DomainGuard, limit: int) -> Section:
     return Section("held", _TITLES["held"], count, columns, rows)
 
 
-def _without_2fa(guard: DomainGuard, limit: int) -> Section:
+def _without_2fa(guard: Guard, limit: int) -> Section:
     from .twofactor import active_users_without_2fa
 
     users = active_users_without_2fa(guard)
@@ -233,7 +233,7 @@ def _without_2fa(guard: DomainGuard, limit: int) -> Section:
     return Section("without_2fa", _TITLES["without_2fa"], len(users), columns, rows)
 
 
-def build_report(guard: DomainGuard, *, only: list[str] | None = None, limit: int = 50) -> Report:
+def build_report(guard: Guard, *, only: list[str] | None = None, limit: int = 50) -> Report:
     """Run the report's queries (all sections, or those named in ``only``)."""
     D = guard.models.Domain
     now = utcnow()

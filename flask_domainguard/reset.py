@@ -54,7 +54,7 @@ from .ratelimit import RateLimiter
 from .verdict import Verdict
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _parse(raw: str) -> tuple[str, str | None]:
     return parsed.normalized, parsed.registrable
 
 
-def _lookup_row(guard: DomainGuard, normalized: str) -> EmailAddress | None:
+def _lookup_row(guard: Guard, normalized: str) -> EmailAddress | None:
     # find_address re-parses; querying the normalised text directly keeps the work the same
     # for addresses that parse and for those that do not.
     import sqlalchemy as sa
@@ -117,7 +117,7 @@ def _lookup_row(guard: DomainGuard, normalized: str) -> EmailAddress | None:
     return row
 
 
-def reset_decision(guard: DomainGuard[UserT], address: str) -> ResetDecision[UserT]:
+def reset_decision(guard: Guard, address: str) -> ResetDecision[UserT]:
     """Decide whether a password reset may be mailed to ``address`` (any spelling).
 
     Allowed only for a stored, verified address on a domain that affirmative evidence shows
@@ -160,7 +160,7 @@ def reset_decision(guard: DomainGuard[UserT], address: str) -> ResetDecision[Use
     return ResetDecision(True, ALLOWED, user, row, check.verdict)
 
 
-def safe_to_mail(guard: DomainGuard, address: str) -> bool:
+def safe_to_mail(guard: Guard, address: str) -> bool:
     """Whether ``address`` is stored, verified and on a domain not unsafe by its last check.
 
     No live lookup (that is :func:`reset_decision`): cheap enough for every outgoing mail.
@@ -172,19 +172,19 @@ def safe_to_mail(guard: DomainGuard, address: str) -> bool:
 # -- reset tokens --------------------------------------------------------------------------
 
 
-def _password_hash(guard: DomainGuard, user: Any) -> str:
+def _password_hash(guard: Guard, user: Any) -> str:
     from .twofactor import password_hash_of
 
     return password_hash_of(guard, user) or ""
 
 
-def _binding_text(guard: DomainGuard, user: Any, row: EmailAddress) -> str:
+def _binding_text(guard: Guard, user: Any, row: EmailAddress) -> str:
     # The password hash is in here, so a changed password (by this reset or any other way)
     # kills every reset link issued before the change.
     return f"{guard.user_id_of(user)}|{row.address}|{_password_hash(guard, user)}"
 
 
-def reset_token(guard: DomainGuard, user: Any, row: EmailAddress) -> str:
+def reset_token(guard: Guard, user: Any, row: EmailAddress) -> str:
     """A reset token for ``user`` mailed to ``row``: bound to both and to the password hash."""
     return tokens.issue(
         tokens.RESET,
@@ -205,7 +205,7 @@ class ResetGrant(Generic[UserT]):
     token: tokens.Token
 
 
-def read_reset_token(guard: DomainGuard[UserT], token: str) -> ResetGrant[UserT]:
+def read_reset_token(guard: Guard, token: str) -> ResetGrant[UserT]:
     """Check a reset token: signature, age, bindings, single use, and the address still safe.
 
     :raises flask_domainguard.tokens.TokenError: when any of these fail (one message for all
@@ -229,7 +229,7 @@ def read_reset_token(guard: DomainGuard[UserT], token: str) -> ResetGrant[UserT]
     return ResetGrant(user, row, checked)
 
 
-def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
+def complete_reset(guard: Guard, token: str, new_password: str) -> Any:
     """Set a new password through ``guard.password_setter``; the token is spent with it.
 
     Never logs the user in: they log in with the new password, and 2FA, as always. What
@@ -262,7 +262,7 @@ def complete_reset(guard: DomainGuard, token: str, new_password: str) -> Any:
 
 
 def send_reset_mail(
-    guard: DomainGuard,
+    guard: Guard,
     target: ResetDecision | str,
     *,
     template: str = "reset_password",
@@ -288,7 +288,7 @@ def _job_details(run: JobRun | None) -> dict[str, Any]:
 
 
 def _mail_reset(
-    guard: DomainGuard,
+    guard: Guard,
     decision: ResetDecision,
     *,
     template: str = "reset_password",
@@ -339,7 +339,7 @@ def _first_run(run: JobRun | None) -> bool:
     return run is None or run.job.attempts <= 1
 
 
-def _notify_refused(guard: DomainGuard, decision: ResetDecision, run: JobRun | None = None) -> int:
+def _notify_refused(guard: Guard, decision: ResetDecision, run: JobRun | None = None) -> int:
     """Tell the owner's other safe addresses that a reset was refused; rate-limited per account.
 
     :returns: how many addresses were told.
@@ -370,7 +370,7 @@ def _notify_refused(guard: DomainGuard, decision: ResetDecision, run: JobRun | N
 # -- the request pipeline ------------------------------------------------------------------
 
 
-def client_allowed(guard: DomainGuard, client: str | None) -> bool:
+def client_allowed(guard: Guard, client: str | None) -> bool:
     """Count one reset request from ``client`` (an IP address); ``False`` once over the limit."""
     return RateLimiter(guard).hit(
         f"reset:client:{client or 'unknown'}", guard.settings.reset_limit_per_client
@@ -382,7 +382,7 @@ def mail_budget_keys(row: EmailAddress, client: str | None) -> tuple[str, str]:
     return f"reset:mail:{row.id}:client:{client or 'unknown'}", f"reset:mail:{row.id}"
 
 
-def _mail_allowed(guard: DomainGuard, row: EmailAddress, client: str | None) -> bool:
+def _mail_allowed(guard: Guard, row: EmailAddress, client: str | None) -> bool:
     """Count one reset mail to ``row`` for ``client``; ``False`` when a budget is spent.
 
     The owner's allowance is their mailbox's: only mails actually sent count, per address,
@@ -402,7 +402,7 @@ def _mail_allowed(guard: DomainGuard, row: EmailAddress, client: str | None) -> 
 
 
 def process_reset_request(
-    guard: DomainGuard,
+    guard: Guard,
     address: str,
     *,
     client: str | None = None,
@@ -473,7 +473,7 @@ def process_reset_request(
 
 
 def _journal_refused(
-    guard: DomainGuard, decision: ResetDecision, run: JobRun | None, **details: Any
+    guard: Guard, decision: ResetDecision, run: JobRun | None, **details: Any
 ) -> None:
     with transaction(guard.db, guard.models) as tx:
         tx.record(
@@ -504,7 +504,7 @@ def _plain(values: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def submit_reset_request(
-    guard: DomainGuard,
+    guard: Guard,
     address: str,
     *,
     client: str | None,
@@ -554,7 +554,7 @@ def submit_reset_request(
 
 
 @jobs.register(jobs.RESET_REQUEST)
-def _run_reset_job(guard: DomainGuard, run: JobRun) -> None:
+def _run_reset_job(guard: Guard, run: JobRun) -> None:
     """A queued reset request, in a request context rebuilt from what the job stored."""
     payload = run.job.payload
     address = str(payload.get("address") or "")
@@ -637,7 +637,7 @@ def _generic(template_or_response: str | Callable[[], ResponseReturnValue]) -> R
 
 
 def guarded_reset_request(
-    guard: DomainGuard,
+    guard: Guard,
     *,
     field: str = "email",
     template_or_response: str | Callable[[], ResponseReturnValue],

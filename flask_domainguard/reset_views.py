@@ -17,6 +17,7 @@ from wtforms import EmailField, PasswordField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from . import tokens
+from .context import Guard, current_guard
 from .reset import MAX_ADDRESS_LENGTH, complete_reset, read_reset_token, submit_reset_request
 from .twofactor_gate import wants_json
 from .views import bp, csrf_body, form_errors, json_answer
@@ -47,8 +48,8 @@ class NewPasswordForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("Set the new password")
 
 
-def _guard() -> Any:
-    return current_app.extensions["domainguard"].guard
+def _guard() -> Guard:
+    return current_guard()
 
 
 @bp.route("/reset", methods=["GET", "POST"])

@@ -29,7 +29,7 @@ from .twofactor import password_hash_of
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
-    from .extension import DomainGuard
+    from .context import Guard
 
 #: The companion of Flask-Login's remember cookie.
 REMEMBER_COOKIE = "domainguard_remember"
@@ -39,18 +39,18 @@ _FLASK_LOGIN_COOKIE = "remember_token"
 _FLASK_LOGIN_DURATION = timedelta(days=365)
 
 
-def _text(guard: DomainGuard, user: Any) -> str:
+def _text(guard: Guard, user: Any) -> str:
     user_id = guard.user_id_of(user)
     password = password_hash_of(guard, user) or ""
     return f"{user_id}\0{password}\0{userstate.epoch(guard, user_id)}"
 
 
-def binding(guard: DomainGuard, user: Any) -> str:
+def binding(guard: Guard, user: Any) -> str:
     """The binding of a session of ``user`` made now (a keyed digest; needs ``SECRET_KEY``)."""
     return tokens.bind(_PURPOSE, _text(guard, user))
 
 
-def matches(guard: DomainGuard, user: Any, given: object) -> bool:
+def matches(guard: Guard, user: Any, given: object) -> bool:
     """Whether ``given`` (from a session or a cookie) is still ``user``'s binding.
 
     Checked under ``SECRET_KEY`` and its fallbacks, so rotating the key ends no session.
@@ -66,7 +66,7 @@ def flask_login_cookie_name() -> str:
     return str(current_app.config.get("REMEMBER_COOKIE_NAME", _FLASK_LOGIN_COOKIE))
 
 
-def remember_cookie_matches(guard: DomainGuard, user: Any) -> bool:
+def remember_cookie_matches(guard: Guard, user: Any) -> bool:
     """Whether the request's companion cookie holds ``user``'s current binding."""
     return matches(guard, user, request.cookies.get(REMEMBER_COOKIE))
 

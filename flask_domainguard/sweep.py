@@ -74,7 +74,7 @@ from .timeutil import as_utc, utcnow
 from .verdict import SEVERITY, Verdict, VerdictKind, judge
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .journal import Transaction
     from .status.base import StatusBackend
 
@@ -352,7 +352,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else as_utc(value)
 
 
-def _dialect(guard: DomainGuard) -> str:
+def _dialect(guard: Guard) -> str:
     bind = guard.db.session.get_bind(mapper=sa.inspect(guard.models.Domain))
     return str(bind.dialect.name)
 
@@ -384,7 +384,7 @@ class Sweep:
 
     def __init__(
         self,
-        guard: DomainGuard,
+        guard: Guard,
         *,
         backend: StatusBackend | None = None,
         backend_name: str | None = None,
@@ -1284,7 +1284,7 @@ class Sweep:
 
 
 def _unverify_for(
-    guard: DomainGuard, tx: Transaction, action: Any, *, actor: str, **details: Any
+    guard: Guard, tx: Transaction, action: Any, *, actor: str, **details: Any
 ) -> _Notice | None:
     EmailAddress = guard.models.EmailAddress
     query = sa.select(EmailAddress).where(EmailAddress.id == action.address_id)
@@ -1308,7 +1308,7 @@ def _unverify_for(
 
 
 def _queue_notices(
-    guard: DomainGuard, tx: Transaction, notices: list[_Notice], *, actor: str
+    guard: Guard, tx: Transaction, notices: list[_Notice], *, actor: str
 ) -> list[int]:
     """Queue one notice per user (in ``tx``, with the unverifications) telling their other
     safe addresses which addresses were unverified."""
@@ -1338,7 +1338,7 @@ def _queue_notices(
     return ids
 
 
-def _send_notices(guard: DomainGuard, job_ids: list[int], report: SweepReport) -> int:
+def _send_notices(guard: Guard, job_ids: list[int], report: SweepReport) -> int:
     """Deliver queued notices now; a failed one stays queued and is retried."""
     outcome = deliver_now(guard, job_ids)
     report.errors += outcome.failed
@@ -1363,7 +1363,7 @@ class HeldOutcome:
         return asdict(self)
 
 
-def _held_query(guard: DomainGuard) -> sa.Select[Any]:
+def _held_query(guard: Guard) -> sa.Select[Any]:
     HeldAction = guard.models.HeldAction
     return (
         sa.select(HeldAction)
@@ -1373,7 +1373,7 @@ def _held_query(guard: DomainGuard) -> sa.Select[Any]:
 
 
 def apply_held(
-    guard: DomainGuard, *, backend_name: str | None = None, actor: str = "admin:cli"
+    guard: Guard, *, backend_name: str | None = None, actor: str = "admin:cli"
 ) -> HeldOutcome:
     """Apply every held action whose domain a fresh lookup still finds unsafe for it.
 
@@ -1443,7 +1443,7 @@ def apply_held(
     return outcome
 
 
-def dismiss_held(guard: DomainGuard, *, actor: str = "admin:cli") -> HeldOutcome:
+def dismiss_held(guard: Guard, *, actor: str = "admin:cli") -> HeldOutcome:
     """Dismiss every held action. Their domains' ``unsafe_since`` is cleared, so acting on
     them again takes two new unsafe checks ``DOMAINGUARD_CONFIRM_AFTER`` apart."""
     db = guard.db

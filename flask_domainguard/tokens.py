@@ -28,7 +28,7 @@ from .models import MYSQL_DIALECTS, check_dialect
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
 
 #: Purposes in use; each gets its own salt, so a token of one is worthless as the other.
 VERIFY = "verify-address"
@@ -147,7 +147,7 @@ def _digest(purpose: str, nonce: str) -> str:
     return hashlib.sha256(f"{purpose}:{nonce}".encode()).hexdigest()
 
 
-def is_used(guard: DomainGuard, token: Token) -> bool:
+def is_used(guard: Guard, token: Token) -> bool:
     """Whether ``token`` was already spent."""
     UsedToken = guard.models.UsedToken
     found = guard.db.session.scalar(
@@ -158,7 +158,7 @@ def is_used(guard: DomainGuard, token: Token) -> bool:
     return bool(found)
 
 
-def consume(guard: DomainGuard, token: Token) -> bool:
+def consume(guard: Guard, token: Token) -> bool:
     """Mark ``token`` spent inside the caller's transaction (which commits or rolls it back).
 
     Atomic across processes: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` lets exactly one

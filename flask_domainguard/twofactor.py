@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash
 
 from . import signals
+from .addresses import addresses_of
 from .journal import EventKind, transaction
 from .lockout import Lock, Throttle
 from .mail import notify_user
@@ -52,7 +53,7 @@ from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import TOTPDevice, UserState
 
 log = logging.getLogger(__name__)
@@ -248,14 +249,14 @@ def recovery_code_hash(user_id: Any, code: str) -> str:
 # -- passwords -----------------------------------------------------------------------------
 
 
-def password_hash_of(guard: DomainGuard, user: Any) -> str | None:
+def password_hash_of(guard: Guard, user: Any) -> str | None:
     """The user's password hash, read as ``DOMAINGUARD_PASSWORD_HASH_ATTR`` says."""
     source = guard.settings.password_hash_attr
     value = source(user) if callable(source) else getattr(user, source, None)
     return str(value) if value else None
 
 
-def check_password(guard: DomainGuard, user: Any, password: str) -> bool:
+def check_password(guard: Guard, user: Any, password: str) -> bool:
     """Whether ``password`` is the user's: ``guard.password_checker`` or werkzeug's check.
 
     :raises RuntimeError: when the host has neither a checker nor a readable password hash.
@@ -274,7 +275,7 @@ def check_password(guard: DomainGuard, user: Any, password: str) -> bool:
 # -- devices -------------------------------------------------------------------------------
 
 
-def _device(guard: DomainGuard, user_id: Any) -> TOTPDevice | None:
+def _device(guard: Guard, user_id: Any) -> TOTPDevice | None:
     model = guard.models.TOTPDevice
     row: TOTPDevice | None = guard.db.session.scalar(
         sa.select(model).where(model.user_id == user_id)
@@ -282,21 +283,21 @@ def _device(guard: DomainGuard, user_id: Any) -> TOTPDevice | None:
     return row
 
 
-def _confirmed_device(guard: DomainGuard, user_id: Any) -> TOTPDevice | None:
+def _confirmed_device(guard: Guard, user_id: Any) -> TOTPDevice | None:
     row = _device(guard, user_id)
     return row if row is not None and row.confirmed_at is not None else None
 
 
-def twofactor_enabled(guard: DomainGuard, user: Any) -> bool:
+def twofactor_enabled(guard: Guard, user: Any) -> bool:
     """Whether the user has a confirmed TOTP device."""
     return _confirmed_device(guard, guard.user_id_of(user)) is not None
 
 
-def _open_secret(guard: DomainGuard, device: TOTPDevice) -> tuple[str, str | None]:
+def _open_secret(guard: Guard, device: TOTPDevice) -> tuple[str, str | None]:
     return SecretBox.for_settings(guard.settings).open(device.secret_encrypted)
 
 
-def device_binding(guard: DomainGuard, user: Any) -> str | None:
+def device_binding(guard: Guard, user: Any) -> str | None:
     """A keyed digest of user id, password hash and TOTP secret, for "trust this device".
 
     It changes when the password or the TOTP secret changes, which is what kills a trusted
@@ -317,9 +318,9 @@ def device_binding(guard: DomainGuard, user: Any) -> str | None:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def account_name(guard: DomainGuard, user: Any) -> str:
+def account_name(guard: Guard, user: Any) -> str:
     """How the account is labelled in authenticator apps: its primary address, else its id."""
-    rows = guard.addresses_of(user)
+    rows = addresses_of(guard, user)
     if rows:
         return rows[0].address
     fallback = getattr(user, guard.settings.user_email_attr, None)
@@ -335,7 +336,7 @@ class Enrolment:
     qr_svg: str
 
 
-def start_enrolment(guard: DomainGuard, user: Any) -> Enrolment:
+def start_enrolment(guard: Guard, user: Any) -> Enrolment:
     """Create (or reuse) the user's unconfirmed device and describe it for the page.
 
     Reusing the pending secret keeps a QR code already scanned valid across reloads.
@@ -418,7 +419,7 @@ def _locked(lock: Lock) -> AttemptResult:
     return AttemptResult(Outcome.LOCKED, retry_after=lock.retry_after(utcnow()))
 
 
-def _begin(guard: DomainGuard, user_id: Any, client: str | None) -> AttemptResult | None:
+def _begin(guard: Guard, user_id: Any, client: str | None) -> AttemptResult | None:
     """Take one attempt from the user's budget before checking anything.
 
     Counting first (committed, then counted: see :mod:`.lockout`) means parallel requests
@@ -447,7 +448,7 @@ def _begin(guard: DomainGuard, user_id: Any, client: str | None) -> AttemptResul
     return _locked(started) if started is not None else None
 
 
-def _journal_lockout(guard: DomainGuard, user_id: Any, lock: Lock, scope: str) -> None:
+def _journal_lockout(guard: Guard, user_id: Any, lock: Lock, scope: str) -> None:
     with transaction(guard.db, guard.models) as tx:
         tx.record(
             EventKind.TWOFACTOR_LOCKED_OUT,
@@ -461,7 +462,7 @@ def _journal_lockout(guard: DomainGuard, user_id: Any, lock: Lock, scope: str) -
         )
 
 
-def _tell_owner_of_lockout(guard: DomainGuard, user_id: Any, lock: Lock) -> None:
+def _tell_owner_of_lockout(guard: Guard, user_id: Any, lock: Lock) -> None:
     # At the first lockout of a run only: the owner hears that someone is guessing (and so
     # knows the password), without a mail for every escalation.
     if lock.level == 1:
@@ -470,7 +471,7 @@ def _tell_owner_of_lockout(guard: DomainGuard, user_id: Any, lock: Lock) -> None
 
 
 def _fail(
-    guard: DomainGuard,
+    guard: Guard,
     user_id: Any,
     client: str | None,
     outcome: Outcome,
@@ -504,14 +505,14 @@ def _fail(
     return AttemptResult(outcome, retry_after=retry)
 
 
-def _succeed(guard: DomainGuard, user_id: Any) -> None:
+def _succeed(guard: Guard, user_id: Any) -> None:
     # The user proved the factor: their attempts start over (how far their lockouts have
     # escalated does not). The client's do not, so one address cannot spread guesses over
     # accounts it controls.
     Throttle(guard).clear(_user_key(user_id))
 
 
-def _check_totp(guard: DomainGuard, device: TOTPDevice, code: str) -> Outcome:
+def _check_totp(guard: Guard, device: TOTPDevice, code: str) -> Outcome:
     """Accept ``code`` for ``device`` at most once per time step (atomically), or say why not."""
     try:
         secret, resealed = _open_secret(guard, device)
@@ -542,7 +543,7 @@ def _check_totp(guard: DomainGuard, device: TOTPDevice, code: str) -> Outcome:
     return Outcome.OK
 
 
-def _totp_attempt(guard: DomainGuard, device: TOTPDevice, code: str, purpose: str) -> Outcome:
+def _totp_attempt(guard: Guard, device: TOTPDevice, code: str, purpose: str) -> Outcome:
     """Check ``code``; a success is journalled in the transaction that spends its time step."""
     with transaction(guard.db, guard.models) as tx:
         outcome = _check_totp(guard, device, code)
@@ -560,7 +561,7 @@ def _totp_attempt(guard: DomainGuard, device: TOTPDevice, code: str, purpose: st
 
 
 def verify_totp(
-    guard: DomainGuard, user: Any, code: str, *, client: str | None, purpose: str = "login"
+    guard: Guard, user: Any, code: str, *, client: str | None, purpose: str = "login"
 ) -> AttemptResult:
     """Check a TOTP code for ``user``: rate limited, replay refused, journalled.
 
@@ -584,7 +585,7 @@ def verify_totp(
 
 
 def use_recovery_code(
-    guard: DomainGuard, user: Any, raw: str, *, client: str | None, purpose: str = "login"
+    guard: Guard, user: Any, raw: str, *, client: str | None, purpose: str = "login"
 ) -> AttemptResult:
     """Spend one recovery code for ``user``: single use even under concurrent requests.
 
@@ -646,7 +647,7 @@ def use_recovery_code(
 
 
 def confirm_identity(
-    guard: DomainGuard, user: Any, password: str, code: str | None, *, client: str | None
+    guard: Guard, user: Any, password: str, code: str | None, *, client: str | None
 ) -> AttemptResult:
     """Check the password, and a TOTP code when ``code`` is given, for a security change.
 
@@ -671,7 +672,7 @@ def confirm_identity(
     return AttemptResult(Outcome.OK)
 
 
-def _remaining(guard: DomainGuard, user_id: Any) -> int:
+def _remaining(guard: Guard, user_id: Any) -> int:
     RecoveryCode = guard.models.RecoveryCode
     return int(
         guard.db.session.scalar(
@@ -683,12 +684,12 @@ def _remaining(guard: DomainGuard, user_id: Any) -> int:
     )
 
 
-def remaining_recovery_codes(guard: DomainGuard, user: Any) -> int:
+def remaining_recovery_codes(guard: Guard, user: Any) -> int:
     """How many unused recovery codes the user has."""
     return _remaining(guard, guard.user_id_of(user))
 
 
-def _replace_recovery_codes(guard: DomainGuard, user_id: Any) -> list[str]:
+def _replace_recovery_codes(guard: Guard, user_id: Any) -> list[str]:
     RecoveryCode = guard.models.RecoveryCode
     guard.db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     codes = new_recovery_codes(guard.settings.recovery_codes)
@@ -704,7 +705,7 @@ def _replace_recovery_codes(guard: DomainGuard, user_id: Any) -> list[str]:
     return codes
 
 
-def _notify(guard: DomainGuard, user_id: Any, template: str, **context: Any) -> None:
+def _notify(guard: Guard, user_id: Any, template: str, **context: Any) -> None:
     # The change is committed and journalled; a mail server outage must not undo it or fail
     # the request, so the notice is best effort and its failure is logged.
     try:
@@ -713,7 +714,7 @@ def _notify(guard: DomainGuard, user_id: Any, template: str, **context: Any) -> 
         log.exception("could not send the %s notice", template)
 
 
-def _notify_enrolment_after_reset(guard: DomainGuard, user_id: Any) -> bool:
+def _notify_enrolment_after_reset(guard: Guard, user_id: Any) -> bool:
     # An attacker whose reset got through enrols their own authenticator next: soon after a
     # reset, the other safe addresses get a "this wasn't me" link instead of the usual notice.
     from .undo import notify_enrolment_after_reset
@@ -725,9 +726,7 @@ def _notify_enrolment_after_reset(guard: DomainGuard, user_id: Any) -> bool:
         return False
 
 
-def confirm_enrolment(
-    guard: DomainGuard, user: Any, code: str, *, client: str | None
-) -> AttemptResult:
+def confirm_enrolment(guard: Guard, user: Any, code: str, *, client: str | None) -> AttemptResult:
     """Turn 2FA on once ``code`` matches the pending secret; issue the recovery codes.
 
     :returns: a result whose ``recovery_codes`` are shown to the user once, never stored.
@@ -769,7 +768,7 @@ def confirm_enrolment(
     )
 
 
-def regenerate_recovery_codes(guard: DomainGuard, user: Any, *, actor: str = "user") -> list[str]:
+def regenerate_recovery_codes(guard: Guard, user: Any, *, actor: str = "user") -> list[str]:
     """Replace the user's recovery codes (the old set stops working at once).
 
     The caller makes sure the user passed a fresh password and 2FA check.
@@ -792,7 +791,7 @@ def regenerate_recovery_codes(guard: DomainGuard, user: Any, *, actor: str = "us
     return codes
 
 
-def _remove_factor(guard: DomainGuard, user_id: Any) -> bool:
+def _remove_factor(guard: Guard, user_id: Any) -> bool:
     TOTPDevice = guard.models.TOTPDevice
     RecoveryCode = guard.models.RecoveryCode
     existed = _confirmed_device(guard, user_id) is not None
@@ -805,7 +804,7 @@ def _remove_factor(guard: DomainGuard, user_id: Any) -> bool:
     return existed
 
 
-def disable(guard: DomainGuard, user: Any) -> bool:
+def disable(guard: Guard, user: Any) -> bool:
     """Turn the user's 2FA off (device and recovery codes deleted); the caller checked freshness.
 
     :returns: whether 2FA was on.
@@ -825,7 +824,7 @@ def disable(guard: DomainGuard, user: Any) -> bool:
     return existed
 
 
-def admin_reset(guard: DomainGuard, user: Any, *, actor: str, reason: str) -> bool:
+def admin_reset(guard: Guard, user: Any, *, actor: str, reason: str) -> bool:
     """Remove a user's 2FA for account recovery, journalling who did it and why.
 
     :param actor: the operator's name, journalled as ``admin:<actor>``.
@@ -847,7 +846,7 @@ def admin_reset(guard: DomainGuard, user: Any, *, actor: str, reason: str) -> bo
     return existed
 
 
-def rotate_keys(guard: DomainGuard, *, batch_size: int = 500) -> tuple[int, int]:
+def rotate_keys(guard: Guard, *, batch_size: int = 500) -> tuple[int, int]:
     """Seal every stored secret under the newest key, so retired keys can be dropped.
 
     :returns: ``(resealed, unreadable)`` counts.
@@ -913,19 +912,19 @@ def required_threshold(since: date | None) -> datetime | None:
     return None if since is None else datetime.combine(since, time(), tzinfo=timezone.utc)
 
 
-def _user_state(guard: DomainGuard, user_id: Any) -> UserState | None:
+def _user_state(guard: Guard, user_id: Any) -> UserState | None:
     row: UserState | None = guard.db.session.get(guard.models.UserState, user_id)
     return row
 
 
-def is_exempt(guard: DomainGuard, user: Any) -> bool:
+def is_exempt(guard: Guard, user: Any) -> bool:
     """Whether ``DOMAINGUARD_2FA_EXEMPT`` exempts the user (service accounts)."""
     callback = guard.settings.twofactor_exempt
     return bool(callback(user)) if callback is not None else False
 
 
 def requirement(
-    guard: DomainGuard, user: Any, *, now: datetime | None = None, tell: bool = True
+    guard: Guard, user: Any, *, now: datetime | None = None, tell: bool = True
 ) -> Requirement:
     """Where ``user`` stands: users who logged in on or after the rule's date must enrol.
 
@@ -956,7 +955,7 @@ def requirement(
     return Requirement(RequirementState.REQUIRED, deadline)
 
 
-def record_login(guard: DomainGuard, user: Any, *, now: datetime | None = None) -> None:
+def record_login(guard: Guard, user: Any, *, now: datetime | None = None) -> None:
     """Store the user's last login in :class:`~.models.UserState` (and commit)."""
     now = now or utcnow()
     user_id = guard.user_id_of(user)
@@ -986,7 +985,7 @@ class UserWithout2FA:
     deadline: datetime | None
 
 
-def active_users_without_2fa(guard: DomainGuard, *, batch_size: int = 500) -> list[UserWithout2FA]:
+def active_users_without_2fa(guard: Guard, *, batch_size: int = 500) -> list[UserWithout2FA]:
     """Users who logged in since ``DOMAINGUARD_2FA_REQUIRED_SINCE`` without 2FA, not exempt.
 
     Oldest deadline first; empty when the rule is off.

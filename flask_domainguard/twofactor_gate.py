@@ -53,12 +53,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from . import passwords, sessions, twofactor
 from .config import ConfigError
+from .context import current_guard, current_settings, registered_state
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
-    from .extension import DomainGuard
+    from .context import Guard
 
 SESSION_KEY = "_domainguard_2fa"
 TRUST_COOKIE = "domainguard_trusted_device"
@@ -87,7 +88,7 @@ ALWAYS_ALLOWED = frozenset(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def init_app(app: Flask, guard: DomainGuard) -> None:
+def init_app(app: Flask, guard: Guard) -> None:
     """Connect the Flask-Login signals and put the gate before every other request hook."""
     # Blinker keeps one connection per receiver, so several apps connect these only once;
     # each handler finds its app's guard through the sender.
@@ -101,7 +102,7 @@ def init_app(app: Flask, guard: DomainGuard) -> None:
     # set or cleared its remember cookie, whose companion this keeps in step.
     app.after_request_funcs.setdefault(None, []).insert(0, _after_request)
     app.context_processor(_template_context)
-    keys = guard._state(app).settings.totp_keys
+    keys = current_settings(app).totp_keys
     if keys:
         try:
             twofactor.SecretBox(keys)
@@ -109,16 +110,13 @@ def init_app(app: Flask, guard: DomainGuard) -> None:
             raise ConfigError(f"DOMAINGUARD_TOTP_KEYS is invalid: {exc}") from None
 
 
-def _guard(app: Flask | None = None) -> DomainGuard | None:
-    state = (app or current_app).extensions.get("domainguard")
-    return None if state is None else cast("DomainGuard", state.guard)
+def _guard(app: Flask | None = None) -> Guard | None:
+    state = registered_state(app)
+    return None if state is None else state.guard
 
 
-def _require_guard() -> DomainGuard:
-    guard = _guard()
-    if guard is None:
-        raise RuntimeError("DomainGuard is not registered on this app: call guard.init_app(app).")
-    return guard
+def _require_guard() -> Guard:
+    return current_guard()
 
 
 # -- session state ---------------------------------------------------------------------------
@@ -129,7 +127,7 @@ def _state() -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def _set_state(guard: DomainGuard, user: Any, mode: str) -> None:
+def _set_state(guard: Guard, user: Any, mode: str) -> None:
     session[SESSION_KEY] = {
         "uid": str(guard.user_id_of(user)),
         "mode": mode,
@@ -139,7 +137,7 @@ def _set_state(guard: DomainGuard, user: Any, mode: str) -> None:
     }
 
 
-def _start_session(guard: DomainGuard, user: Any) -> None:
+def _start_session(guard: Guard, user: Any) -> None:
     """Mark a newly authenticated session: pending for 2FA users unless the device is trusted."""
     user_id = guard.user_id_of(user)
     if not twofactor.twofactor_enabled(guard, user_id):
@@ -200,7 +198,7 @@ def _on_logout(app: Flask, user: Any, **_: Any) -> None:
         session.pop(SESSION_KEY, None)
 
 
-def _current_state(guard: DomainGuard) -> dict[str, Any]:
+def _current_state(guard: Guard) -> dict[str, Any]:
     """The session's state for the current user, started afresh when missing or foreign."""
     user = current_user._get_current_object()
     state = _state()
@@ -213,7 +211,7 @@ def _current_state(guard: DomainGuard) -> dict[str, Any]:
     return state
 
 
-def _session_alive(guard: DomainGuard) -> bool:
+def _session_alive(guard: Guard) -> bool:
     """Whether the logged-in session's binding still matches its user (see :mod:`.sessions`)."""
     if g.get("_domainguard_session_refused"):
         return False
@@ -231,7 +229,7 @@ def _end_session() -> None:
     flash("You were signed out because the account's password or security changed.", "warning")
 
 
-def rebind_session(guard: DomainGuard, user: Any) -> None:
+def rebind_session(guard: Guard, user: Any) -> None:
     """Give the current session ``user``'s new binding, when it is ``user``'s own session.
 
     Called after the user changed their own password (:func:`.passwords.password_changed`), so
@@ -399,7 +397,7 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.secret_key or "", salt=_TRUST_SALT)
 
 
-def trusted_device(guard: DomainGuard, user: Any) -> bool:
+def trusted_device(guard: Guard, user: Any) -> bool:
     """Whether the request carries a live "trust this device" cookie for ``user``.
 
     The cookie holds a keyed digest of the user id, the password hash and the TOTP secret:
@@ -420,7 +418,7 @@ def trusted_device(guard: DomainGuard, user: Any) -> bool:
     return binding is not None and isinstance(given, str) and hmac.compare_digest(binding, given)
 
 
-def trust_this_device(response: BaseResponse, guard: DomainGuard, user: Any) -> bool:
+def trust_this_device(response: BaseResponse, guard: Guard, user: Any) -> bool:
     """Set the "trust this device" cookie on ``response``.
 
     :returns: ``False`` when trusted devices are off or the user has no password hash to bind.

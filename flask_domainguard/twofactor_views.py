@@ -20,6 +20,7 @@ from wtforms import BooleanField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from . import twofactor
+from .context import current_guard
 from .twofactor import AttemptResult, Outcome
 from .twofactor_gate import (
     complete_second_factor,
@@ -38,7 +39,7 @@ from .views import bp
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
-    from .extension import DomainGuard
+    from .context import Guard
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,10 +98,8 @@ class ActionForm(FlaskForm):  # type: ignore[misc]
     """A button with its CSRF token and nothing else."""
 
 
-def _guard() -> DomainGuard:
-    from .extension import DomainGuard
-
-    return DomainGuard._state().guard
+def _guard() -> Guard:
+    return current_guard()
 
 
 def _user() -> Any:

@@ -41,7 +41,7 @@ from .passwords import fingerprint
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def undo_link(token: str) -> str:
 
 
 def send_notices(
-    guard: DomainGuard,
+    guard: Guard,
     user_id: Any,
     template: str,
     *,
@@ -112,7 +112,7 @@ def send_notices(
     return recipients
 
 
-def notify_enrolment_after_reset(guard: DomainGuard, user_id: Any) -> bool:
+def notify_enrolment_after_reset(guard: Guard, user_id: Any) -> bool:
     """After a 2FA enrolment: within ``DOMAINGUARD_UNDO_WITHIN`` of a reset, tell the other
     safe addresses, with a link that undoes the reset and the enrolment.
 
@@ -158,7 +158,7 @@ class UndoGrant:
     token: tokens.Token
 
 
-def read_undo_token(guard: DomainGuard, token: str) -> UndoGrant:
+def read_undo_token(guard: Guard, token: str) -> UndoGrant:
     """Check an undo token: signature, age, binding, single use, the address still safe.
 
     :raises flask_domainguard.tokens.TokenError: when any of these fail.
@@ -203,7 +203,7 @@ class LockBack:
     told: tuple[str, ...]
 
 
-def _remove_twofactor_since(guard: DomainGuard, user_id: Any, since: datetime) -> tuple[bool, int]:
+def _remove_twofactor_since(guard: Guard, user_id: Any, since: datetime) -> tuple[bool, int]:
     TOTPDevice = guard.models.TOTPDevice
     RecoveryCode = guard.models.RecoveryCode
     session = guard.db.session
@@ -226,7 +226,7 @@ def _remove_twofactor_since(guard: DomainGuard, user_id: Any, since: datetime) -
     return bool(device_ids), len(code_ids)
 
 
-def lock_back(guard: DomainGuard, token: str) -> LockBack:
+def lock_back(guard: Guard, token: str) -> LockBack:
     """Lock the account back to its owner (the POST of the page); see the module description.
 
     :raises flask_domainguard.tokens.TokenError: the token is not (or no longer) good.

@@ -16,6 +16,7 @@ from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
 from . import tokens
+from .context import Guard, current_guard
 from .twofactor_gate import wants_json
 from .undo import lock_back, read_undo_token
 from .views import bp, csrf_body, form_errors, json_answer
@@ -27,8 +28,8 @@ class UndoForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("This wasn't me: lock my account")
 
 
-def _guard() -> Any:
-    return current_app.extensions["domainguard"].guard
+def _guard() -> Guard:
+    return current_guard()
 
 
 def _invalid(exc: tokens.TokenError, json: bool) -> ResponseReturnValue:

@@ -12,17 +12,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from .models import MYSQL_DIALECTS
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import UserState
 
 
-def get(guard: DomainGuard, user_id: Any) -> UserState | None:
+def get(guard: Guard, user_id: Any) -> UserState | None:
     """The user's row, or ``None`` when nothing was recorded yet."""
     row: UserState | None = guard.db.session.get(guard.models.UserState, user_id)
     return row
 
 
-def ensure(guard: DomainGuard, user_id: Any) -> UserState:
+def ensure(guard: Guard, user_id: Any) -> UserState:
     """The user's row, created when missing, inside the caller's transaction (not committed).
 
     Safe against a concurrent creator: ``INSERT ... ON CONFLICT DO NOTHING`` where the
@@ -56,7 +56,7 @@ def ensure(guard: DomainGuard, user_id: Any) -> UserState:
     return created
 
 
-def epoch(guard: DomainGuard, user_id: Any) -> int:
+def epoch(guard: Guard, user_id: Any) -> int:
     """The user's session epoch (0 before anything raised it)."""
     UserState = guard.models.UserState
     value = guard.db.session.scalar(
@@ -65,7 +65,7 @@ def epoch(guard: DomainGuard, user_id: Any) -> int:
     return int(value or 0)
 
 
-def raise_epoch(guard: DomainGuard, user_id: Any) -> None:
+def raise_epoch(guard: Guard, user_id: Any) -> None:
     """End every session of the user, inside the caller's transaction (one atomic update)."""
     UserState = guard.models.UserState
     ensure(guard, user_id)

@@ -47,7 +47,7 @@ from .timeutil import utcnow
 from .verdict import VerdictKind
 
 if TYPE_CHECKING:
-    from .extension import DomainGuard
+    from .context import Guard
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class AddressState:
 # -- the 2FA seam --------------------------------------------------------------------------
 
 
-def has_fresh_second_factor(guard: DomainGuard, user: Any) -> bool:
+def has_fresh_second_factor(guard: Guard, user: Any) -> bool:
     """Whether ``user`` passed the 2FA step recently, or has no second factor at all.
 
     ``guard.has_fresh_second_factor(user)`` wins when a host or a later version defines it.
@@ -165,7 +165,7 @@ def verification_token(row: EmailAddress) -> str:
     )
 
 
-def read_verification_token(guard: DomainGuard, token: str) -> tuple[EmailAddress, tokens.Token]:
+def read_verification_token(guard: Guard, token: str) -> tuple[EmailAddress, tokens.Token]:
     """The address a verification token names, if the token is still good.
 
     :raises flask_domainguard.tokens.TokenError: tampered, expired, spent, or the address
@@ -186,7 +186,7 @@ def read_verification_token(guard: DomainGuard, token: str) -> tuple[EmailAddres
 
 
 def send_verification(
-    guard: DomainGuard,
+    guard: Guard,
     address: EmailAddress | str,
     *,
     actor: str = "user",
@@ -259,7 +259,7 @@ def send_verification(
 
 
 @jobs.register(jobs.VERIFICATION_MAIL)
-def _run_verification_mail(guard: DomainGuard, run: jobs.JobRun) -> None:
+def _run_verification_mail(guard: Guard, run: jobs.JobRun) -> None:
     """Mail the link, unless the address was verified (or removed) since the job was queued."""
     payload = run.job.payload
     row = guard.db.session.get(guard.models.EmailAddress, payload.get("address_id"))
@@ -292,7 +292,7 @@ def _run_verification_mail(guard: DomainGuard, run: jobs.JobRun) -> None:
 # -- confirming ----------------------------------------------------------------------------
 
 
-def dns_moved(guard: DomainGuard, row: EmailAddress) -> bool:
+def dns_moved(guard: Guard, row: EmailAddress) -> bool:
     """Whether the stored state finds ``row``'s domain DNS-changed for it: its name servers
     and mail servers all differ from the address's baseline."""
     if row.verified_at is None or row.registrable in guard.settings.trusted_domains:
@@ -308,7 +308,7 @@ def needs_owner(row: EmailAddress) -> bool:
     return row.unverify_reason in OWNER_REASONS
 
 
-def _owner_refusal(guard: DomainGuard, row: EmailAddress, user: Any) -> VerificationRefused | None:
+def _owner_refusal(guard: Guard, row: EmailAddress, user: Any) -> VerificationRefused | None:
     """Why ``user`` may not re-verify ``row`` (which :func:`needs_owner`), or ``None``."""
     owner = user is not None and bool(getattr(user, "is_authenticated", False))
     if not owner or guard.user_id_of(user) != row.user_id:
@@ -338,7 +338,7 @@ def _owner_refusal(guard: DomainGuard, row: EmailAddress, user: Any) -> Verifica
 
 
 def _domain_refusal(
-    guard: DomainGuard, row: EmailAddress, check: DomainCheck
+    guard: Guard, row: EmailAddress, check: DomainCheck
 ) -> VerificationRefused | None:
     """Why ``check`` forbids verifying ``row`` now, or ``None`` when it allows it."""
     name = check.domain
@@ -365,7 +365,7 @@ def _domain_refusal(
 
 
 def _journal_refusal(
-    guard: DomainGuard, row: EmailAddress, refusal: VerificationError, *, actor: str
+    guard: Guard, row: EmailAddress, refusal: VerificationError, *, actor: str
 ) -> None:
     with transaction(guard.db, guard.models) as tx:
         tx.record(
@@ -377,7 +377,7 @@ def _journal_refusal(
         )
 
 
-def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) -> Outcome:
+def confirm_verification(guard: Guard, token: str, *, user: Any = None) -> Outcome:
     """Verify the address a token names (the POST of the confirmation page).
 
     :param user: the logged-in user (``flask_login.current_user``), or ``None``.
@@ -442,9 +442,7 @@ def confirm_verification(guard: DomainGuard, token: str, *, user: Any = None) ->
     return Outcome.REVERIFIED if reverified else Outcome.VERIFIED
 
 
-def _tell_other_addresses(
-    guard: DomainGuard, row: EmailAddress, reason: UnverifyReason | None
-) -> None:
+def _tell_other_addresses(guard: Guard, row: EmailAddress, reason: UnverifyReason | None) -> None:
     """Tell the owner's other safe addresses that ``row`` receives resets again."""
     try:
         notify_user(
@@ -478,7 +476,7 @@ _REASON_TEXT = {
 }
 
 
-def address_state(guard: DomainGuard, address: EmailAddress | str) -> AddressState:
+def address_state(guard: Guard, address: EmailAddress | str) -> AddressState:
     """How an address stands, in words and flags, for the owner's account page.
 
     ::
@@ -587,7 +585,7 @@ class ReverifyReport:
         return "yes"
 
 
-def reverify(guard: DomainGuard, address: str, *, send: bool, actor: str) -> ReverifyReport:
+def reverify(guard: Guard, address: str, *, send: bool, actor: str) -> ReverifyReport:
     """Look an address's domain up live, judge it as a verification would, and optionally mail
     a new verification link (not rate-limited: an operator asked).
 

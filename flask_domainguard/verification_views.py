@@ -21,6 +21,7 @@ from wtforms.validators import DataRequired
 
 from . import tokens
 from .addresses import AddressError
+from .context import current_guard
 from .twofactor_gate import wants_json
 from .verification import (
     VerificationError,
@@ -48,7 +49,7 @@ class SendVerificationForm(FlaskForm):  # type: ignore[misc]
 
 
 def _guard() -> Any:
-    return current_app.extensions["domainguard"].guard
+    return current_guard()
 
 
 def safe_next(target: str | None, fallback: str) -> str:

@@ -44,11 +44,12 @@ from celery.result import EagerResult
 from celery.signals import worker_process_init
 from flask import Flask, current_app, has_app_context
 
+from ..context import current_guard
 from ..sweep import Sweep, SweepReport, new_run_id
 from ..timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
-    from ..extension import DomainGuard
+    from ..context import Guard
 
 __all__ = [
     "CHUNK_TASK",
@@ -162,17 +163,14 @@ def beat_schedule(
     }
 
 
-def _guard() -> DomainGuard:
+def _guard() -> Guard:
     if not has_app_context():
         raise RuntimeError(
             "The DomainGuard sweep tasks need the Flask app context: make the Celery app "
             "with flask_domainguard.contrib.celery.celery_init_app(app), or push "
             "app.app_context() in your task base class."
         )
-    from ..extension import DomainGuard
-
-    guard: DomainGuard = DomainGuard._state().guard
-    return guard
+    return current_guard()
 
 
 def _start(
