@@ -101,3 +101,23 @@ def test_every_journal_event_kind_and_event_column_is_documented() -> None:
         )
     for column in hostapp.guard.models.Event.__table__.columns:
         assert f"| `{column.name}` |" in text, f"docs/journal.md lacks column `{column.name}`"
+
+
+def test_api_reference_documents_every_public_name_and_guard_method() -> None:
+    """docs/api.md renders each exported name; every public guard method has a docstring."""
+    import inspect
+
+    import flask_domainguard
+    from flask_domainguard import DomainGuard
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    rendered = set(re.findall(r"^::: flask_domainguard\.(\w+)$", page, re.M))
+    assert set(flask_domainguard.__all__) - rendered == set()
+    undocumented = [
+        name
+        for name, member in vars(DomainGuard).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(member) or isinstance(member, property))
+        and not inspect.getdoc(member)
+    ]
+    assert undocumented == []
