@@ -243,7 +243,7 @@ def test_a_crash_between_sending_and_marking_sends_again_never_zero(
         )
     [job] = claim(guard, "about-to-die")
     # The worker sends, then dies before it marks the job done.
-    jobs._handler(job.kind)(guard, JobRun(guard, job, "about-to-die"))
+    jobs.handler_for(job.kind)(guard, JobRun(guard, job, "about-to-die"))
     assert len(smtp_sink.envelopes) == 1
     guard.db.session.execute(
         sa.update(guard.models.Job).values(lease_until=utcnow() - timedelta(seconds=1))
@@ -365,7 +365,7 @@ def test_idle_workers_stay_for_a_retry_and_then_run_it(
     from flask_domainguard import background
 
     monkeypatch.setattr(background, "IDLE_EXIT", 0.3)
-    monkeypatch.setattr(jobs, "retry_delay", lambda attempts: timedelta(seconds=1.5))
+    monkeypatch.setattr(jobs.queue, "retry_delay", lambda attempts: timedelta(seconds=1.5))
     ask(app, SAFE)  # the mail server is down: the first run fails
     deadline = time.monotonic() + 10
 

@@ -1,0 +1,160 @@
+"""Workers' loop: claim due jobs and run them, with shedding and purging on the way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ..owners import new_run_id
+from ..timeutil import utcnow
+from .queue import FAILED, PENDING, PURGE_INTERVAL, SHED_INTERVAL, _table, claim, run_claimed
+from .shedding import shed
+
+if TYPE_CHECKING:
+    from ..context import Guard
+
+
+@dataclass
+class DrainReport:
+    """What a :func:`drain` did."""
+
+    done: int = 0
+    failed: int = 0
+    shed_unknown: int = 0
+    shed_known: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "shed_unknown": self.shed_unknown,
+            "shed_known": self.shed_known,
+            "by_kind": dict(sorted(self.by_kind.items())),
+        }
+
+
+class _Throttle:
+    """Lets one caller through per ``interval`` seconds, per process."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def ready(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+            return True
+
+
+_shed_throttle = _Throttle(SHED_INTERVAL)
+_purge_throttle = _Throttle(PURGE_INTERVAL)
+
+
+def purge(guard: Guard) -> int:
+    """Delete finished jobs older than ``DOMAINGUARD_JOBS_KEEP``; commits. Returns the count."""
+    J = _table(guard)
+    cutoff = utcnow() - guard.settings.jobs_keep
+    result = guard.db.session.execute(
+        sa.delete(J).where(J.c.state != PENDING, J.c.done_at < cutoff)
+    )
+    guard.db.session.commit()
+    return int(result.rowcount)
+
+
+def housekeeping(guard: Guard, report: DrainReport | None = None) -> None:
+    """Shed (at most once a second) and purge (every few minutes) on behalf of this process."""
+    if _shed_throttle.ready():
+        shed_report = shed(guard)
+        if report is not None:
+            report.shed_unknown += shed_report.unknown
+            report.shed_known += shed_report.known
+    if _purge_throttle.ready():
+        purge(guard)
+
+
+def drain(
+    guard: Guard,
+    owner: str,
+    *,
+    kinds: Iterable[str] | None = None,
+    ids: Iterable[int] | None = None,
+    batch: int = 4,
+    max_jobs: int | None = None,
+    deadline: float | None = None,
+    report: DrainReport | None = None,
+) -> DrainReport:
+    """Claim and run due jobs until none is left (or ``max_jobs`` ran, or ``deadline``, a
+    :func:`time.monotonic` value, passed). Sheds load on the way."""
+    report = report if report is not None else DrainReport()
+    wanted = list(kinds) if kinds is not None else None
+    id_list = list(ids) if ids is not None else None
+    ran = 0
+    while max_jobs is None or ran < max_jobs:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if id_list is None:
+            housekeeping(guard, report)
+        size = batch if max_jobs is None else min(batch, max_jobs - ran)
+        jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list)
+        if not jobs:
+            break
+        for job in jobs:
+            ok = run_claimed(guard, job, owner)
+            ran += 1
+            if ok:
+                report.done += 1
+                report.by_kind[job.kind] = report.by_kind.get(job.kind, 0) + 1
+            else:
+                report.failed += 1
+    return report
+
+
+def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
+    """Run the given jobs right away in this thread (a sweep's warnings after its commit, a
+    verification mail): whatever fails here stays in the table for the workers."""
+    id_list = list(ids)
+    if not id_list:
+        return DrainReport()
+    # Small claims: a worker that dies leaves few jobs waiting for their leases to expire.
+    return drain(guard, new_run_id(), ids=id_list, batch=10)
+
+
+def retry_failed(guard: Guard) -> int:
+    """Put every ``failed`` job back in the queue (due now, attempts counted afresh); commits."""
+    J = _table(guard)
+    result = guard.db.session.execute(
+        sa.update(J)
+        .where(J.c.state == FAILED)
+        .values(state=PENDING, attempts=0, not_before=utcnow(), done_at=None)
+    )
+    guard.db.session.commit()
+    return int(result.rowcount)
+
+
+def has_pending_jobs(guard: Guard) -> bool:
+    """Whether any job is pending at all, due now or waiting for a retry later."""
+    J = _table(guard)
+    found = guard.db.session.scalar(sa.select(J.c.id).where(J.c.state == PENDING).limit(1))
+    guard.db.session.rollback()
+    return found is not None
+
+
+def has_due_jobs(guard: Guard) -> bool:
+    """Whether any job is waiting to run now or running (for waits in tests and start-up)."""
+    J = _table(guard)
+    now = utcnow()
+    found = guard.db.session.scalar(
+        sa.select(J.c.id).where(J.c.state == PENDING, J.c.not_before <= now).limit(1)
+    )
+    guard.db.session.rollback()
+    return found is not None

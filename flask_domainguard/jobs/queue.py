@@ -1,0 +1,349 @@
+"""The job table's core: kinds, enqueueing, leasing (claim), running and retrying one job."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from ..journal import EventKind, transaction
+from ..models import MYSQL_DIALECTS
+from ..sqlcompat import locked_ids, update_returning
+from ..timeutil import utcnow
+
+if TYPE_CHECKING:
+    from ..context import Guard
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+SHED = "shed"
+
+RESET_REQUEST = "reset_request"
+VERIFICATION_MAIL = "verification_mail"
+EXPIRY_WARNING = "expiry_warning"
+UNVERIFY_NOTICE = "unverify_notice"
+KINDS = (RESET_REQUEST, VERIFICATION_MAIL, EXPIRY_WARNING, UNVERIFY_NOTICE)
+
+#: First retry delay after a failed run; doubled per failed run, capped, with jitter.
+RETRY_BASE = timedelta(seconds=30)
+RETRY_CAP = timedelta(hours=1)
+
+#: Shedding looks at the queue at most this often per process (it costs a count query).
+SHED_INTERVAL = 1.0
+#: Finished rows older than DOMAINGUARD_JOBS_KEEP are deleted at most this often per process.
+PURGE_INTERVAL = 300.0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job row leased to one worker (a snapshot; the row may change under it)."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    address: str | None
+    requests: int
+
+
+class JobRun:
+    """One run of a claimed job: what a handler uses to journal its attempt and to mark the
+    job done inside its own final transaction.
+
+    :param guard: the extension.
+    :param job: the claimed job.
+    :param owner: the lease owner that claimed it.
+    """
+
+    def __init__(self, guard: Guard, job: ClaimedJob, owner: str) -> None:
+        self.guard = guard
+        self.job = job
+        self.owner = owner
+        self.attempted = False
+        self.marked_done = False
+
+    def record_attempt(
+        self, *, recipients: int, user_id: Any = None, address: Any = None, **details: Any
+    ) -> None:
+        """Journal (and commit) a delivery attempt, just before the mail is handed to SMTP."""
+        with transaction(self.guard.db, self.guard.models) as tx:
+            tx.record(
+                EventKind.MAIL_ATTEMPT,
+                actor="worker",
+                user_id=user_id,
+                address=address,
+                job=self.job.id,
+                job_kind=self.job.kind,
+                attempt=self.job.attempts,
+                recipients=recipients,
+                **details,
+            )
+        self.attempted = True
+
+    def mark_done(self) -> None:
+        """Mark the job done in the current transaction (committed with the caller's)."""
+        _finish(self.guard, self.job.id, self.owner, DONE)
+        self.marked_done = True
+
+
+Handler = Callable[["Guard", JobRun], None]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def register(kind: str) -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind`` (it raises to ask for a retry)."""
+
+    def decorate(fn: Handler) -> Handler:
+        _HANDLERS[kind] = fn
+        return fn
+
+    return decorate
+
+
+def handler_for(kind: str) -> Handler:
+    """The function registered for jobs of ``kind``."""
+    # The modules that own the kinds register their handlers when imported, which importing
+    # flask_domainguard does (the extension imports every feature module).
+    try:
+        return _HANDLERS[kind]
+    except KeyError:
+        raise LookupError(f"no handler for job kind {kind!r}") from None
+
+
+def _table(guard: Guard) -> sa.Table:
+    table: sa.Table = guard.models.Job.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _dialect(guard: Guard) -> str:
+    bind = guard.db.session.get_bind(mapper=sa.inspect(guard.models.Job))
+    return str(bind.dialect.name)
+
+
+def digest(text: str) -> str:
+    """A digest of ``text`` for dedupe keys (addresses do not belong in a unique index)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:48]
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def enqueue(
+    guard: Guard,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    address: str | None = None,
+    dedupe_key: str | None = None,
+    not_before: datetime | None = None,
+) -> int:
+    """Add a job in the current transaction (the caller commits it with its change).
+
+    With ``dedupe_key``, a job with the same key still waiting for its first run absorbs
+    this one instead (its ``requests`` count goes up): the same statement either way.
+
+    :returns: the id of the job that will do the work.
+    """
+    J = _table(guard)
+    now = utcnow()
+    values = {
+        "kind": kind,
+        "payload": payload,
+        "address": address,
+        "dedupe_key": dedupe_key,
+        "requests": 1,
+        "state": PENDING,
+        "attempts": 0,
+        "not_before": not_before or now,
+        "created_at": now,
+    }
+    session = guard.db.session
+    if dedupe_key is None:
+        return _insert(session, J, values)
+    dialect = _dialect(guard)
+    if dialect in MYSQL_DIALECTS:
+        session.execute(
+            mysql_insert(J).values(values).on_duplicate_key_update(requests=J.c.requests + 1)
+        )
+        return int(session.scalar(sa.select(J.c.id).where(J.c.dedupe_key == dedupe_key)))
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        stmt = (
+            insert(J)
+            .values(values)
+            .on_conflict_do_update(
+                index_elements=[J.c.dedupe_key], set_={"requests": J.c.requests + 1}
+            )
+            .returning(J.c.id)
+        )
+        return int(session.execute(stmt).scalar_one())
+    try:  # pragma: no cover - other databases: a savepoint and the unique index
+        with session.begin_nested():
+            return _insert(session, J, values)
+    except IntegrityError:  # pragma: no cover
+        session.execute(
+            sa.update(J).where(J.c.dedupe_key == dedupe_key).values(requests=J.c.requests + 1)
+        )
+        return int(session.scalar(sa.select(J.c.id).where(J.c.dedupe_key == dedupe_key)))
+
+
+def _insert(session: Any, J: sa.Table, values: dict[str, Any]) -> int:
+    # inserted_primary_key works on every database; RETURNING on INSERT is not in MySQL.
+    return int(session.execute(sa.insert(J).values(values)).inserted_primary_key[0])
+
+
+# -- claiming and finishing ----------------------------------------------------------------
+
+
+def _claimable(J: sa.Table, now: datetime) -> list[sa.ColumnElement[bool]]:
+    return [
+        J.c.state == PENDING,
+        J.c.not_before <= now,
+        sa.or_(J.c.lease_until.is_(None), J.c.lease_until < now),
+    ]
+
+
+def claim(
+    guard: Guard,
+    owner: str,
+    *,
+    limit: int = 1,
+    kinds: Iterable[str] | None = None,
+    ids: Iterable[int] | None = None,
+) -> list[ClaimedJob]:
+    """Lease up to ``limit`` due jobs (of ``kinds``, or with ``ids``) to ``owner``; commits.
+
+    Each claim counts as an attempt, so a job whose worker dies mid-run counts too.
+    """
+    J = _table(guard)
+    db = guard.db
+    now = utcnow()
+    where = _claimable(J, now)
+    if kinds is not None:
+        where.append(J.c.kind.in_(list(kinds)))
+    if ids is not None:
+        where.append(J.c.id.in_(list(ids)))
+    pick = sa.select(J.c.id).where(*where).order_by(J.c.not_before, J.c.id).limit(limit)
+    session, dialect = db.session, _dialect(guard)
+    try:
+        rows = update_returning(
+            session,
+            dialect,
+            J,
+            J.c.id,
+            [J.c.id.in_(locked_ids(session, dialect, pick)), *where],
+            {
+                "lease_owner": owner,
+                "lease_until": now + guard.settings.jobs_lease,
+                "attempts": J.c.attempts + 1,
+                # A new request for the same work starts a new job from now on.
+                "dedupe_key": None,
+            },
+            [J.c.id, J.c.kind, J.c.payload, J.c.attempts, J.c.address, J.c.requests],
+        )
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
+    jobs = [ClaimedJob(r[0], r[1], dict(r[2] or {}), int(r[3]), r[4], int(r[5])) for r in rows]
+    return sorted(jobs, key=lambda job: job.id)
+
+
+def _finish(guard: Guard, job_id: int, owner: str, state: str, error: str | None = None) -> bool:
+    J = _table(guard)
+    result = guard.db.session.execute(
+        sa.update(J)
+        .where(J.c.id == job_id, J.c.lease_owner == owner, J.c.state == PENDING)
+        .values(
+            state=state,
+            done_at=utcnow(),
+            lease_owner=None,
+            lease_until=None,
+            last_error=error,
+            dedupe_key=None,
+        )
+    )
+    return bool(result.rowcount == 1)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Delay before the next run of a job that failed ``attempts`` times (at least 1)."""
+    delay = min(RETRY_BASE * (2 ** min(max(attempts, 1) - 1, 16)), RETRY_CAP)
+    jittered: timedelta = delay * random.uniform(0.9, 1.1)  # noqa: S311 - load spreading
+    return jittered
+
+
+def _failed(guard: Guard, run: JobRun, exc: BaseException) -> str:
+    """Schedule the next run of a job that raised, or give it up; journal a failed delivery."""
+    job, db = run.job, guard.db
+    J = _table(guard)
+    error = type(exc).__name__  # the type only: messages may carry addresses or URLs
+    give_up = job.attempts >= guard.settings.jobs_max_attempts
+    retry_at = None if give_up else utcnow() + retry_delay(job.attempts)
+    with transaction(db, guard.models) as tx:
+        if give_up:
+            updated = _finish(guard, job.id, run.owner, FAILED, error)
+        else:
+            updated = (
+                db.session.execute(
+                    sa.update(J)
+                    .where(J.c.id == job.id, J.c.lease_owner == run.owner, J.c.state == PENDING)
+                    .values(
+                        not_before=retry_at, lease_owner=None, lease_until=None, last_error=error
+                    )
+                ).rowcount
+                == 1
+            )
+        if updated and (run.attempted or give_up):
+            tx.record(
+                EventKind.MAIL_FAILED,
+                actor="worker",
+                address=job.address,
+                job=job.id,
+                job_kind=job.kind,
+                attempt=job.attempts,
+                error=error,
+                retry_at=retry_at.isoformat() if retry_at else None,
+            )
+    what = (job.id, job.kind, job.attempts, error)
+    if give_up:
+        log.error("job %d (%s) failed for good after %d runs: %s", *what)
+    else:
+        log.warning("job %d (%s) failed (run %d): %s; retried later", *what)
+    return FAILED if give_up else PENDING
+
+
+def run_claimed(guard: Guard, job: ClaimedJob, owner: str) -> bool:
+    """Run one claimed job in the current app context; ``True`` when it finished.
+
+    A job that raises is rolled back and scheduled again (or given up); the error is logged
+    by type, never by message.
+    """
+    run = JobRun(guard, job, owner)
+    try:
+        handler_for(job.kind)(guard, run)
+        if not run.marked_done:
+            _finish(guard, job.id, owner, DONE)
+            guard.db.session.commit()
+    except Exception as exc:
+        guard.db.session.rollback()
+        try:
+            _failed(guard, run, exc)
+        except Exception:  # the database itself is gone: the lease expires, the job reruns
+            guard.db.session.rollback()
+            log.exception("could not record the failure of job %d", job.id)
+        return False
+    return True
