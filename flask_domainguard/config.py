@@ -3,6 +3,8 @@
 The table :data:`OPTIONS` is the single source of truth: :func:`apply_defaults` sets the
 defaults with ``setdefault``, :func:`load_settings` validates the app's values and turns them
 into a frozen :class:`Settings`, and the documentation test checks ``docs/`` against it.
+
+Long because it is one table: every key beside its default, docs and validation, so none drifts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The :class:`DomainGuard` extension object: configuration, models and wiring into an app."""
+"""The :class:`DomainGuard` extension object: configuration, models and wiring into an app.
+
+Long because :class:`DomainGuard`'s methods are the public API: each is a documented one-line door
+into a feature package.
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ Type checkers know the templates by the public names (``EmailAddress``, ``Domain
 ``TYPE_CHECKING``. At run time that import fails at once with a message naming
 ``guard.models.EmailAddress``: a module-level name cannot know which app's guard is meant,
 and an unmapped template would only fail later, inside a query.
+
+Long because the mapped classes are built together per ``db`` (:func:`define_models`) and their
+column templates must sit beside it.
 """
 
 from __future__ import annotations

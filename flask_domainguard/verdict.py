@@ -15,6 +15,9 @@
 
 Time boundaries: a moment equal to a limit belongs to the later stage. An expiration date
 equal to ``now`` has passed, and a grace period that ends exactly at ``now`` has ended.
+
+Long because the lifecycle policy is one pure function and its helpers: split, its order of rules
+would be harder to read and to review.
 """
 
 from __future__ import annotations

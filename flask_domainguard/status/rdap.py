@@ -20,6 +20,9 @@ How answers are read, in the order the safety of an account depends on them:
 ``links[]`` with ``rel: related`` (the registrar's own RDAP server) are not followed: the
 registry's answer carries the lifecycle statuses and dates the verdict needs, and a second
 server per lookup would double the load and the ways to fail.
+
+Long because RDAP's bootstrap, fetch and parsing rules are read together when judging whether a 404
+means released.
 """
 
 from __future__ import annotations
