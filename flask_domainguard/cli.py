@@ -194,7 +194,7 @@ def twofactor_reset_command(user: str, reason: str, actor: str | None, as_json: 
 
     Exit codes: 0 reset done; 1 no such user; 2 usage error; 3 the user had no 2FA.
     """
-    from .twofactor import admin_reset
+    from .twofactor.devices import admin_reset
 
     if not reason.strip():
         raise click.UsageError("--reason must say why, for the journal.")
@@ -267,7 +267,7 @@ def twofactor_rotate_keys_command(as_json: bool) -> None:
 
     Exit codes: 0 done; 1 some secrets open under no configured key; 2 usage error.
     """
-    from .twofactor import rotate_keys
+    from .twofactor.devices import rotate_keys
 
     resealed, unreadable = rotate_keys(guard_for_app())
     if as_json:
