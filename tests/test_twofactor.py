@@ -155,9 +155,7 @@ def test_concurrent_use_of_one_code_lets_one_request_in(
     def attempt() -> None:
         with app.app_context():
             barrier.wait()
-            results.append(
-                verify.verify_totp(guard, user_id, code_at(secret), client=None).outcome
-            )
+            results.append(verify.verify_totp(guard, user_id, code_at(secret), client=None).outcome)
 
     # freezegun patches the clock for every thread, but is entered once: it is not thread-safe.
     with freeze_time(frozen):
@@ -424,9 +422,7 @@ def test_a_success_gives_the_user_budget_back(guard: Any, make_user: Any) -> Non
             verify.verify_totp(guard, user, "000000", client=None)
         assert verify.verify_totp(guard, user, code_at(secret), client=None).ok
         for _ in range(4):
-            assert verify.verify_totp(guard, user, "000000", client=None).outcome is (
-                Outcome.WRONG
-            )
+            assert verify.verify_totp(guard, user, "000000", client=None).outcome is (Outcome.WRONG)
 
 
 # -- passwords ------------------------------------------------------------------------------

@@ -308,9 +308,7 @@ def test_enrolling_long_after_a_reset_is_the_usual_notice(site: Flask, outbox: l
     with freeze_time(start + timedelta(days=8)), site.app_context():
         user = site_db.session.get(SiteUser, 1)
         enrolment = devices.start_enrolment(site_guard, user)
-        assert verify.confirm_enrolment(
-            site_guard, user, code_at(enrolment.secret), client=None
-        ).ok
+        assert verify.confirm_enrolment(site_guard, user, code_at(enrolment.secret), client=None).ok
     [notice] = mails_to(outbox, SAFE, "Two-factor authentication is on")
     assert "/undo/" not in notice.body and ATTACKED in notice.recipients
 
