@@ -2,18 +2,19 @@
 and how each 2FA attempt spends from it (:func:`begin`, :func:`fail`, :func:`succeed`).
 
 Each key (a user, a client address; stored hashed) has its attempts as
-:class:`~.models.Attempt` rows. A key with ``DOMAINGUARD_2FA_LIMIT`` attempts within the last
-window (sliding: the last five minutes whenever it is asked, so no burst fits across a window
-edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes, 30 minutes,
-2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the end of the
-last one takes the next duration, and the last one repeats. A lockout empties the key's
-window: once it ends, the key has the limit again, and then a longer lockout. Five guesses
-per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
+:class:`~flask_domainguard.models.Attempt` rows. A key with ``DOMAINGUARD_2FA_LIMIT`` attempts
+within the last window (sliding: the last five minutes whenever it is asked, so no burst fits
+across a window edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes,
+30 minutes, 2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the
+end of the last one takes the next duration, and the last one repeats. A lockout empties the
+key's window: once it ends, the key has the limit again, and then a longer lockout. Five
+guesses per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
 
 Across processes and machines: an attempt is inserted and committed before it is counted, so
 of concurrent attempts the k-th to commit counts at least k, and no more than the limit get
-through. A lockout starts with a compare-and-set on the key's :class:`~.models.Lockout` row,
-so two processes that both reach the limit start one lockout and escalate once.
+through. A lockout starts with a compare-and-set on the key's
+:class:`~flask_domainguard.models.Lockout` row, so two processes that both reach the limit
+start one lockout and escalate once.
 """
 
 from __future__ import annotations
