@@ -16,7 +16,7 @@ from .models import UnverifyReason
 from .reset import ResetDecision, ResetGrant
 from .status.observation import Observation
 from .tokens import TokenError, TokenExpired
-from .twofactor import Requirement, RequirementState, UserWithout2FA
+from .twofactor.requirement import Requirement, RequirementState, UserWithout2FA
 from .verdict import Policy, Verdict, VerdictKind, judge
 from .verification import (
     AddressState,

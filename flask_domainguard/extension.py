@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import sqlalchemy as sa
 from flask import Flask, current_app
 
-from . import addresses
+from . import addresses, passwords, users
 from .config import Settings, apply_defaults, load_settings
 from .context import EXTENSION_KEY, AppState, PasswordChecker, PasswordSetter, app_state
 from .links import check_link_base
 from .models import Models, UserT, check_dialect, define_models
+from .twofactor import devices, gate, requirement
+from .twofactor.fresh import require_fresh_2fa
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from flask.typing import ResponseReturnValue
 
-    from . import twofactor
     from .models import EmailAddress, UnverifyReason
     from .reset import ResetDecision, ResetGrant
     from .status.base import StatusBackend
@@ -125,9 +126,7 @@ class DomainGuard(Generic[UserT]):
 
         register_views(app, settings)
 
-        from . import twofactor_gate
-
-        twofactor_gate.init_app(app, self)
+        gate.init_app(app, self)
 
         from .background import jobs_for
 
@@ -242,47 +241,33 @@ class DomainGuard(Generic[UserT]):
 
     def twofactor_enabled(self, user: Any) -> bool:
         """Whether ``user`` (or a user id) has confirmed TOTP 2FA."""
-        from . import twofactor
-
-        return twofactor.twofactor_enabled(self, user)
+        return devices.twofactor_enabled(self, user)
 
     def is_second_factor_pending(self) -> bool:
         """Whether the current session passed the password but not yet the 2FA step."""
-        from . import twofactor_gate
+        return gate.is_second_factor_pending()
 
-        return twofactor_gate.is_second_factor_pending()
-
-    def twofactor_requirement(self, user: Any) -> twofactor.Requirement:
+    def twofactor_requirement(self, user: Any) -> requirement.Requirement:
         """Where ``user`` stands against ``DOMAINGUARD_2FA_REQUIRED_SINCE`` (nothing recorded)."""
-        from . import twofactor
+        return requirement.requirement(self, user, tell=False)
 
-        return twofactor.requirement(self, user, tell=False)
-
-    def active_users_without_2fa(self) -> list[twofactor.UserWithout2FA]:
+    def active_users_without_2fa(self) -> list[requirement.UserWithout2FA]:
         """Users who must enrol in 2FA and have not, oldest deadline first."""
-        from . import twofactor
-
-        return twofactor.active_users_without_2fa(self)
+        return requirement.active_users_without_2fa(self)
 
     def check_password(self, user: Any, password: str) -> bool:
         """Check ``password`` with :attr:`password_checker` or the stored password hash."""
-        from . import twofactor
-
-        return twofactor.check_password(self, user, password)
+        return users.check_password(self, user, password)
 
     def reset_twofactor(self, user: Any, *, actor: str, reason: str) -> bool:
         """Remove ``user``'s 2FA for account recovery, journalled as ``admin:<actor>``."""
-        from . import twofactor
-
-        return twofactor.admin_reset(self, user, actor=actor, reason=reason)
+        return devices.admin_reset(self, user, actor=actor, reason=reason)
 
     def require_fresh_2fa(self, view: Callable[_P, _R]) -> Callable[_P, _R | ResponseReturnValue]:
         """Decorate a view that changes security settings: password + fresh 2FA first.
 
-        See :func:`flask_domainguard.twofactor_gate.require_fresh_2fa`.
+        See :func:`flask_domainguard.twofactor.fresh.require_fresh_2fa`.
         """
-        from .twofactor_gate import require_fresh_2fa
-
         return require_fresh_2fa(view)
 
     # -- verification (see :mod:`flask_domainguard.verification`) ------------------------
@@ -400,8 +385,6 @@ class DomainGuard(Generic[UserT]):
         :param actor: who changed it: ``user``, ``admin:<name>``, ``system``.
         :param via: the address the reset link went to, when a reset completed.
         """
-        from . import passwords
-
         passwords.password_changed(self, user, actor=actor, via=via)
 
     def complete_reset(self, token: str, new_password: str) -> UserT:

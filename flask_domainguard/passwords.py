@@ -27,7 +27,6 @@ lock holds the fingerprint of the password it disabled; any later change of the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,31 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
-from . import signals, userstate
+from . import sessions, signals, undo
 from .addresses import find_address
 from .journal import EventKind, Transaction, transaction
 from .mail import is_safe_recipient, send_mail
 from .timeutil import utcnow
-from .twofactor import password_hash_of
+from .users import ensure_state, fingerprint, raise_session_epoch, state_of
 
 if TYPE_CHECKING:
     from .context import Guard
     from .models import EmailAddress
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(guard: Guard, user: Any) -> str | None:
-    """A digest of the user's password hash (``None`` when the hash cannot be read).
-
-    Not keyed: it must survive a ``SECRET_KEY`` rotation, and it tells nothing the hash it
-    digests (stored beside it) does not.
-    """
-    stored = password_hash_of(guard, user)
-    if stored is None:
-        return None
-    text = f"flask-domainguard password v1\0{guard.user_id_of(user)}\0{stored}"
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _row(guard: Guard, via: EmailAddress | str | None) -> EmailAddress | None:
@@ -91,8 +77,8 @@ def record_change(
     """Record a new password inside ``tx``: epoch raised, fingerprint, reset, lock lifted."""
     user_id = guard.user_id_of(user)
     now = utcnow()
-    userstate.raise_epoch(guard, user_id)
-    state = userstate.ensure(guard, user_id)
+    raise_session_epoch(guard, user_id)
+    state = ensure_state(guard, user_id)
     state.password_fingerprint = fingerprint(guard, user)
     unlocked = state.password_locked_at is not None
     state.password_locked_at = None
@@ -122,9 +108,7 @@ def record_change(
 
 def after_change(guard: Guard, user: Any, change: Change) -> None:
     """What follows a committed change: the caller's session rebound, the notices mailed."""
-    from . import twofactor_gate, undo
-
-    twofactor_gate.rebind_session(guard, user)
+    sessions.rebind(guard, user)
     # The password is changed either way; a mail server outage must not undo or hide it.
     try:
         undo.send_notices(
@@ -178,7 +162,7 @@ def reset_mailed(guard: Guard, user: Any, row: EmailAddress) -> None:
     """Note that a reset link for ``user`` went to ``row``, with the password hash of now
     (and commit): a different hash at the next login means that link was used."""
     user_id = guard.user_id_of(user)
-    state = userstate.ensure(guard, user_id)
+    state = ensure_state(guard, user_id)
     state.reset_mailed_at = utcnow()
     state.reset_mailed_via = row.id
     # Only a first fingerprint: overwriting one would hide a change made since it was taken.
@@ -197,7 +181,7 @@ def notice_unannounced_change(guard: Guard, user: Any) -> bool:
     if current is None:
         return False
     user_id = guard.user_id_of(user)
-    state = userstate.get(guard, user_id)
+    state = state_of(guard, user_id)
     if state is not None and state.password_fingerprint == current:
         mailed = state.reset_mailed_at
         if mailed is not None and utcnow() - mailed > guard.settings.reset_within:
@@ -207,7 +191,7 @@ def notice_unannounced_change(guard: Guard, user: Any) -> bool:
         return False
     if state is None or state.password_fingerprint is None or state.reset_mailed_at is None:
         # First sight, or a new hash with no reset behind it (a hash upgraded at login).
-        userstate.ensure(guard, user_id).password_fingerprint = current
+        ensure_state(guard, user_id).password_fingerprint = current
         guard.db.session.commit()
         return False
     via = (
@@ -231,7 +215,7 @@ def is_locked(guard: Guard, user: Any) -> bool:
     A password changed since the lock (by a reset) is not the one it disabled. Without a
     readable password hash the lock holds until :func:`password_changed` lifts it.
     """
-    state = userstate.get(guard, guard.user_id_of(user))
+    state = state_of(guard, guard.user_id_of(user))
     if state is None or state.password_locked_at is None:
         return False
     current = fingerprint(guard, user)

@@ -218,7 +218,7 @@ def _held(guard: Guard, limit: int) -> Section:
 
 
 def _without_2fa(guard: Guard, limit: int) -> Section:
-    from .twofactor import active_users_without_2fa
+    from .twofactor.requirement import active_users_without_2fa
 
     users = active_users_without_2fa(guard)
     rows = [

@@ -51,6 +51,7 @@ from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
 from .mailguard import reset_mail_scope
 from .models import UserT
 from .ratelimit import RateLimiter
+from .users import password_hash_of
 from .verdict import Verdict
 
 if TYPE_CHECKING:
@@ -173,8 +174,6 @@ def safe_to_mail(guard: Guard, address: str) -> bool:
 
 
 def _password_hash(guard: Guard, user: Any) -> str:
-    from .twofactor import password_hash_of
-
     return password_hash_of(guard, user) or ""
 
 

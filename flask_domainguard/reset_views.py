@@ -18,8 +18,8 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from . import tokens
 from .context import Guard, current_guard
+from .redirects import wants_json
 from .reset import MAX_ADDRESS_LENGTH, complete_reset, read_reset_token, submit_reset_request
-from .twofactor_gate import wants_json
 from .views import bp, csrf_body, form_errors, json_answer
 
 #: The one answer to every valid reset request, for JSON clients.

@@ -2,7 +2,8 @@
 
 Flask's session is a signed cookie the server cannot take back, and Flask-Login's remember
 cookie holds nothing but the user id, so neither ends when the password changes. So every
-session the 2FA gate starts (:mod:`.twofactor_gate`) stores a *binding*: a keyed digest of
+session the login gate starts (:mod:`.twofactor.gate`) keeps a record under
+:data:`SESSION_KEY` holding a *binding* (``"sb"``), a keyed digest of
 the user id, the password hash and the user's session epoch
 (:attr:`~.models.UserState.session_epoch`). The gate computes it again on each request; once
 the password changed (by any flow, the host's own forms included) or the epoch was raised
@@ -21,16 +22,21 @@ from datetime import datetime, timedelta
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, request
+from flask import current_app, g, has_request_context, request, session
+from flask_login import current_user
 
-from . import tokens, userstate
-from .twofactor import password_hash_of
+from . import tokens
+from .timeutil import utcnow
+from .users import password_hash_of, session_epoch
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
     from .context import Guard
 
+#: The session's record: whose it is (``uid``), its binding (``sb``), and the 2FA step's
+#: state (see :mod:`.twofactor.gate`).
+SESSION_KEY = "_domainguard_2fa"
 #: The companion of Flask-Login's remember cookie.
 REMEMBER_COOKIE = "domainguard_remember"
 _PURPOSE = "session-binding"
@@ -42,7 +48,7 @@ _FLASK_LOGIN_DURATION = timedelta(days=365)
 def _text(guard: Guard, user: Any) -> str:
     user_id = guard.user_id_of(user)
     password = password_hash_of(guard, user) or ""
-    return f"{user_id}\0{password}\0{userstate.epoch(guard, user_id)}"
+    return f"{user_id}\0{password}\0{session_epoch(guard, user_id)}"
 
 
 def binding(guard: Guard, user: Any) -> str:
@@ -56,6 +62,32 @@ def matches(guard: Guard, user: Any, given: object) -> bool:
     Checked under ``SECRET_KEY`` and its fallbacks, so rotating the key ends no session.
     """
     return tokens.bound_to(_PURPOSE, _text(guard, user), given)
+
+
+def record() -> dict[str, Any] | None:
+    """The current session's record, or ``None`` when it has none (or a malformed one)."""
+    value = session.get(SESSION_KEY)
+    return value if isinstance(value, dict) else None
+
+
+def rebind(guard: Guard, user: Any) -> None:
+    """Give the current session ``user``'s new binding, when it is ``user``'s own session.
+
+    Called after the user changed their own password (:func:`.passwords.password_changed`), so
+    the session that made the change goes on while every other one ends.
+    """
+    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
+        return
+    me = current_user._get_current_object()
+    if not getattr(me, "is_authenticated", False) or g.get("_domainguard_request_user"):
+        return
+    if guard.user_id_of(me) != guard.user_id_of(user):
+        return
+    state = record()
+    if state is None or state.get("uid") != str(guard.user_id_of(user)):
+        return
+    session[SESSION_KEY] = {**state, "sb": binding(guard, user)}
+    g._domainguard_rebind_remember = True
 
 
 # -- the companion of the remember cookie ------------------------------------------------------
@@ -104,8 +136,6 @@ def _set_companion(response: BaseResponse, value: str, expires: datetime | str |
         duration = config.get("REMEMBER_COOKIE_DURATION", _FLASK_LOGIN_DURATION)
         if not isinstance(duration, timedelta):
             duration = timedelta(seconds=int(duration))
-        from .timeutil import utcnow
-
         expires = utcnow() + duration
     response.set_cookie(
         REMEMBER_COOKIE,

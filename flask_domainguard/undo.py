@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import current_app
 
-from . import signals, tokens, userstate
+from . import signals, tokens
 from .addresses import unverify
 from .journal import EventKind, transaction
 from .links import external_link
 from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
 from .models import UnverifyReason
-from .passwords import fingerprint
 from .timeutil import utcnow
+from .users import ensure_state, fingerprint, raise_session_epoch, state_of
 
 if TYPE_CHECKING:
     from .context import Guard
@@ -118,7 +118,7 @@ def notify_enrolment_after_reset(guard: Guard, user_id: Any) -> bool:
 
     :returns: whether the enrolment followed a reset (the notices were the enrolment's).
     """
-    state = userstate.get(guard, user_id)
+    state = state_of(guard, user_id)
     if state is None or state.password_reset_at is None:
         return False
     reset_at = state.password_reset_at
@@ -236,8 +236,8 @@ def lock_back(guard: Guard, token: str) -> LockBack:
     with transaction(guard.db, guard.models) as tx:
         if not tokens.consume(guard, grant.token):
             raise tokens.TokenError("This link was already used.")
-        userstate.raise_epoch(guard, user_id)
-        state = userstate.ensure(guard, user_id)
+        raise_session_epoch(guard, user_id)
+        state = ensure_state(guard, user_id)
         state.password_locked_at = utcnow()
         state.password_fingerprint = fingerprint(guard, grant.user)
         removed, codes = _remove_twofactor_since(guard, user_id, grant.changed_at)

@@ -17,7 +17,7 @@ from wtforms import SubmitField
 
 from . import tokens
 from .context import Guard, current_guard
-from .twofactor_gate import wants_json
+from .redirects import wants_json
 from .undo import lock_back, read_undo_token
 from .views import bp, csrf_body, form_errors, json_answer
 

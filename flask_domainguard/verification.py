@@ -44,6 +44,8 @@ from .mailguard import verification_mail_scope
 from .models import DOMAIN_REASONS, UnverifyReason
 from .ratelimit import RateLimiter
 from .timeutil import utcnow
+from .twofactor.devices import twofactor_enabled
+from .twofactor.fresh import freshness
 from .verdict import VerdictKind
 
 if TYPE_CHECKING:
@@ -127,16 +129,14 @@ def has_fresh_second_factor(guard: Guard, user: Any) -> bool:
     """Whether ``user`` passed the 2FA step recently, or has no second factor at all.
 
     ``guard.has_fresh_second_factor(user)`` wins when a host or a later version defines it.
-    Otherwise the 2FA gate's session record decides (:func:`.twofactor_gate.freshness`,
+    Otherwise the 2FA gate's session record decides (:func:`.twofactor.fresh.freshness`,
     within ``DOMAINGUARD_2FA_FRESH_WITHIN``), which only speaks for the logged-in user: for
     anyone else, or outside a request, a user with 2FA counts as not fresh (fail closed).
     """
     checker = getattr(guard, "has_fresh_second_factor", None)
     if callable(checker):
         return bool(checker(user))
-    from . import twofactor, twofactor_gate
-
-    if not twofactor.twofactor_enabled(guard, user):
+    if not twofactor_enabled(guard, user):
         return True
     if not has_request_context() or getattr(current_app, "login_manager", None) is None:
         return False
@@ -145,7 +145,7 @@ def has_fresh_second_factor(guard: Guard, user: Any) -> bool:
         return False
     if guard.user_id_of(me) != guard.user_id_of(user):
         return False
-    return twofactor_gate.freshness()[1]
+    return freshness()[1]
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -318,17 +318,15 @@ def _owner_refusal(guard: Guard, row: EmailAddress, user: Any) -> VerificationRe
             code="login_required",
         )
     checker = getattr(guard, "has_fresh_second_factor", None)
-    if not callable(checker):  # a host with its own 2FA decides through its checker alone
-        from . import twofactor
-
-        if not twofactor.twofactor_enabled(guard, user):
-            # Whoever holds the mailbox now may hold the password too (a reset got
-            # through): only a second factor tells the owner apart.
-            return VerificationRefused(
-                "Set up two-factor authentication for your account first, then open the "
-                "link again to verify this address.",
-                code="twofactor_required",
-            )
+    # A host with its own 2FA decides through its checker alone. Otherwise: whoever holds the
+    # mailbox now may hold the password too (a reset got through), and only a second factor
+    # tells the owner apart.
+    if not callable(checker) and not twofactor_enabled(guard, user):
+        return VerificationRefused(
+            "Set up two-factor authentication for your account first, then open the "
+            "link again to verify this address.",
+            code="twofactor_required",
+        )
     if not has_fresh_second_factor(guard, user):
         return VerificationRefused(
             "Confirm your second factor again, then open the link once more.",

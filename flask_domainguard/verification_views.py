@@ -22,7 +22,7 @@ from wtforms.validators import DataRequired
 from . import tokens
 from .addresses import AddressError
 from .context import current_guard
-from .twofactor_gate import wants_json
+from .redirects import wants_json
 from .verification import (
     VerificationError,
     address_state,

@@ -2,7 +2,7 @@
 and the pages of the verification, reset and 2FA flows.
 
 The reset and verification endpoints answer JSON to clients that prefer it (the 2FA gate's
-rule, :func:`.twofactor_gate.wants_json`), for hosts whose front end is a JavaScript app
+rule, :func:`.redirects.wants_json`), for hosts whose front end is a JavaScript app
 (see ``DOMAINGUARD_RESET_URL`` / ``DOMAINGUARD_VERIFY_URL``): a ``GET`` gives the
 ``csrf_token`` to send back in the JSON body of the ``POST``.
 """
@@ -46,10 +46,10 @@ def register_views(app: Flask, settings: Settings) -> None:
         return
     from . import (  # noqa: F401  (importing them adds their routes to bp)
         reset_views,  # password reset pages
-        twofactor_views,  # 2FA pages
         undo_views,  # "this wasn't me" pages
         verification_views,  # address verification pages
     )
+    from .twofactor import views as twofactor_views  # noqa: F401  (2FA pages)
 
     app.register_blueprint(bp, url_prefix=settings.url_prefix)
 

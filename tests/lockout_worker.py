@@ -15,7 +15,7 @@ from pathlib import Path
 
 from freezegun import freeze_time
 
-from flask_domainguard import twofactor
+from flask_domainguard.twofactor import verify
 from tests.twofactor_helpers import SiteUser, code_at, create_site, site_config, site_db, site_guard
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
                 code = code_at(secret)
                 if attempt == "wrong":
                     code = f"{(int(code) + 1) % 1_000_000:06d}"
-                result = twofactor.verify_totp(site_guard, user, code, client=client)
+                result = verify.verify_totp(site_guard, user, code, client=client)
                 retry = result.retry_after.total_seconds() if result.retry_after else None
                 print(json.dumps({"outcome": result.outcome.value, "retry_after": retry}))
         with app.app_context():

@@ -16,7 +16,7 @@ from tests.guard_helpers import OK, add, csrf_of, write_status
 from tests.test_reset_enumeration import install_host_view
 
 ADDRESS = "ana@safe-shop.com"
-VIEW_MODULES = ("reset_views", "twofactor_views", "undo_views", "verification_views")
+VIEW_MODULES = ("reset_views", "twofactor.views", "undo_views", "verification_views")
 
 
 def _setup(app: Flask, guard: Any, make_user: Any) -> Any:

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard import twofactor
 from flask_domainguard.journal import EventKind
-from flask_domainguard.twofactor import Outcome
+from flask_domainguard.twofactor import verify
+from flask_domainguard.twofactor.attempts import Outcome
 from tests.twofactor_helpers import (
     add_site_user,
     code_at,
@@ -35,7 +35,7 @@ WRONG = "000000"
 
 
 def guess(guard: Any, user: Any, n: int, *, client: str | None = CLIENT) -> list[Any]:
-    return [twofactor.verify_totp(guard, user, WRONG, client=client) for _ in range(n)]
+    return [verify.verify_totp(guard, user, WRONG, client=client) for _ in range(n)]
 
 
 def test_no_doubled_burst_at_a_window_edge(guard: Any, make_user: Any) -> None:
@@ -75,7 +75,7 @@ def test_lockouts_escalate_cap_and_are_forgotten_after_a_quiet_day(
         with freeze_time(when):
             *_, last = guess(guard, user, 5, client=None)
             assert last.retry_after == lockout
-            assert twofactor.verify_totp(guard, user, code_at(secret), client=None).outcome is (
+            assert verify.verify_totp(guard, user, code_at(secret), client=None).outcome is (
                 Outcome.LOCKED
             )
         when += lockout + timedelta(seconds=1)
@@ -94,7 +94,7 @@ def test_a_success_restarts_the_attempts_not_the_escalation(guard: Any, make_use
         guess(guard, user, 5, client=None)
     when += timedelta(minutes=6)
     with freeze_time(when):
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=None).ok
+        assert verify.verify_totp(guard, user, code_at(secret), client=None).ok
         *_, last = guess(guard, user, 5, client=None)
         assert last.retry_after == timedelta(minutes=30)
 

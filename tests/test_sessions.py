@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_domainguard import sessions, userstate
+from flask_domainguard import sessions, users
 from flask_domainguard.journal import transaction
 from tests.twofactor_helpers import (
     PROTECTED,
@@ -149,7 +149,7 @@ def test_raising_the_epoch_ends_sessions_without_a_password_change(site: Flask) 
     client = site.test_client()
     site_login_as(client, remember=True)
     with site.app_context(), transaction(site_db, site_guard.models):
-        userstate.raise_epoch(site_guard, 1)
+        users.raise_session_epoch(site_guard, 1)
     assert not logged_in(client)
     client.delete_cookie("session")
     assert not logged_in(client)

@@ -1,4 +1,4 @@
-"""TOTP, secrets at rest, recovery codes, the enrolment rule, the admin reset: twofactor.py."""
+"""TOTP, secrets at rest, recovery codes, the enrolment rule, the admin reset (twofactor/)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from cryptography.fernet import Fernet
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard import ConfigError, signals, twofactor
+from flask_domainguard import ConfigError, signals
 from flask_domainguard.journal import EventKind
-from flask_domainguard.twofactor import Outcome, RequirementState
+from flask_domainguard.twofactor import crypto, devices, requirement, verify
+from flask_domainguard.twofactor.attempts import Outcome
+from flask_domainguard.twofactor.requirement import RequirementState
 from tests import hostapp
 from tests.conftest import SMTPSink, use_smtp
 from tests.twofactor_helpers import RFC_SECRET, code_at, enrol
@@ -62,9 +64,9 @@ def test_rfc6238_vectors_eight_digits(unix: int, code: str) -> None:
     assert pyotp.TOTP(RFC_SECRET, digits=8).at(unix) == code
     with freeze_time(at(unix)):
         now = datetime.now(timezone.utc)
-        assert twofactor.matching_step(RFC_SECRET, code, now=now, digits=8) == unix // 30
+        assert crypto.matching_step(RFC_SECRET, code, now=now, digits=8) == unix // 30
         wrong = f"{(int(code) + 1) % 10**8:08d}"
-        assert twofactor.matching_step(RFC_SECRET, wrong, now=now, digits=8) is None
+        assert crypto.matching_step(RFC_SECRET, wrong, now=now, digits=8) is None
 
 
 @pytest.mark.parametrize(("unix", "code"), RFC_VECTORS)
@@ -75,10 +77,10 @@ def test_rfc6238_vectors_through_the_production_verify_path(
     user = make_user()
     with freeze_time(at(unix)):
         enrol(guard, user, RFC_SECRET)
-        result = twofactor.verify_totp(guard, user, code[-6:], client=CLIENT)
+        result = verify.verify_totp(guard, user, code[-6:], client=CLIENT)
         assert result.outcome is Outcome.OK
         assert device_of(guard, user).last_used_step == unix // 30
-        again = twofactor.verify_totp(guard, user, code[-6:], client=CLIENT)
+        again = verify.verify_totp(guard, user, code[-6:], client=CLIENT)
         assert again.outcome is Outcome.REPLAY
 
 
@@ -88,45 +90,45 @@ def test_window_edges_one_step_either_side_and_not_two(guard: Any, make_user: An
     now = datetime(2025, 1, 10, 12, 0, 15, tzinfo=timezone.utc)
     with freeze_time(now):
         for offset in (-2, 2):
-            result = twofactor.verify_totp(guard, user, code_at(secret, offset=offset), client=None)
+            result = verify.verify_totp(guard, user, code_at(secret, offset=offset), client=None)
             assert result.outcome is Outcome.WRONG, offset
         for offset in (-1, 0, 1):  # ascending: each accepted step is later than the last
-            result = twofactor.verify_totp(guard, user, code_at(secret, offset=offset), client=None)
+            result = verify.verify_totp(guard, user, code_at(secret, offset=offset), client=None)
             assert result.ok, offset
 
 
 def test_edge_of_a_step_in_real_seconds() -> None:
-    secret = twofactor.new_secret()
+    secret = crypto.new_secret()
     start = datetime(2025, 1, 10, 12, 0, 0, tzinfo=timezone.utc)  # a step boundary
     code = code_at(secret, start)
-    assert twofactor.matching_step(secret, code, now=start + timedelta(seconds=59)) is not None
-    assert twofactor.matching_step(secret, code, now=start + timedelta(seconds=60)) is None
-    assert twofactor.matching_step(secret, code, now=start - timedelta(seconds=30)) is not None
-    assert twofactor.matching_step(secret, code, now=start - timedelta(seconds=31)) is None
+    assert crypto.matching_step(secret, code, now=start + timedelta(seconds=59)) is not None
+    assert crypto.matching_step(secret, code, now=start + timedelta(seconds=60)) is None
+    assert crypto.matching_step(secret, code, now=start - timedelta(seconds=30)) is not None
+    assert crypto.matching_step(secret, code, now=start - timedelta(seconds=31)) is None
 
 
 def test_replay_and_older_steps_are_refused(guard: Any, make_user: Any) -> None:
     user = make_user()
     secret, _ = enrol(guard, user)
     with freeze_time(datetime(2025, 1, 10, 12, 0, 15, tzinfo=timezone.utc)):
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=None).ok
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=None).outcome is (
+        assert verify.verify_totp(guard, user, code_at(secret), client=None).ok
+        assert verify.verify_totp(guard, user, code_at(secret), client=None).outcome is (
             Outcome.REPLAY
         )
         # A code of the step before is within the window but older than the one just used.
-        older = twofactor.verify_totp(guard, user, code_at(secret, offset=-1), client=None)
+        older = verify.verify_totp(guard, user, code_at(secret, offset=-1), client=None)
         assert older.outcome is Outcome.REPLAY
     with freeze_time(datetime(2025, 1, 10, 12, 0, 45, tzinfo=timezone.utc)):
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=None).ok
+        assert verify.verify_totp(guard, user, code_at(secret), client=None).ok
     (failure, *_) = events(EventKind.TWOFACTOR_FAILED)
     assert failure.details == {"method": "totp", "reason": "replay", "purpose": "login"}
 
 
 def test_codes_with_spaces_are_read_and_garbage_is_not() -> None:
-    secret = twofactor.new_secret()
+    secret = crypto.new_secret()
     now = datetime(2025, 1, 1, tzinfo=timezone.utc)
     code = code_at(secret, now)
-    assert twofactor.matching_step(secret, f" {code[:3]} {code[3:]} ", now=now) is not None
+    assert crypto.matching_step(secret, f" {code[:3]} {code[3:]} ", now=now) is not None
     for bad in (
         "",
         "12345",
@@ -135,7 +137,7 @@ def test_codes_with_spaces_are_read_and_garbage_is_not() -> None:
         "\uff11\uff12\uff13\uff14\uff15\uff16",
         code + "0",
     ):
-        assert twofactor.matching_step(secret, bad, now=now) is None
+        assert crypto.matching_step(secret, bad, now=now) is None
 
 
 def test_concurrent_use_of_one_code_lets_one_request_in(
@@ -153,9 +155,7 @@ def test_concurrent_use_of_one_code_lets_one_request_in(
     def attempt() -> None:
         with app.app_context():
             barrier.wait()
-            results.append(
-                twofactor.verify_totp(guard, user_id, code_at(secret), client=None).outcome
-            )
+            results.append(verify.verify_totp(guard, user_id, code_at(secret), client=None).outcome)
 
     # freezegun patches the clock for every thread, but is entered once: it is not thread-safe.
     with freeze_time(frozen):
@@ -171,14 +171,14 @@ def test_concurrent_use_of_one_code_lets_one_request_in(
 
 
 def test_secret_is_random_160_bits_and_stored_encrypted(guard: Any, make_user: Any) -> None:
-    secrets = {twofactor.new_secret() for _ in range(50)}
+    secrets = {crypto.new_secret() for _ in range(50)}
     assert len(secrets) == 50
     assert all(len(s) == 32 and len(base64.b32decode(s)) == 20 for s in secrets)
     user = make_user()
     secret, _ = enrol(guard, user)
     stored = device_of(guard, user).secret_encrypted
     assert secret not in stored
-    derived = twofactor.derived_fernet_key("test-secret-key-not-for-production")
+    derived = crypto.derived_fernet_key("test-secret-key-not-for-production")
     assert Fernet(derived).decrypt(stored.encode()).decode() == secret
 
 
@@ -199,13 +199,13 @@ def test_key_rotation_keeps_old_secrets_readable_and_reseals_them(
     rotated = _app_with(app_config, DOMAINGUARD_TOTP_KEYS=[new, old])
     with rotated.app_context(), freeze_time(datetime(2025, 3, 3, tzinfo=timezone.utc)):
         guard = hostapp.guard
-        assert twofactor.verify_totp(guard, user_id, code_at(secret), client=None).ok
+        assert verify.verify_totp(guard, user_id, code_at(secret), client=None).ok
         sealed_new = hostapp.db.session.scalar(sa.select(guard.models.TOTPDevice.secret_encrypted))
         assert sealed_new != sealed_old
         assert Fernet(new).decrypt(sealed_new.encode()).decode() == secret
     only_new = _app_with(app_config, DOMAINGUARD_TOTP_KEYS=[new])
     with only_new.app_context(), freeze_time(datetime(2025, 3, 3, 0, 1, tzinfo=timezone.utc)):
-        assert twofactor.verify_totp(hostapp.guard, user_id, code_at(secret), client=None).ok
+        assert verify.verify_totp(hostapp.guard, user_id, code_at(secret), client=None).ok
 
 
 def test_rotate_keys_command_reseals_every_secret(
@@ -239,9 +239,9 @@ def test_changed_secret_key_makes_secrets_unreadable_but_recovery_codes_work(
         secret, codes = enrol(hostapp.guard, user)
     moved = _app_with(app_config, SECRET_KEY="a-new-secret-key")
     with moved.app_context():
-        result = twofactor.verify_totp(hostapp.guard, user_id, code_at(secret), client=None)
+        result = verify.verify_totp(hostapp.guard, user_id, code_at(secret), client=None)
         assert result.outcome is Outcome.UNREADABLE
-        assert twofactor.use_recovery_code(hostapp.guard, user_id, codes[0], client=None).ok
+        assert verify.use_recovery_code(hostapp.guard, user_id, codes[0], client=None).ok
 
 
 def test_bad_totp_key_is_a_config_error_at_start_up(app_config: dict[str, Any]) -> None:
@@ -255,30 +255,30 @@ def test_bad_totp_key_is_a_config_error_at_start_up(app_config: dict[str, Any]) 
 def test_enrolment_needs_a_valid_code_before_2fa_is_on(guard: Any, make_user: Any) -> None:
     user = make_user()
     guard.add_address(user, "ada@example.com", verified=True)
-    enrolment = twofactor.start_enrolment(guard, user)
+    enrolment = devices.start_enrolment(guard, user)
     assert enrolment.uri.startswith("otpauth://totp/hostapp:ada%40example.com?secret=")
     assert "issuer=hostapp" in enrolment.uri
     assert enrolment.qr_svg.startswith("<svg") and "<title>" in enrolment.qr_svg
     # Scalable, never cropped: a viewBox covering the whole code, no fixed pixel size.
     head = enrolment.qr_svg[: enrolment.qr_svg.index(">")]
     assert 'viewBox="0 0 ' in head and "width=" not in head
-    assert twofactor.start_enrolment(guard, user).secret == enrolment.secret, "reload keeps it"
+    assert devices.start_enrolment(guard, user).secret == enrolment.secret, "reload keeps it"
     assert not guard.twofactor_enabled(user)
     with freeze_time(datetime(2025, 4, 4, tzinfo=timezone.utc)):
-        wrong = twofactor.confirm_enrolment(guard, user, "000000", client=None)
+        wrong = verify.confirm_enrolment(guard, user, "000000", client=None)
         assert not wrong.ok and not guard.twofactor_enabled(user)
-        good = twofactor.confirm_enrolment(guard, user, code_at(enrolment.secret), client=None)
+        good = verify.confirm_enrolment(guard, user, code_at(enrolment.secret), client=None)
     assert good.ok and guard.twofactor_enabled(user)
     assert len(good.recovery_codes) == 10
     (event,) = events(EventKind.TWOFACTOR_ENROLLED)
     assert event.user_id == user.id and event.details["recovery_codes"] == 10
     with pytest.raises(ValueError, match="already on"):
-        twofactor.start_enrolment(guard, user)
+        devices.start_enrolment(guard, user)
 
 
 @pytest.mark.settings(DOMAINGUARD_TOTP_ISSUER="Example Shop")
 def test_issuer_comes_from_config(guard: Any, make_user: Any) -> None:
-    enrolment = twofactor.start_enrolment(guard, make_user(email="x@example.org"))
+    enrolment = devices.start_enrolment(guard, make_user(email="x@example.org"))
     assert "issuer=Example%20Shop" in enrolment.uri
 
 
@@ -294,11 +294,11 @@ def test_recovery_codes_are_hashed_single_use_and_forgiving_to_type(
     stored = set(hostapp.db.session.scalars(sa.select(guard.models.RecoveryCode.code_hash)))
     assert not any(code.replace("-", "") in digest for code in codes for digest in stored)
     typed = codes[3].upper().replace("-", " ").replace("0", "O")
-    first = twofactor.use_recovery_code(guard, user, typed, client=None)
+    first = verify.use_recovery_code(guard, user, typed, client=None)
     assert first.ok and first.remaining_recovery_codes == 9
-    again = twofactor.use_recovery_code(guard, user, codes[3], client=None)
+    again = verify.use_recovery_code(guard, user, codes[3], client=None)
     assert again.outcome is Outcome.WRONG
-    assert twofactor.remaining_recovery_codes(guard, user) == 9
+    assert devices.remaining_recovery_codes(guard, user) == 9
     (used,) = events(EventKind.RECOVERY_CODE_USED)
     assert used.details == {"remaining": 9}
 
@@ -307,7 +307,7 @@ def test_a_code_of_another_user_does_not_work(guard: Any, make_user: Any) -> Non
     alice, bob = make_user(), make_user()
     _, alice_codes = enrol(guard, alice)
     enrol(guard, bob)
-    assert twofactor.use_recovery_code(guard, bob, alice_codes[0], client=None).outcome is (
+    assert verify.use_recovery_code(guard, bob, alice_codes[0], client=None).outcome is (
         Outcome.WRONG
     )
 
@@ -324,7 +324,7 @@ def test_one_recovery_code_used_concurrently_wins_once(
     def attempt(client: str) -> None:
         with app.app_context():
             barrier.wait()
-            results.append(twofactor.use_recovery_code(guard, user_id, codes[0], client=client).ok)
+            results.append(verify.use_recovery_code(guard, user_id, codes[0], client=client).ok)
 
     threads = [threading.Thread(target=attempt, args=(f"192.0.2.{i}",)) for i in range(6)]
     for thread in threads:
@@ -341,10 +341,10 @@ def test_one_recovery_code_used_concurrently_wins_once(
 def test_regenerating_invalidates_the_old_set(guard: Any, make_user: Any) -> None:
     user = make_user()
     _, old = enrol(guard, user)
-    new = twofactor.regenerate_recovery_codes(guard, user)
+    new = devices.regenerate_recovery_codes(guard, user)
     assert set(new).isdisjoint(old)
-    assert not twofactor.use_recovery_code(guard, user, old[0], client=None).ok
-    assert twofactor.use_recovery_code(guard, user, new[0], client=None).ok
+    assert not verify.use_recovery_code(guard, user, old[0], client=None).ok
+    assert verify.use_recovery_code(guard, user, new[0], client=None).ok
     assert len(events(EventKind.RECOVERY_CODES_REGENERATED)) == 1
 
 
@@ -375,7 +375,7 @@ def test_using_a_recovery_code_mails_the_safe_verified_addresses(
     domain.verdict = "released"
     hostapp.db.session.commit()
     _, codes = enrol(guard, user)
-    assert twofactor.use_recovery_code(guard, user, codes[0], client=None).ok
+    assert verify.use_recovery_code(guard, user, codes[0], client=None).ok
     assert sorted(smtp_sink.recipients()) == ["main@example.com", "second@example.org"]
     (message,) = smtp_sink.messages
     assert "recovery code was used" in message["Subject"]
@@ -395,13 +395,13 @@ def test_failures_lock_out_with_a_journal_row_and_a_signal(guard: Any, make_user
     receiver = signals.twofactor_locked_out.connected_to(lambda app, **kw: locked_out.append(kw))
     with receiver, freeze_time(start):
         for i in range(5):
-            result = twofactor.verify_totp(guard, user, "000000", client=CLIENT)
+            result = verify.verify_totp(guard, user, "000000", client=CLIENT)
             assert result.outcome is Outcome.WRONG
             assert (result.retry_after is not None) == (i == 4)
-        blocked = twofactor.verify_totp(guard, user, code_at(secret), client=CLIENT)
+        blocked = verify.verify_totp(guard, user, code_at(secret), client=CLIENT)
         assert blocked.outcome is Outcome.LOCKED
         assert blocked.retry_after == timedelta(minutes=5)
-        assert twofactor.use_recovery_code(guard, user, "x", client="198.51.100.1").outcome is (
+        assert verify.use_recovery_code(guard, user, "x", client="198.51.100.1").outcome is (
             Outcome.LOCKED
         ), "the user's own budget is spent whatever the address"
     # The client (five failures) and the user (five attempts) are each locked out once.
@@ -411,7 +411,7 @@ def test_failures_lock_out_with_a_journal_row_and_a_signal(guard: Any, make_user
         {"user_id": user.id, "address": None, "scope": "user", **lockout},
     ]
     with freeze_time(start + timedelta(minutes=5)):
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=CLIENT).ok
+        assert verify.verify_totp(guard, user, code_at(secret), client=CLIENT).ok
 
 
 def test_a_success_gives_the_user_budget_back(guard: Any, make_user: Any) -> None:
@@ -419,12 +419,10 @@ def test_a_success_gives_the_user_budget_back(guard: Any, make_user: Any) -> Non
     secret, _ = enrol(guard, user)
     with freeze_time(datetime(2025, 5, 6, 5, 0, 1, tzinfo=timezone.utc)):
         for _ in range(4):
-            twofactor.verify_totp(guard, user, "000000", client=None)
-        assert twofactor.verify_totp(guard, user, code_at(secret), client=None).ok
+            verify.verify_totp(guard, user, "000000", client=None)
+        assert verify.verify_totp(guard, user, code_at(secret), client=None).ok
         for _ in range(4):
-            assert twofactor.verify_totp(guard, user, "000000", client=None).outcome is (
-                Outcome.WRONG
-            )
+            assert verify.verify_totp(guard, user, "000000", client=None).outcome is (Outcome.WRONG)
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -459,7 +457,7 @@ def test_password_check_without_a_hash_says_how_to_fix_it(guard: Any, make_user:
 
 def _login_at(guard: Any, user: Any, when: datetime) -> None:
     with freeze_time(when):
-        twofactor.record_login(guard, user)
+        requirement.record_login(guard, user)
 
 
 @pytest.mark.settings(DOMAINGUARD_2FA_REQUIRED_SINCE=date(2024, 1, 1))
@@ -468,14 +466,14 @@ def test_required_since_boundary(guard: Any, make_user: Any) -> None:
     _login_at(guard, before, datetime(2023, 12, 31, 23, 59, 59, tzinfo=timezone.utc))
     _login_at(guard, on, datetime(2024, 1, 1, 0, 0, 0, tzinfo=timezone.utc))
     with freeze_time(datetime(2024, 1, 2, tzinfo=timezone.utc)):
-        assert twofactor.requirement(guard, before).state is RequirementState.NOT_REQUIRED
-        assert twofactor.requirement(guard, on).state is RequirementState.REQUIRED
+        assert requirement.requirement(guard, before).state is RequirementState.NOT_REQUIRED
+        assert requirement.requirement(guard, on).state is RequirementState.REQUIRED
         never = make_user()
-        assert twofactor.requirement(guard, never).state is RequirementState.NOT_REQUIRED
+        assert requirement.requirement(guard, never).state is RequirementState.NOT_REQUIRED
     # The user who logged in before the date must enrol once they log in again.
     _login_at(guard, before, datetime(2024, 1, 3, tzinfo=timezone.utc))
     with freeze_time(datetime(2024, 1, 3, tzinfo=timezone.utc)):
-        assert twofactor.requirement(guard, before).must_enrol_now
+        assert requirement.requirement(guard, before).must_enrol_now
 
 
 @pytest.mark.settings(DOMAINGUARD_2FA_REQUIRED_SINCE="2024-01-01", DOMAINGUARD_2FA_GRACE_DAYS=14)
@@ -490,14 +488,14 @@ def test_grace_window_counts_from_the_first_time_the_user_is_told(
         assert guard.twofactor_requirement(user).state is RequirementState.GRACE
         state = hostapp.db.session.get(guard.models.UserState, user.id)
         assert state.twofactor_required_from is None, "a report does not count as telling"
-        first = twofactor.requirement(guard, user)
+        first = requirement.requirement(guard, user)
     assert first.state is RequirementState.GRACE and first.deadline == told + timedelta(days=14)
     # Later logins and checks do not move the deadline.
     _login_at(guard, user, told + timedelta(days=5))
     with freeze_time(told + timedelta(days=14) - timedelta(seconds=1)):
-        assert twofactor.requirement(guard, user).state is RequirementState.GRACE
+        assert requirement.requirement(guard, user).state is RequirementState.GRACE
     with freeze_time(told + timedelta(days=14)):
-        required = twofactor.requirement(guard, user)
+        required = requirement.requirement(guard, user)
         assert required.must_enrol_now and required.deadline == told + timedelta(days=14)
 
 
@@ -518,8 +516,8 @@ def test_exempt_users_and_the_report_of_users_without_2fa(guard: Any, make_user:
         _login_at(guard, user, datetime(2024, 2, 1, tzinfo=timezone.utc))
     enrol(guard, enrolled)
     with freeze_time(datetime(2024, 2, 2, tzinfo=timezone.utc)):
-        assert twofactor.requirement(guard, bot).state is RequirementState.EXEMPT
-        assert twofactor.requirement(guard, enrolled).state is RequirementState.ENROLLED
+        assert requirement.requirement(guard, bot).state is RequirementState.EXEMPT
+        assert requirement.requirement(guard, enrolled).state is RequirementState.ENROLLED
         report = guard.active_users_without_2fa()
     assert [row.user_id for row in report] == [active.id]
     assert report[0].last_login_at == datetime(2024, 2, 1, tzinfo=timezone.utc)
@@ -528,8 +526,8 @@ def test_exempt_users_and_the_report_of_users_without_2fa(guard: Any, make_user:
 @pytest.mark.settings(DOMAINGUARD_2FA_REQUIRED_SINCE=None)
 def test_the_rule_can_be_off(guard: Any, make_user: Any) -> None:
     user = make_user()
-    twofactor.record_login(guard, user)
-    assert twofactor.requirement(guard, user).state is RequirementState.NOT_REQUIRED
+    requirement.record_login(guard, user)
+    assert requirement.requirement(guard, user).state is RequirementState.NOT_REQUIRED
     assert guard.active_users_without_2fa() == []
 
 
@@ -539,10 +537,10 @@ def test_the_rule_can_be_off(guard: Any, make_user: Any) -> None:
 def test_disable_removes_device_and_codes_and_journals(guard: Any, make_user: Any) -> None:
     user = make_user()
     enrol(guard, user)
-    assert twofactor.disable(guard, user)
+    assert devices.disable(guard, user)
     assert not guard.twofactor_enabled(user)
-    assert twofactor.remaining_recovery_codes(guard, user) == 0
-    assert not twofactor.disable(guard, user)
+    assert devices.remaining_recovery_codes(guard, user) == 0
+    assert not devices.disable(guard, user)
     assert len(events(EventKind.TWOFACTOR_DISABLED)) == 1
 
 

@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard import twofactor
 from flask_domainguard.journal import EventKind
-from flask_domainguard.twofactor_gate import TRUST_COOKIE, safe_next
+from flask_domainguard.redirects import safe_next
+from flask_domainguard.twofactor import crypto
+from flask_domainguard.twofactor.trust import TRUST_COOKIE
 from tests.twofactor_helpers import (
     PROTECTED,
     SiteUser,
@@ -249,8 +250,8 @@ def test_trusted_device_dies_when_the_totp_secret_changes(site: Flask) -> None:
     pass_second_factor(client, secret, trust=True)
     with site.app_context():
         device = site_db.session.scalar(sa.select(site_guard.models.TOTPDevice))
-        box = twofactor.SecretBox.for_settings(site_guard.settings)
-        device.secret_encrypted = box.seal(twofactor.new_secret())
+        box = crypto.SecretBox.for_settings(site_guard.settings)
+        device.secret_encrypted = box.seal(crypto.new_secret())
         site_db.session.commit()
     client.delete_cookie("session")
     assert client.get("/account").location.startswith(VERIFY)

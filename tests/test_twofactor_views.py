@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard import twofactor
 from flask_domainguard.journal import EventKind
+from flask_domainguard.twofactor import verify
 from tests.conftest import SMTPSink, use_smtp
 from tests.twofactor_helpers import (
     PROTECTED,
@@ -217,8 +217,8 @@ def test_regenerating_codes_needs_a_fresh_confirmation_and_kills_the_old_set(sit
     assert len(new_codes) == 10 and set(new_codes).isdisjoint(old_codes)
     assert "previous codes no longer work" in done.get_data(as_text=True)
     with site.app_context():
-        assert not twofactor.use_recovery_code(site_guard, 1, old_codes[0], client=None).ok
-        assert twofactor.use_recovery_code(site_guard, 1, new_codes[0], client=None).ok
+        assert not verify.use_recovery_code(site_guard, 1, old_codes[0], client=None).ok
+        assert verify.use_recovery_code(site_guard, 1, new_codes[0], client=None).ok
     assert EventKind.RECOVERY_CODES_REGENERATED.value in kinds(site)
 
 

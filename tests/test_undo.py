@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from flask import Flask
 from freezegun import freeze_time
 
-from flask_domainguard import signals, twofactor
+from flask_domainguard import signals
 from flask_domainguard.journal import EventKind
 from flask_domainguard.reset import process_reset_request
+from flask_domainguard.twofactor import devices, verify
 from tests.guard_helpers import link_in
 from tests.twofactor_helpers import (
     PROTECTED,
@@ -111,8 +112,8 @@ def attacker_takes_over(site: Flask, outbox: list[Any]) -> tuple[Any, str]:
     assert is_logged_in(attacker)
     with site.app_context():
         user = site_db.session.get(SiteUser, 1)
-        enrolment = twofactor.start_enrolment(site_guard, user)
-        assert twofactor.confirm_enrolment(
+        enrolment = devices.start_enrolment(site_guard, user)
+        assert verify.confirm_enrolment(
             site_guard, user, code_at(enrolment.secret), client="203.0.113.9"
         ).ok
     return attacker, enrolment.secret
@@ -161,8 +162,8 @@ def test_the_whole_lock_back(site: Flask, outbox: list[Any]) -> None:
     assert not is_logged_in(attacker)
     # ...and so are their authenticator and recovery codes...
     with site.app_context():
-        assert not twofactor.twofactor_enabled(site_guard, 1)
-        assert twofactor.remaining_recovery_codes(site_guard, 1) == 0
+        assert not devices.twofactor_enabled(site_guard, 1)
+        assert devices.remaining_recovery_codes(site_guard, 1) == 0
         # ...and the reset address no longer receives resets, until its owner verifies it.
         row = site_guard.find_address(ATTACKED)
         assert row.verified_at is None and row.unverify_reason.value == "manual"
@@ -209,8 +210,8 @@ def test_a_device_from_before_the_change_stays(site: Flask, outbox: list[Any]) -
         page = client.get(link)
         client.post(link, data={"csrf_token": csrf_token(page.data)})
         with site.app_context():
-            assert twofactor.twofactor_enabled(site_guard, 1)
-            assert twofactor.remaining_recovery_codes(site_guard, 1) == 10
+            assert devices.twofactor_enabled(site_guard, 1)
+            assert devices.remaining_recovery_codes(site_guard, 1) == 10
             assert site_guard.find_address(ATTACKED).verified_at is not None
         # Her authenticator still signs her in after a reset.
         reset_through(client, outbox, SAFE, "owner-new-password")
@@ -306,10 +307,8 @@ def test_enrolling_long_after_a_reset_is_the_usual_notice(site: Flask, outbox: l
         reset_through(site.test_client(), outbox, ATTACKED, "new-password-1")
     with freeze_time(start + timedelta(days=8)), site.app_context():
         user = site_db.session.get(SiteUser, 1)
-        enrolment = twofactor.start_enrolment(site_guard, user)
-        assert twofactor.confirm_enrolment(
-            site_guard, user, code_at(enrolment.secret), client=None
-        ).ok
+        enrolment = devices.start_enrolment(site_guard, user)
+        assert verify.confirm_enrolment(site_guard, user, code_at(enrolment.secret), client=None).ok
     [notice] = mails_to(outbox, SAFE, "Two-factor authentication is on")
     assert "/undo/" not in notice.body and ATTACKED in notice.recipients
 
@@ -326,7 +325,7 @@ def test_an_account_with_2fa_before_the_reset_keeps_it(site: Flask, outbox: list
     link = undo_link(outbox)
     owner.post(link, data={"csrf_token": csrf_token(owner.get(link).data)})
     with site.app_context():
-        assert twofactor.twofactor_enabled(site_guard, 1)
+        assert devices.twofactor_enabled(site_guard, 1)
     # ...and her own code still signs her in once she has reset the password.
     reset_through(owner, outbox, SAFE, "owner-new-password")
     site_login_as(owner, ATTACKED, "owner-new-password")

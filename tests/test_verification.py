@@ -17,8 +17,8 @@ from freezegun import freeze_time
 from flask_domainguard import signals, tokens
 from flask_domainguard.journal import EventKind
 from flask_domainguard.models import UnverifyReason
+from flask_domainguard.sessions import SESSION_KEY
 from flask_domainguard.timeutil import utcnow
-from flask_domainguard.twofactor_gate import SESSION_KEY
 from flask_domainguard.verification import (
     Outcome,
     VerificationError,

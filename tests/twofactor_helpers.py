@@ -25,8 +25,9 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from flask_domainguard import DomainGuard, twofactor
+from flask_domainguard import DomainGuard
 from flask_domainguard.timeutil import utcnow
+from flask_domainguard.twofactor import crypto, devices
 
 #: The RFC 6238 test secret (ASCII "12345678901234567890", the SHA-1 key of Appendix B).
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
@@ -34,9 +35,9 @@ RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
 
 def enrol(guard: Any, user: Any, secret: str | None = None) -> tuple[str, list[str]]:
     """Give ``user`` confirmed 2FA directly in the database; returns (secret, recovery codes)."""
-    secret = secret or twofactor.new_secret()
+    secret = secret or crypto.new_secret()
     user_id = guard.user_id_of(user)
-    box = twofactor.SecretBox.for_settings(guard.settings)
+    box = crypto.SecretBox.for_settings(guard.settings)
     guard.db.session.add(
         guard.models.TOTPDevice(
             user_id=user_id,
@@ -45,14 +46,14 @@ def enrol(guard: Any, user: Any, secret: str | None = None) -> tuple[str, list[s
             created_at=utcnow(),
         )
     )
-    codes = twofactor._replace_recovery_codes(guard, user_id)
+    codes = devices.replace_recovery_codes(guard, user_id)
     guard.db.session.commit()
     return secret, codes
 
 
 def code_at(secret: str, when: datetime | None = None, offset: int = 0, digits: int = 6) -> str:
     """The TOTP code of ``secret`` for the time step ``offset`` steps from ``when`` (now)."""
-    step = twofactor.time_step(when or utcnow()) + offset
+    step = crypto.time_step(when or utcnow()) + offset
     return str(pyotp.TOTP(secret, digits=digits).generate_otp(step))
 
 

@@ -12,7 +12,7 @@ from flask.cli import with_appcontext
 
 from ..addresses import UnknownAddress
 from ..adopt import AdoptError, adopt_addresses, proof_source
-from ..twofactor import admin_reset, rotate_keys
+from ..twofactor.devices import admin_reset, rotate_keys
 from ..verification import reverify
 from .output import (
     guard_for_app,

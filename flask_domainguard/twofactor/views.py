@@ -19,27 +19,26 @@ from flask_wtf.csrf import generate_csrf
 from wtforms import BooleanField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
-from . import twofactor
-from .context import current_guard
-from .twofactor import AttemptResult, Outcome
-from .twofactor_gate import (
+from ..context import current_guard
+from ..redirects import redirect_next, safe_next
+from ..views import bp
+from . import devices, verify
+from .attempts import AttemptResult, Outcome
+from .fresh import freshness, require_fresh_2fa
+from .gate import (
     complete_second_factor,
-    freshness,
     is_second_factor_pending,
     logout_target,
     mark_password_confirmed,
-    redirect_next,
-    require_fresh_2fa,
-    safe_next,
     second_factor_removed,
-    trust_this_device,
 )
-from .views import bp
+from .requirement import requirement
+from .trust import trust_this_device
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
-    from .context import Guard
+    from ..context import Guard
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -173,7 +172,7 @@ def twofactor_verify() -> BaseResponse:
     status = 200
     if form.validate_on_submit():
         user = _user()
-        result = twofactor.verify_totp(guard, user, form.code.data, client=_client())
+        result = verify.verify_totp(guard, user, form.code.data, client=_client())
         if result.ok:
             complete_second_factor()
             response = redirect_next(form.next.data)
@@ -200,7 +199,7 @@ def twofactor_recovery() -> BaseResponse:
         return redirect_next(form.next.data)
     status = 200
     if form.validate_on_submit():
-        result = twofactor.use_recovery_code(guard, _user(), form.code.data, client=_client())
+        result = verify.use_recovery_code(guard, _user(), form.code.data, client=_client())
         if result.ok:
             complete_second_factor()
             left = result.remaining_recovery_codes or 0
@@ -236,15 +235,15 @@ def twofactor_enroll() -> BaseResponse:
         form.next.data = request.args.get("next")
     if is_second_factor_pending():
         # A pending session must never replace the authenticator it has not proved.
-        verify = url_for("domainguard.twofactor_verify", next=safe_next(form.next.data))
-        return redirect_next(verify)
-    if twofactor.twofactor_enabled(guard, user):
+        verify_url = url_for("domainguard.twofactor_verify", next=safe_next(form.next.data))
+        return redirect_next(verify_url)
+    if devices.twofactor_enabled(guard, user):
         return redirect_next(_settings_url())
-    need = twofactor.requirement(guard, user)
-    enrolment = twofactor.start_enrolment(guard, user)
+    need = requirement(guard, user)
+    enrolment = devices.start_enrolment(guard, user)
     status = 200
     if form.validate_on_submit():
-        result = twofactor.confirm_enrolment(guard, user, form.code.data, client=_client())
+        result = verify.confirm_enrolment(guard, user, form.code.data, client=_client())
         if result.ok:
             complete_second_factor()
             return _page(
@@ -280,12 +279,12 @@ def twofactor_settings() -> BaseResponse:
     """The account's 2FA state and what can be changed."""
     guard = _guard()
     user = _user()
-    enabled = twofactor.twofactor_enabled(guard, user)
+    enabled = devices.twofactor_enabled(guard, user)
     return _page(
         "settings.html",
         enabled=enabled,
-        remaining=twofactor.remaining_recovery_codes(guard, user) if enabled else 0,
-        requirement=twofactor.requirement(guard, user, tell=False),
+        remaining=devices.remaining_recovery_codes(guard, user) if enabled else 0,
+        requirement=requirement(guard, user, tell=False),
     )
 
 
@@ -306,7 +305,7 @@ def twofactor_confirm() -> BaseResponse:
             form.code.errors.append("Enter the code from your authenticator app.")
             status = 400
         else:
-            result = twofactor.confirm_identity(
+            result = verify.confirm_identity(
                 guard, _user(), form.password.data, code if need_code else None, client=_client()
             )
             if result.ok:
@@ -330,11 +329,11 @@ def twofactor_regenerate() -> BaseResponse:
     """Replace the recovery codes (fresh password + 2FA required); the old set dies."""
     guard = _guard()
     user = _user()
-    if not twofactor.twofactor_enabled(guard, user):
+    if not devices.twofactor_enabled(guard, user):
         return redirect_next(_settings_url())
     form = ActionForm()
     if form.validate_on_submit():
-        codes = twofactor.regenerate_recovery_codes(guard, user)
+        codes = devices.regenerate_recovery_codes(guard, user)
         return _page(
             "recovery_codes.html", codes=codes, continue_url=_settings_url(), enrolled=False
         )
@@ -342,7 +341,7 @@ def twofactor_regenerate() -> BaseResponse:
         "regenerate.html",
         400 if request.method == "POST" else 200,
         form=form,
-        remaining=twofactor.remaining_recovery_codes(guard, user),
+        remaining=devices.remaining_recovery_codes(guard, user),
     )
 
 
@@ -353,11 +352,11 @@ def twofactor_disable() -> BaseResponse:
     """Turn 2FA off (fresh password + 2FA required)."""
     guard = _guard()
     user = _user()
-    if not twofactor.twofactor_enabled(guard, user):
+    if not devices.twofactor_enabled(guard, user):
         return redirect_next(_settings_url())
     form = ActionForm()
     if form.validate_on_submit():
-        twofactor.disable(guard, user)
+        devices.disable(guard, user)
         second_factor_removed()
         flash("Two-factor authentication is off.", "warning")
         return redirect_next(_settings_url())

@@ -1,5 +1,6 @@
-"""The 2FA gate around the host's own login: Flask-Login signals, a ``before_request`` hook,
-the "trust this device" cookie, freshness for security changes and same-site redirects.
+"""The login gate around the host's own login: Flask-Login signals, a ``before_request`` hook
+and the session's 2FA state (the "trust this device" cookie is :mod:`.trust`'s, freshness for
+security changes :mod:`.fresh`'s).
 
 The host's login view stays as it is. When it calls ``login_user`` (or Flask-Login restores a
 user from its remember cookie), the session is marked *pending* for users with 2FA; until a
@@ -7,7 +8,8 @@ TOTP or recovery code succeeds, every endpoint but the 2FA pages, logout and sta
 redirects to the 2FA step (or answers 401 with JSON to clients that prefer JSON). Users who
 must enrol (``DOMAINGUARD_2FA_REQUIRED_SINCE``) are sent to enrolment the same way.
 
-Per-session state lives in the signed Flask session under :data:`SESSION_KEY`::
+Per-session state lives in the signed Flask session under
+:data:`~flask_domainguard.sessions.SESSION_KEY`::
 
     {"uid": "<user id>", "mode": "pending" | "done" | "none",
      "tf_at": <when the 2FA step last succeeded>, "pw_at": <when the password was confirmed>,
@@ -16,19 +18,14 @@ Per-session state lives in the signed Flask session under :data:`SESSION_KEY`::
 A session without that state, or with the state of another user, is treated as just logged in
 (fail closed). A session whose binding no longer matches (the password changed, or the user's
 sessions were ended) is logged out before anything else, remember cookie included; see
-:mod:`.sessions`. A password that "this wasn't me" disabled does not log in at all. Users
-loaded by a Flask-Login ``request_loader`` (API tokens) are not gated: such a token is its
-own credential, not a password session.
+:mod:`flask_domainguard.sessions`. A password that "this wasn't me" disabled does not log in
+at all. Users loaded by a Flask-Login ``request_loader`` (API tokens) are not gated: such a
+token is its own credential, not a password session.
 """
 
 from __future__ import annotations
 
-import functools
-import hmac
-from collections.abc import Callable
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import (
     Flask,
@@ -49,21 +46,22 @@ from flask_login.signals import (
     user_logged_in,
     user_logged_out,
 )
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from . import passwords, sessions, twofactor
-from .config import ConfigError
-from .context import current_guard, current_settings, registered_state
-from .timeutil import utcnow
+from .. import passwords, sessions
+from ..config import ConfigError
+from ..context import current_guard, current_settings, registered_state
+from ..redirects import wants_json
+from ..sessions import SESSION_KEY
+from ..timeutil import utcnow
+from .crypto import SecretBox
+from .devices import twofactor_enabled
+from .requirement import Requirement, RequirementState, record_login, requirement
+from .trust import trusted_device
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
-    from .context import Guard
-
-SESSION_KEY = "_domainguard_2fa"
-TRUST_COOKIE = "domainguard_trusted_device"
-_TRUST_SALT = "domainguard.trusted-device"
+    from ..context import Guard
 
 PENDING = "pending"
 DONE = "done"
@@ -85,8 +83,6 @@ ALWAYS_ALLOWED = frozenset(
     }
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def init_app(app: Flask, guard: Guard) -> None:
     """Connect the Flask-Login signals and put the gate before every other request hook."""
@@ -105,7 +101,7 @@ def init_app(app: Flask, guard: Guard) -> None:
     keys = current_settings(app).totp_keys
     if keys:
         try:
-            twofactor.SecretBox(keys)
+            SecretBox(keys)
         except ValueError as exc:  # a bad key fails at start-up, not at a user's login
             raise ConfigError(f"DOMAINGUARD_TOTP_KEYS is invalid: {exc}") from None
 
@@ -115,16 +111,7 @@ def _guard(app: Flask | None = None) -> Guard | None:
     return None if state is None else state.guard
 
 
-def _require_guard() -> Guard:
-    return current_guard()
-
-
 # -- session state ---------------------------------------------------------------------------
-
-
-def _state() -> dict[str, Any] | None:
-    state = session.get(SESSION_KEY)
-    return state if isinstance(state, dict) else None
 
 
 def _set_state(guard: Guard, user: Any, mode: str) -> None:
@@ -140,7 +127,7 @@ def _set_state(guard: Guard, user: Any, mode: str) -> None:
 def _start_session(guard: Guard, user: Any) -> None:
     """Mark a newly authenticated session: pending for 2FA users unless the device is trusted."""
     user_id = guard.user_id_of(user)
-    if not twofactor.twofactor_enabled(guard, user_id):
+    if not twofactor_enabled(guard, user_id):
         _set_state(guard, user, NONE)
     elif trusted_device(guard, user):
         _set_state(guard, user, DONE)
@@ -158,7 +145,7 @@ def _on_login(app: Flask, user: Any, **_: Any) -> None:
     if passwords.is_locked(guard, user):
         _refuse_login()
         return
-    twofactor.record_login(guard, user)
+    record_login(guard, user)
     _start_session(guard, user)
 
 
@@ -198,10 +185,10 @@ def _on_logout(app: Flask, user: Any, **_: Any) -> None:
         session.pop(SESSION_KEY, None)
 
 
-def _current_state(guard: Guard) -> dict[str, Any]:
+def current_state(guard: Guard) -> dict[str, Any]:
     """The session's state for the current user, started afresh when missing or foreign."""
     user = current_user._get_current_object()
-    state = _state()
+    state = sessions.record()
     if state is None or state.get("uid") != str(guard.user_id_of(user)):
         _start_session(guard, user)
         state = cast("dict[str, Any]", session[SESSION_KEY])
@@ -212,13 +199,16 @@ def _current_state(guard: Guard) -> dict[str, Any]:
 
 
 def _session_alive(guard: Guard) -> bool:
-    """Whether the logged-in session's binding still matches its user (see :mod:`.sessions`)."""
+    """Whether the logged-in session's binding still matches its user.
+
+    See :mod:`flask_domainguard.sessions`.
+    """
     if g.get("_domainguard_session_refused"):
         return False
     user = current_user._get_current_object()
-    state = _state()
+    state = sessions.record()
     if state is None or state.get("uid") != str(guard.user_id_of(user)) or "sb" not in state:
-        return True  # a session just started: _current_state binds it
+        return True  # a session just started: current_state binds it
     return sessions.matches(guard, user, state["sb"])
 
 
@@ -229,30 +219,10 @@ def _end_session() -> None:
     flash("You were signed out because the account's password or security changed.", "warning")
 
 
-def rebind_session(guard: Guard, user: Any) -> None:
-    """Give the current session ``user``'s new binding, when it is ``user``'s own session.
-
-    Called after the user changed their own password (:func:`.passwords.password_changed`), so
-    the session that made the change goes on while every other one ends.
-    """
-    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
-        return
-    me = current_user._get_current_object()
-    if not getattr(me, "is_authenticated", False) or g.get("_domainguard_request_user"):
-        return
-    if guard.user_id_of(me) != guard.user_id_of(user):
-        return
-    state = _state()
-    if state is None or state.get("uid") != str(guard.user_id_of(user)):
-        return
-    session[SESSION_KEY] = {**state, "sb": sessions.binding(guard, user)}
-    g._domainguard_rebind_remember = True
-
-
 def _after_request(response: BaseResponse) -> BaseResponse:
     if _guard() is None:
         return response
-    state = _state()
+    state = sessions.record()
     uid = session.get("_user_id")
     binding = state.get("sb") if state is not None and state.get("uid") == str(uid) else None
     sessions.update_companion(
@@ -266,19 +236,19 @@ def _after_request(response: BaseResponse) -> BaseResponse:
 
 def is_second_factor_pending() -> bool:
     """Whether the current user passed the password but not yet the 2FA step."""
-    guard = _require_guard()
+    guard = current_guard()
     if not has_request_context() or not current_user.is_authenticated:
         return False
     if g.get("_domainguard_request_user"):
         return False
-    return bool(_current_state(guard)["mode"] == PENDING)
+    return bool(current_state(guard)["mode"] == PENDING)
 
 
 def complete_second_factor(*, fresh: bool = True) -> None:
     """Mark the current session as past its 2FA step (after a code, or a new enrolment)."""
-    guard = _require_guard()
+    guard = current_guard()
     user_id = guard.user_id_of(current_user._get_current_object())
-    state = dict(_current_state(guard))
+    state = dict(current_state(guard))
     state.update(uid=str(user_id), mode=DONE)
     if fresh:
         state["tf_at"] = utcnow().timestamp()
@@ -287,9 +257,17 @@ def complete_second_factor(*, fresh: bool = True) -> None:
 
 def second_factor_removed() -> None:
     """Mark the current session as having no second factor (after turning 2FA off)."""
-    guard = _require_guard()
-    state = dict(_current_state(guard))
+    guard = current_guard()
+    state = dict(current_state(guard))
     state.update(mode=NONE, tf_at=None)
+    session[SESSION_KEY] = state
+
+
+def mark_password_confirmed() -> None:
+    """Record that the current user just re-entered their password (see :mod:`.fresh`)."""
+    guard = current_guard()
+    state = dict(current_state(guard))
+    state["pw_at"] = utcnow().timestamp()
     session[SESSION_KEY] = state
 
 
@@ -302,19 +280,6 @@ def _allowed(endpoint: str, allowed: tuple[str, ...]) -> bool:
     return any(endpoint == name or endpoint.endswith("." + name) for name in allowed)
 
 
-def wants_json() -> bool:
-    """Whether the client prefers JSON to HTML.
-
-    ``Accept`` decides (quality, then specificity: axios' ``application/json, */*`` is JSON,
-    a browser's ``text/html, ... */*;q=0.8`` is HTML). A tie, as with ``*/*`` or no header,
-    goes to JSON when the request itself sends JSON (``fetch``), to HTML otherwise.
-    """
-    accept = request.accept_mimetypes
-    if request.is_json:
-        return accept.best_match(("application/json", "text/html")) != "text/html"
-    return accept.best_match(("text/html", "application/json")) == "application/json"
-
-
 def _here() -> str | None:
     """Where to come back to after the 2FA step: this page, for GET requests only."""
     if request.method != "GET":
@@ -323,7 +288,8 @@ def _here() -> str | None:
     return path[:-1] if path.endswith("?") else path
 
 
-def _challenge(endpoint: str, error: str, message: str) -> BaseResponse:
+def challenge(endpoint: str, error: str, message: str) -> BaseResponse:
+    """Send the client to ``endpoint`` and back: a redirect for HTML, 401 JSON otherwise."""
     if endpoint in current_app.view_functions:
         location: str | None = url_for(endpoint, next=_here())
     else:  # the host turned our blueprint off and serves its own pages
@@ -357,22 +323,22 @@ def _gate() -> BaseResponse | None:
         return None
     if not current_user.is_authenticated or g.get("_domainguard_request_user"):
         return None
-    state = _current_state(guard)
+    state = current_state(guard)
     if state["mode"] == PENDING:
-        return _challenge(
+        return challenge(
             "domainguard.twofactor_verify",
             "second_factor_required",
             "Enter the code from your authenticator app to finish signing in.",
         )
     if state["mode"] == NONE and guard.settings.twofactor_required_since is not None:
-        need = twofactor.requirement(guard, current_user._get_current_object())
+        need = requirement(guard, current_user._get_current_object())
         if need.must_enrol_now:
-            return _challenge(
+            return challenge(
                 "domainguard.twofactor_enroll",
                 "twofactor_enrolment_required",
                 "Set up two-factor authentication to continue.",
             )
-        if need.state is twofactor.RequirementState.GRACE:
+        if need.state is RequirementState.GRACE:
             g.domainguard_twofactor_notice = need
             if not state.get("told"):
                 session[SESSION_KEY] = {**state, "told": True}
@@ -380,7 +346,7 @@ def _gate() -> BaseResponse | None:
     return None
 
 
-def _notice_text(need: twofactor.Requirement) -> str:
+def _notice_text(need: Requirement) -> str:
     deadline = need.deadline.strftime("%Y-%m-%d %H:%M UTC") if need.deadline else "soon"
     return f"Two-factor authentication will be required for your account from {deadline}."
 
@@ -390,176 +356,9 @@ def _template_context() -> dict[str, Any]:
     return {"domainguard_twofactor_notice": g.get("domainguard_twofactor_notice")}
 
 
-# -- trusted devices -------------------------------------------------------------------------
-
-
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.secret_key or "", salt=_TRUST_SALT)
-
-
-def trusted_device(guard: Guard, user: Any) -> bool:
-    """Whether the request carries a live "trust this device" cookie for ``user``.
-
-    The cookie holds a keyed digest of the user id, the password hash and the TOTP secret:
-    a password reset or a new authenticator makes every trusted device ask again.
-    """
-    days = guard.settings.trust_device_days
-    cookie = request.cookies.get(TRUST_COOKIE)
-    if days == 0 or not cookie:
-        return False
-    try:
-        data = _serializer().loads(cookie, max_age=days * 86400)
-    except BadSignature:
-        return False
-    if not isinstance(data, dict) or data.get("u") != str(guard.user_id_of(user)):
-        return False
-    binding = twofactor.device_binding(guard, user)
-    given = data.get("b")
-    return binding is not None and isinstance(given, str) and hmac.compare_digest(binding, given)
-
-
-def trust_this_device(response: BaseResponse, guard: Guard, user: Any) -> bool:
-    """Set the "trust this device" cookie on ``response``.
-
-    :returns: ``False`` when trusted devices are off or the user has no password hash to bind.
-    """
-    days = guard.settings.trust_device_days
-    binding = twofactor.device_binding(guard, user)
-    if days == 0 or binding is None:
-        return False
-    value = _serializer().dumps({"u": str(guard.user_id_of(user)), "b": binding})
-    response.set_cookie(
-        TRUST_COOKIE,
-        value,
-        max_age=days * 86400,
-        httponly=True,
-        secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")) or request.is_secure,
-        samesite="Lax",
-        path=current_app.config.get("APPLICATION_ROOT") or "/",
-    )
-    return True
-
-
-# -- freshness for security changes ----------------------------------------------------------
-
-
-def mark_password_confirmed() -> None:
-    """Record that the current user just re-entered their password."""
-    guard = _require_guard()
-    state = dict(_current_state(guard))
-    state["pw_at"] = utcnow().timestamp()
-    session[SESSION_KEY] = state
-
-
-def freshness(within: timedelta | None = None) -> tuple[bool, bool]:
-    """Whether the password and the 2FA step are each fresh (within ``within``).
-
-    A user without 2FA has nothing to prove there: their 2FA side counts as fresh.
-    """
-    guard = _require_guard()
-    within = within if within is not None else guard.settings.twofactor_fresh_within
-    state = _current_state(guard)
-    now = utcnow().timestamp()
-    limit = within.total_seconds()
-
-    def recent(stamp: Any) -> bool:
-        return isinstance(stamp, (int, float)) and 0 <= now - stamp <= limit
-
-    user = current_user._get_current_object()
-    has_2fa = twofactor.twofactor_enabled(guard, user)
-    return recent(state.get("pw_at")), (not has_2fa) or (
-        state["mode"] == DONE and recent(state.get("tf_at"))
-    )
-
-
-def is_fresh(within: timedelta | None = None) -> bool:
-    """Whether the current user confirmed password and 2FA within ``within``
-    (default ``DOMAINGUARD_2FA_FRESH_WITHIN``)."""
-    if not current_user.is_authenticated:
-        return False
-    password, second = freshness(within)
-    return password and second
-
-
-@overload
-def require_fresh_2fa(view: F, *, within: timedelta | None = None) -> F: ...
-
-
-@overload
-def require_fresh_2fa(
-    view: None = None, *, within: timedelta | None = None
-) -> Callable[[F], F]: ...
-
-
-def require_fresh_2fa(
-    view: F | None = None, *, within: timedelta | None = None
-) -> F | Callable[[F], F]:
-    """Decorate a view that changes security settings (2FA, addresses, passwords).
-
-    The user must have re-entered the password, and passed the 2FA step, within ``within``
-    (default ``DOMAINGUARD_2FA_FRESH_WITHIN``); otherwise HTML clients go to the confirmation
-    page and come back, JSON clients get 401 ``reauthentication_required``. Use it as
-    ``@require_fresh_2fa`` or ``@require_fresh_2fa(within=timedelta(minutes=5))``, below
-    the host's ``@login_required``.
-    """
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not current_user.is_authenticated:
-                return current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
-            if not is_fresh(within):
-                return _challenge(
-                    "domainguard.twofactor_confirm",
-                    "reauthentication_required",
-                    "Confirm your password and a code from your authenticator app first.",
-                )
-            return func(*args, **kwargs)
-
-        return cast("F", wrapper)
-
-    return decorate(view) if view is not None else decorate
-
-
-# -- same-site redirects ---------------------------------------------------------------------
-
-
-def safe_next(target: str | None) -> str | None:
-    """``target`` as a same-site path to redirect to, or ``None`` when it may lead elsewhere.
-
-    Accepts ``/path?query`` and absolute http(s) URLs on this very host (reduced to their
-    path). Refuses ``//evil``, ``https://evil``, backslashes (browsers read ``\\`` as ``/``),
-    control characters and whitespace (browsers drop them, turning ``/\\t/evil`` into
-    ``//evil``), and every other scheme (``javascript:``, ``data:``).
-    """
-    if not target or len(target) > 2048:
-        return None
-    if "\\" in target or any(ord(c) < 0x21 or c == "\x7f" for c in target):
-        return None
-    try:
-        parts = urlsplit(target)
-    except ValueError:
-        return None
-    if parts.scheme or parts.netloc:
-        if parts.scheme not in ("http", "https") or parts.netloc != request.host:
-            return None
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        parts = urlsplit(target)
-    if not target.startswith("/") or target.startswith("//"):
-        return None
-    return target
-
-
-def redirect_next(target: str | None, default: str | None = None) -> BaseResponse:
-    """Redirect to ``target`` when it is same-site, else to ``default`` or the app's root."""
-    return redirect(safe_next(target) or default or (request.script_root or "") + "/")
-
-
 def logout_target() -> tuple[str, str] | None:
     """The host's logout URL and method (``GET`` or ``POST``), for the 2FA pages' own button."""
-    guard = _require_guard()
+    guard = current_guard()
     names = guard.settings.twofactor_allowed_endpoints
     for rule in current_app.url_map.iter_rules():
         endpoint = rule.endpoint

@@ -1,37 +1,43 @@
-"""Second-factor guessing: a sliding window of attempts and escalating lockouts, in the database.
+"""Second-factor guessing: a sliding window of attempts and escalating lockouts, in the database,
+and how each 2FA attempt spends from it (:func:`begin`, :func:`fail`, :func:`succeed`).
 
 Each key (a user, a client address; stored hashed) has its attempts as
-:class:`~.models.Attempt` rows. A key with ``DOMAINGUARD_2FA_LIMIT`` attempts within the last
-window (sliding: the last five minutes whenever it is asked, so no burst fits across a window
-edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes, 30 minutes,
-2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the end of the
-last one takes the next duration, and the last one repeats. A lockout empties the key's
-window: once it ends, the key has the limit again, and then a longer lockout. Five guesses
-per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
+:class:`~flask_domainguard.models.Attempt` rows. A key with ``DOMAINGUARD_2FA_LIMIT`` attempts
+within the last window (sliding: the last five minutes whenever it is asked, so no burst fits
+across a window edge) is locked out for the first of ``DOMAINGUARD_2FA_LOCKOUTS`` (5 minutes,
+30 minutes, 2 hours); a lockout that starts within ``DOMAINGUARD_2FA_LOCKOUT_MEMORY`` of the
+end of the last one takes the next duration, and the last one repeats. A lockout empties the
+key's window: once it ends, the key has the limit again, and then a longer lockout. Five
+guesses per five minutes make 1,440 a day; with the defaults a guesser gets about 70.
 
 Across processes and machines: an attempt is inserted and committed before it is counted, so
 of concurrent attempts the k-th to commit counts at least k, and no more than the limit get
-through. A lockout starts with a compare-and-set on the key's :class:`~.models.Lockout` row,
-so two processes that both reach the limit start one lockout and escalate once.
+through. A lockout starts with a compare-and-set on the key's
+:class:`~flask_domainguard.models.Lockout` row, so two processes that both reach the limit
+start one lockout and escalate once.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .models import MYSQL_DIALECTS
-from .timeutil import utcnow
+from .. import signals
+from ..journal import EventKind, transaction
+from ..models import MYSQL_DIALECTS
+from ..timeutil import utcnow
+from .devices import notify
 
 if TYPE_CHECKING:
-    from .context import Guard
+    from ..context import Guard
 
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -181,3 +187,140 @@ class Throttle:
         elif session.get(Lockout, digest) is None:  # pragma: no cover - no ON CONFLICT
             session.add(Lockout(**values))
         session.commit()
+
+
+# -- how a 2FA attempt spends the budget ----------------------------------------------------
+
+
+class Outcome(str, enum.Enum):
+    """How a second-factor attempt ended."""
+
+    OK = "ok"
+    WRONG = "wrong_code"
+    REPLAY = "replay"
+    WRONG_PASSWORD = "wrong_password"  # noqa: S105 - an outcome name
+    LOCKED = "locked"
+    NOT_ENROLLED = "not_enrolled"
+    UNREADABLE = "secret_unreadable"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """The outcome of one attempt; ``retry_after`` is set when locked out."""
+
+    outcome: Outcome
+    retry_after: timedelta | None = None
+    recovery_codes: tuple[str, ...] = ()
+    """New recovery codes, only after a successful enrolment."""
+    remaining_recovery_codes: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the attempt succeeded."""
+        return self.outcome is Outcome.OK
+
+
+def _user_key(user_id: Any) -> str:
+    return f"2fa:user:{user_id}"
+
+
+def _client_key(client: str) -> str:
+    return f"2fa:client:{client}"
+
+
+def _locked(lock: Lock) -> AttemptResult:
+    return AttemptResult(Outcome.LOCKED, retry_after=lock.retry_after(utcnow()))
+
+
+def begin(guard: Guard, user_id: Any, client: str | None) -> AttemptResult | None:
+    """Take one attempt from the user's budget before checking anything.
+
+    Counting first (committed, then counted: see the module description) means parallel requests
+    against one account cannot all slip in before the first failure is counted; a success
+    gives the attempts back. The client's budget counts failures only, so people behind one
+    NAT address can log in.
+
+    :returns: a LOCKED result while either is locked out, else ``None``.
+    """
+    throttle = Throttle(guard)
+    keys = [_client_key(client)] if client is not None else []
+    for key in [*keys, _user_key(user_id)]:
+        lock = throttle.active(key)
+        if lock is not None:
+            return _locked(lock)
+    if throttle.record(_user_key(user_id)) > throttle.limit:
+        # Concurrent attempts went past the limit before any of them failed: lock out now.
+        lock = throttle.lock(_user_key(user_id))
+        if lock.started:
+            _journal_lockout(guard, user_id, lock, "user")
+            _tell_owner_of_lockout(guard, user_id, lock)
+        return _locked(lock)
+    # A lockout that started since the first look emptied the window this attempt was
+    # counted in: it must not pass as the first of a fresh window.
+    started = throttle.active(_user_key(user_id))
+    return _locked(started) if started is not None else None
+
+
+def _journal_lockout(guard: Guard, user_id: Any, lock: Lock, scope: str) -> None:
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.TWOFACTOR_LOCKED_OUT,
+            actor="system",
+            user_id=user_id,
+            signal=signals.twofactor_locked_out,
+            scope=scope,
+            level=lock.level,
+            lockout_seconds=int(lock.retry_after(utcnow()).total_seconds()),
+            window_seconds=int(guard.settings.twofactor_limit.window.total_seconds()),
+        )
+
+
+def _tell_owner_of_lockout(guard: Guard, user_id: Any, lock: Lock) -> None:
+    # At the first lockout of a run only: the owner hears that someone is guessing (and so
+    # knows the password), without a mail for every escalation.
+    if lock.level == 1:
+        minutes = max(1, round(lock.retry_after(utcnow()).total_seconds() / 60))
+        notify(guard, user_id, "twofactor_locked_out", minutes=minutes)
+
+
+def fail(
+    guard: Guard,
+    user_id: Any,
+    client: str | None,
+    outcome: Outcome,
+    method: str,
+    purpose: str,
+) -> AttemptResult:
+    """Count a failure against the client, journal it, and start the lockouts it causes."""
+    throttle = Throttle(guard)
+    locks: list[tuple[Lock, str]] = []
+    if client is not None and throttle.record(_client_key(client)) >= throttle.limit:
+        locks.append((throttle.lock(_client_key(client)), "client"))
+    if throttle.count(_user_key(user_id)) >= throttle.limit:
+        locks.append((throttle.lock(_user_key(user_id)), "user"))
+    with transaction(guard.db, guard.models) as tx:
+        tx.record(
+            EventKind.TWOFACTOR_FAILED,
+            actor="user",
+            user_id=user_id,
+            signal=signals.twofactor_failed,
+            method=method,
+            reason=outcome.value,
+            purpose=purpose,
+        )
+    for lock, scope in locks:
+        if lock.started:
+            _journal_lockout(guard, user_id, lock, scope)
+            if scope == "user":
+                _tell_owner_of_lockout(guard, user_id, lock)
+    now = utcnow()
+    retry = max((lock.retry_after(now) for lock, _ in locks), default=None)
+    return AttemptResult(outcome, retry_after=retry)
+
+
+def succeed(guard: Guard, user_id: Any) -> None:
+    """Give the user's attempts back after a success."""
+    # The user proved the factor: their attempts start over (how far their lockouts have
+    # escalated does not). The client's do not, so one address cannot spread guesses over
+    # accounts it controls.
+    Throttle(guard).clear(_user_key(user_id))
