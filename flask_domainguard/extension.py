@@ -7,8 +7,9 @@ into a feature package.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -263,12 +264,29 @@ class DomainGuard(Generic[UserT]):
         """Remove ``user``'s 2FA for account recovery, journalled as ``admin:<actor>``."""
         return devices.admin_reset(self, user, actor=actor, reason=reason)
 
-    def require_fresh_2fa(self, view: Callable[_P, _R]) -> Callable[_P, _R | ResponseReturnValue]:
+    @overload
+    def require_fresh_2fa(
+        self, view: Callable[_P, _R], *, within: timedelta | None = None
+    ) -> Callable[_P, _R | ResponseReturnValue]: ...
+
+    @overload
+    def require_fresh_2fa(
+        self, view: None = None, *, within: timedelta | None = None
+    ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | ResponseReturnValue]]: ...
+
+    def require_fresh_2fa(
+        self, view: Callable[_P, _R] | None = None, *, within: timedelta | None = None
+    ) -> Any:
         """Decorate a view that changes security settings: password + fresh 2FA first.
 
-        See :func:`flask_domainguard.twofactor.fresh.require_fresh_2fa`.
+        Use it as ``@guard.require_fresh_2fa`` or
+        ``@guard.require_fresh_2fa(within=timedelta(minutes=5))``, below ``@login_required``;
+        ``within`` defaults to ``DOMAINGUARD_2FA_FRESH_WITHIN``. HTML clients go to the
+        confirmation page and come back; JSON clients get 401 ``reauthentication_required``.
         """
-        return require_fresh_2fa(view)
+        if view is None:
+            return require_fresh_2fa(within=within)
+        return require_fresh_2fa(view, within=within)
 
     # -- verification (see :mod:`flask_domainguard.verification`) ------------------------
 

@@ -9,6 +9,7 @@ tests/test_typing_host.py runs the module too, so that it stays working code.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -62,6 +63,12 @@ def forgot() -> str:
 @guard.require_fresh_2fa
 def security(section: str) -> str:
     return f"security settings: {section}"
+
+
+@views.route("/security/2fa/off")
+@guard.require_fresh_2fa(within=timedelta(minutes=5))
+def turn_off_2fa() -> str:
+    return "2FA is off"
 
 
 def reset_user(address: str) -> User | None:
