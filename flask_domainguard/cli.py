@@ -234,7 +234,7 @@ def unverify_command(address: str, reason: str, actor: str | None, as_json: bool
     Exit codes: 0 unverified; 1 no such address; 2 usage error; 3 it was not verified,
     nothing changed.
     """
-    from .addresses import UnknownAddress
+    from .addresses.store import UnknownAddress
 
     guard = guard_for_app()
     who = f"admin:{actor or _os_user()}"
@@ -556,8 +556,8 @@ def reverify_command(address: str, send: bool, as_json: bool) -> None:
     """
     import getpass
 
-    from .addresses import UnknownAddress
-    from .verification import reverify
+    from .addresses.reverify import reverify
+    from .addresses.store import UnknownAddress
 
     if send and not (
         guard_for_app().settings.external_url or current_app.config.get("SERVER_NAME")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import sqlalchemy as sa
 from flask import Flask, current_app
 
-from . import addresses
+from .addresses import store as address_store
 from .config import Settings, apply_defaults, load_settings
 from .context import EXTENSION_KEY, AppState, PasswordChecker, PasswordSetter, app_state
 from .links import check_link_base
@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from flask.typing import ResponseReturnValue
 
     from . import twofactor
+    from .addresses.standing import AddressState
+    from .addresses.verification import Outcome
     from .models import EmailAddress, UnverifyReason
-    from .reset import ResetDecision, ResetGrant
+    from .reset.decision import ResetDecision
+    from .reset.tokens import ResetGrant
     from .status.base import StatusBackend
-    from .verification import AddressState, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +111,12 @@ class DomainGuard(Generic[UserT]):
 
             Mail(app)
 
-        from .mailguard import install_mail_guard
+        if settings.mail_guard != "off":
+            from .mail.safetynet import install_mail_guard
 
-        install_mail_guard()  # once per process; a no-op for apps without DomainGuard
+            # Once per process, and only when an app asks for it; the wrapper still checks
+            # each app's own setting (a no-op for apps without DomainGuard or with "off").
+            install_mail_guard()
 
         from .cli import domainguard_cli
 
@@ -191,23 +196,23 @@ class DomainGuard(Generic[UserT]):
         user: UserT | None = self.db.session.get(self.user_model, user_id)
         return user
 
-    # -- addresses (see :mod:`flask_domainguard.addresses`) ------------------------------
+    # -- addresses (see :mod:`flask_domainguard.addresses.store`) ------------------------
 
     def add_address(
         self, user: Any, address: str, *, primary: bool = False, verified: bool = False
     ) -> EmailAddress:
-        """Add ``address`` to ``user``; see :func:`flask_domainguard.addresses.add_address`."""
-        return addresses.add_address(
+        """Add ``address`` to ``user``; see :func:`.addresses.store.add_address`."""
+        return address_store.add_address(
             self, user, address, primary=primary, verified=verified, actor="user"
         )
 
     def set_primary(self, address: EmailAddress | str) -> EmailAddress:
         """Make a verified address its user's primary one."""
-        return addresses.set_primary(self, address)
+        return address_store.set_primary(self, address)
 
     def remove_address(self, address: EmailAddress | str) -> None:
         """Remove an address; never the user's last verified one."""
-        addresses.remove_address(self, address)
+        address_store.remove_address(self, address)
 
     def unverify(
         self,
@@ -220,19 +225,19 @@ class DomainGuard(Generic[UserT]):
         """Unverify ``address`` (a bounce, an administrator's decision); journalled, signalled.
 
         The address stops receiving resets and notices at once; its owner verifies it again
-        with a new link. See :func:`flask_domainguard.addresses.unverify_address`.
+        with a new link. See :func:`flask_domainguard.addresses.store.unverify_address`.
 
         :returns: ``False`` when it was not verified (nothing changed).
         """
-        return addresses.unverify_address(self, address, reason=reason, actor=actor, **details)
+        return address_store.unverify_address(self, address, reason=reason, actor=actor, **details)
 
     def find_address(self, address: str) -> EmailAddress | None:
         """The stored row for ``address`` (any spelling), or ``None``."""
-        return addresses.find_address(self, address)
+        return address_store.find_address(self, address)
 
     def addresses_of(self, user: Any) -> list[EmailAddress]:
         """A user's addresses, primary first, then oldest first."""
-        return addresses.addresses_of(self, user)
+        return address_store.addresses_of(self, user)
 
     # -- two-factor authentication (see :mod:`flask_domainguard.twofactor`) --------------
 
@@ -281,18 +286,18 @@ class DomainGuard(Generic[UserT]):
 
         return require_fresh_2fa(view)
 
-    # -- verification (see :mod:`flask_domainguard.verification`) ------------------------
+    # -- verification (see :mod:`flask_domainguard.addresses.verification`) --------------
 
     def send_verification(
         self, address: EmailAddress | str, *, actor: str = "user"
     ) -> EmailAddress:
         """Mail a verification link to ``address`` (rate-limited per address, journalled).
 
-        :raises flask_domainguard.verification.VerificationError: already verified, too many
-            mails (``VerificationRateLimited``) or an unsafe domain (``VerificationRefused``);
-            ``str(exc)`` is a message for the owner.
+        :raises flask_domainguard.addresses.verification.VerificationError: already
+            verified, too many mails (``VerificationRateLimited``) or an unsafe domain
+            (``VerificationRefused``); ``str(exc)`` is a message for the owner.
         """
-        from . import verification
+        from .addresses import verification
 
         return verification.send_verification(self, address, actor=actor)
 
@@ -301,36 +306,36 @@ class DomainGuard(Generic[UserT]):
 
         :param user: the logged-in user; needed for addresses unverified for a domain reason.
         """
-        from . import verification
+        from .addresses import verification
 
         return verification.confirm_verification(self, token, user=user)
 
     def address_state(self, address: EmailAddress | str) -> AddressState:
         """How an address stands (verified, receives resets, a sentence for its owner)."""
-        from . import verification
+        from .addresses import standing
 
-        return verification.address_state(self, address)
+        return standing.address_state(self, address)
 
-    # -- password reset (see :mod:`flask_domainguard.reset`) -----------------------------
+    # -- password reset (see :mod:`flask_domainguard.reset`) ------------------------------
 
     def reset_decision(self, address: str) -> ResetDecision[UserT]:
         """Whether a password reset may be mailed to ``address``; never show ``reason``."""
-        from . import reset
+        from .reset import decision
 
-        return reset.reset_decision(self, address)
+        return decision.reset_decision(self, address)
 
     def safe_to_mail(self, address: str) -> bool:
         """Whether ``address`` is stored, verified and on a domain not unsafe (no lookup)."""
-        from . import reset
+        from .reset import decision
 
-        return reset.safe_to_mail(self, address)
+        return decision.safe_to_mail(self, address)
 
     def reset_mail_scope(
         self, decision: ResetDecision | None = None
     ) -> AbstractContextManager[None]:
         """A block in which Flask-Mail delivers only to addresses fit for a reset: the
         ``decision``'s address, or addresses with recent evidence of a safe domain."""
-        from .mailguard import reset_mail_scope
+        from .mail.safetynet import reset_mail_scope
 
         return reset_mail_scope(decision)
 
@@ -338,9 +343,9 @@ class DomainGuard(Generic[UserT]):
         self, target: ResetDecision[Any] | str, *, template: str = "reset_password", **context: Any
     ) -> bool:
         """Mail a reset link to the blueprint's reset page if allowed; ``False`` if refused."""
-        from . import reset
+        from .reset import flow
 
-        return reset.send_reset_mail(self, target, template=template, **context)
+        return flow.send_reset_mail(self, target, template=template, **context)
 
     def guarded_reset_request(
         self,
@@ -351,11 +356,11 @@ class DomainGuard(Generic[UserT]):
     ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | ResponseReturnValue]]:
         """Decorate the host's forgot-password view so only allowed requests reach it.
 
-        See :func:`flask_domainguard.reset.guarded_reset_request`.
+        See :func:`flask_domainguard.reset.hostview.guarded_reset_request`.
         """
-        from . import reset
+        from .reset import hostview
 
-        return reset.guarded_reset_request(
+        return hostview.guarded_reset_request(
             self, field=field, template_or_response=template_or_response, csrf=csrf
         )
 
@@ -366,21 +371,21 @@ class DomainGuard(Generic[UserT]):
 
         :returns: the decision when processed now, ``None`` when handed to the background.
         """
-        from . import reset
+        from .reset import flow
 
-        return reset.submit_reset_request(self, address, client=client)[0]
+        return flow.submit_reset_request(self, address, client=client)[0]
 
     def reset_token(self, user: Any, address: EmailAddress) -> str:
         """A reset token for ``user``, mailed to ``address``, for a host's own reset page."""
-        from . import reset
+        from .reset import tokens
 
-        return reset.reset_token(self, user, address)
+        return tokens.reset_token(self, user, address)
 
     def read_reset_token(self, token: str) -> ResetGrant[UserT]:
         """Check a reset token without spending it (raises ``tokens.TokenError``)."""
-        from . import reset
+        from .reset import tokens
 
-        return reset.read_reset_token(self, token)
+        return tokens.read_reset_token(self, token)
 
     def password_changed(
         self, user: UserT, *, actor: str, via: EmailAddress | str | None = None
@@ -402,9 +407,9 @@ class DomainGuard(Generic[UserT]):
 
     def complete_reset(self, token: str, new_password: str) -> UserT:
         """Spend a reset token and store ``new_password`` with :attr:`password_setter`."""
-        from . import reset
+        from .reset import tokens
 
-        user: UserT = reset.complete_reset(self, token, new_password)
+        user: UserT = tokens.complete_reset(self, token, new_password)
         return user
 
     def wait_for_background(self, timeout: float | None = None) -> bool:

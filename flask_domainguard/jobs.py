@@ -164,7 +164,9 @@ def register(kind: str) -> Callable[[Handler], Handler]:
 def _handler(kind: str) -> Handler:
     if kind not in _HANDLERS:
         # The modules that own the kinds register their handlers when imported.
-        from . import notices, reset, verification  # noqa: F401
+        from . import notices  # noqa: F401
+        from .addresses import verification  # noqa: F401
+        from .reset import flow  # noqa: F401
     try:
         return _HANDLERS[kind]
     except KeyError:

@@ -45,10 +45,10 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash
 
 from . import signals
-from .addresses import addresses_of
+from .addresses.store import addresses_of
 from .journal import EventKind, transaction
 from .lockout import Lock, Throttle
-from .mail import notify_user
+from .mail.outgoing import notify_user
 from .timeutil import utcnow
 
 if TYPE_CHECKING:

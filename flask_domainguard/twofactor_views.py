@@ -20,6 +20,7 @@ from wtforms import BooleanField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from . import twofactor
+from .blueprint import bp
 from .context import current_guard
 from .twofactor import AttemptResult, Outcome
 from .twofactor_gate import (
@@ -34,7 +35,6 @@ from .twofactor_gate import (
     second_factor_removed,
     trust_this_device,
 )
-from .views import bp
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse

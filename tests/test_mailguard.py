@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from flask_mail import Mail, Message
 
-from flask_domainguard.mailguard import in_reset_scope, install_mail_guard
-from flask_domainguard.reset import ResetDecision
+from flask_domainguard.mail.safetynet import in_reset_scope, install_mail_guard
+from flask_domainguard.reset.decision import ResetDecision
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp
 from tests.guard_helpers import add, set_domain
