@@ -29,9 +29,9 @@ from wtforms import BooleanField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, ValidationError
 
 from flask_domainguard import AddressTaken, InvalidAddress
+from flask_domainguard.addresses.verification import VerificationError
 from flask_domainguard.emails import parse_address
 from flask_domainguard.report import build_report
-from flask_domainguard.verification import VerificationError
 
 from . import guard
 from .models import User, db

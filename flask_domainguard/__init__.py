@@ -7,24 +7,25 @@ registrable domain for its lifecycle, and requires 2FA of active users.
 
 from __future__ import annotations
 
-from .addresses import AddressError, AddressTaken, LastVerifiedAddress, UnknownAddress
+from .addresses.standing import AddressState
+from .addresses.store import AddressError, AddressTaken, LastVerifiedAddress, UnknownAddress
+from .addresses.verification import Outcome as VerificationOutcome
+from .addresses.verification import (
+    VerificationError,
+    VerificationRateLimited,
+    VerificationRefused,
+)
 from .config import DEFAULT_TRUSTED_DOMAINS, ConfigError
 from .emails import Address, InvalidAddress, parse_address, registrable_domain
 from .extension import DomainGuard
 from .journal import EventKind
 from .models import UnverifyReason
-from .reset import ResetDecision, ResetGrant
+from .reset.decision import ResetDecision
+from .reset.tokens import ResetGrant
 from .status.observation import Observation
 from .tokens import TokenError, TokenExpired
 from .twofactor.requirement import Requirement, RequirementState, UserWithout2FA
 from .verdict import Policy, Verdict, VerdictKind, judge
-from .verification import (
-    AddressState,
-    VerificationError,
-    VerificationRateLimited,
-    VerificationRefused,
-)
-from .verification import Outcome as VerificationOutcome
 
 __all__ = [
     "DEFAULT_TRUSTED_DOMAINS",

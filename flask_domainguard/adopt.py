@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
-from .addresses import ensure_domains
+from .addresses.store import ensure_domains
 from .emails import InvalidAddress, parse_address
 from .journal import EventKind
 from .timeutil import as_utc, utcnow

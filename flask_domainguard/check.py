@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .addresses import find_address
+from .addresses.store import find_address
 from .dnsevidence import dns_lookup, dns_role
 from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address, registrable_domain

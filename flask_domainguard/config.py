@@ -701,7 +701,8 @@ OPTIONS: dict[str, Option] = {
         "all",
         _choice("all", "reset", "off"),
         "Flask-Mail safety net: 'all' drops any mail to addresses on unsafe domains and reset "
-        "mail to unsafe addresses, 'reset' only the latter, 'off' nothing.",
+        "mail to unsafe addresses, 'reset' only the latter, 'off' nothing (and the Flask-Mail "
+        "hook is not installed for it).",
     ),
     # -- two-factor authentication -----------------------------------------------------
     "DOMAINGUARD_TOTP_ISSUER": _opt(

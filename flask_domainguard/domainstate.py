@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import signals
-from .addresses import ensure_domains
+from .addresses.store import ensure_domains
 from .dnsverdict import FIRST_SEEN, Baseline, DnsState, advance_dns, judge_dns
 from .journal import EventKind, transaction
 from .status.observation import DnsFingerprint, Observation

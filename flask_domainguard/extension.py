@@ -7,30 +7,42 @@ into a feature package.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from flask import Flask, current_app
+from flask_mail import Mail
 
-from . import addresses, passwords, users
+from . import passwords, users
+from .addresses import standing, verification
+from .addresses import store as address_store
+from .background import jobs_for
+from .cli import domainguard_cli
 from .config import Settings, apply_defaults, load_settings
 from .context import EXTENSION_KEY, AppState, PasswordChecker, PasswordSetter, app_state
-from .links import check_link_base
+from .links import check_link_base, external_link
+from .mail.safetynet import install_mail_guard, reset_mail_scope
 from .models import Models, UserT, check_dialect, define_models
+from .reset import decision, flow, hostview
+from .reset import tokens as reset_tokens
+from .status import create_backend
 from .twofactor import devices, gate, requirement
 from .twofactor.fresh import require_fresh_2fa
+from .views import register_views
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from flask.typing import ResponseReturnValue
 
+    from .addresses.standing import AddressState
+    from .addresses.verification import Outcome
     from .models import EmailAddress, UnverifyReason
-    from .reset import ResetDecision, ResetGrant
+    from .reset.decision import ResetDecision
+    from .reset.tokens import ResetGrant
     from .status.base import StatusBackend
-    from .verification import AddressState, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +123,18 @@ class DomainGuard(Generic[UserT]):
             )
 
         if "mail" not in app.extensions:
-            from flask_mail import Mail
-
             Mail(app)
 
-        from .mailguard import install_mail_guard
-
-        install_mail_guard()  # once per process; a no-op for apps without DomainGuard
-
-        from .cli import domainguard_cli
+        if settings.mail_guard != "off":
+            # Once per process, and only when an app asks for it; the wrapper still checks
+            # each app's own setting (a no-op for apps without DomainGuard or with "off").
+            install_mail_guard()
 
         app.cli.add_command(domainguard_cli)
-
-        from .views import register_views
 
         register_views(app, settings)
 
         gate.init_app(app, self)
-
-        from .background import jobs_for
 
         # A process that starts after another died drains what that one left in the job table.
         app.before_request(lambda: jobs_for().start_if_work())
@@ -147,8 +152,6 @@ class DomainGuard(Generic[UserT]):
 
     def status_backend(self, name: str | None = None) -> StatusBackend:
         """The current app's status backend (``DOMAINGUARD_STATUS_BACKEND`` unless ``name``)."""
-        from .status import create_backend
-
         state = self._state()
         key = name or state.settings.status_backend
         backend = state.backends.get(key)
@@ -178,8 +181,6 @@ class DomainGuard(Generic[UserT]):
         For links a host mails itself (its own reset page): never built on the request's
         ``Host`` header, and usable outside requests. See :mod:`flask_domainguard.links`.
         """
-        from .links import external_link
-
         return external_link(endpoint, **values)
 
     # -- users ---------------------------------------------------------------------------
@@ -195,23 +196,23 @@ class DomainGuard(Generic[UserT]):
         user: UserT | None = self.db.session.get(self.user_model, user_id)
         return user
 
-    # -- addresses (see :mod:`flask_domainguard.addresses`) ------------------------------
+    # -- addresses (see :mod:`flask_domainguard.addresses.store`) ------------------------
 
     def add_address(
         self, user: Any, address: str, *, primary: bool = False, verified: bool = False
     ) -> EmailAddress:
-        """Add ``address`` to ``user``; see :func:`flask_domainguard.addresses.add_address`."""
-        return addresses.add_address(
+        """Add ``address`` to ``user``; see :func:`.addresses.store.add_address`."""
+        return address_store.add_address(
             self, user, address, primary=primary, verified=verified, actor="user"
         )
 
     def set_primary(self, address: EmailAddress | str) -> EmailAddress:
         """Make a verified address its user's primary one."""
-        return addresses.set_primary(self, address)
+        return address_store.set_primary(self, address)
 
     def remove_address(self, address: EmailAddress | str) -> None:
         """Remove an address; never the user's last verified one."""
-        addresses.remove_address(self, address)
+        address_store.remove_address(self, address)
 
     def unverify(
         self,
@@ -224,19 +225,19 @@ class DomainGuard(Generic[UserT]):
         """Unverify ``address`` (a bounce, an administrator's decision); journalled, signalled.
 
         The address stops receiving resets and notices at once; its owner verifies it again
-        with a new link. See :func:`flask_domainguard.addresses.unverify_address`.
+        with a new link. See :func:`flask_domainguard.addresses.store.unverify_address`.
 
         :returns: ``False`` when it was not verified (nothing changed).
         """
-        return addresses.unverify_address(self, address, reason=reason, actor=actor, **details)
+        return address_store.unverify_address(self, address, reason=reason, actor=actor, **details)
 
     def find_address(self, address: str) -> EmailAddress | None:
         """The stored row for ``address`` (any spelling), or ``None``."""
-        return addresses.find_address(self, address)
+        return address_store.find_address(self, address)
 
     def addresses_of(self, user: Any) -> list[EmailAddress]:
         """A user's addresses, primary first, then oldest first."""
-        return addresses.addresses_of(self, user)
+        return address_store.addresses_of(self, user)
 
     # -- two-factor authentication (see :mod:`flask_domainguard.twofactor`) --------------
 
@@ -288,19 +289,17 @@ class DomainGuard(Generic[UserT]):
             return require_fresh_2fa(within=within)
         return require_fresh_2fa(view, within=within)
 
-    # -- verification (see :mod:`flask_domainguard.verification`) ------------------------
+    # -- verification (see :mod:`flask_domainguard.addresses.verification`) --------------
 
     def send_verification(
         self, address: EmailAddress | str, *, actor: str = "user"
     ) -> EmailAddress:
         """Mail a verification link to ``address`` (rate-limited per address, journalled).
 
-        :raises flask_domainguard.verification.VerificationError: already verified, too many
-            mails (``VerificationRateLimited``) or an unsafe domain (``VerificationRefused``);
-            ``str(exc)`` is a message for the owner.
+        :raises flask_domainguard.addresses.verification.VerificationError: already
+            verified, too many mails (``VerificationRateLimited``) or an unsafe domain
+            (``VerificationRefused``); ``str(exc)`` is a message for the owner.
         """
-        from . import verification
-
         return verification.send_verification(self, address, actor=actor)
 
     def confirm_verification(self, token: str, *, user: Any = None) -> Outcome:
@@ -308,46 +307,34 @@ class DomainGuard(Generic[UserT]):
 
         :param user: the logged-in user; needed for addresses unverified for a domain reason.
         """
-        from . import verification
-
         return verification.confirm_verification(self, token, user=user)
 
     def address_state(self, address: EmailAddress | str) -> AddressState:
         """How an address stands (verified, receives resets, a sentence for its owner)."""
-        from . import verification
+        return standing.address_state(self, address)
 
-        return verification.address_state(self, address)
-
-    # -- password reset (see :mod:`flask_domainguard.reset`) -----------------------------
+    # -- password reset (see :mod:`flask_domainguard.reset`) ------------------------------
 
     def reset_decision(self, address: str) -> ResetDecision[UserT]:
         """Whether a password reset may be mailed to ``address``; never show ``reason``."""
-        from . import reset
-
-        return reset.reset_decision(self, address)
+        return decision.reset_decision(self, address)
 
     def safe_to_mail(self, address: str) -> bool:
         """Whether ``address`` is stored, verified and on a domain not unsafe (no lookup)."""
-        from . import reset
-
-        return reset.safe_to_mail(self, address)
+        return decision.safe_to_mail(self, address)
 
     def reset_mail_scope(
         self, decision: ResetDecision | None = None
     ) -> AbstractContextManager[None]:
         """A block in which Flask-Mail delivers only to addresses fit for a reset: the
         ``decision``'s address, or addresses with recent evidence of a safe domain."""
-        from .mailguard import reset_mail_scope
-
         return reset_mail_scope(decision)
 
     def send_reset_mail(
         self, target: ResetDecision[Any] | str, *, template: str = "reset_password", **context: Any
     ) -> bool:
         """Mail a reset link to the blueprint's reset page if allowed; ``False`` if refused."""
-        from . import reset
-
-        return reset.send_reset_mail(self, target, template=template, **context)
+        return flow.send_reset_mail(self, target, template=template, **context)
 
     def guarded_reset_request(
         self,
@@ -358,11 +345,9 @@ class DomainGuard(Generic[UserT]):
     ) -> Callable[[Callable[_P, _R]], Callable[_P, _R | ResponseReturnValue]]:
         """Decorate the host's forgot-password view so only allowed requests reach it.
 
-        See :func:`flask_domainguard.reset.guarded_reset_request`.
+        See :func:`flask_domainguard.reset.hostview.guarded_reset_request`.
         """
-        from . import reset
-
-        return reset.guarded_reset_request(
+        return hostview.guarded_reset_request(
             self, field=field, template_or_response=template_or_response, csrf=csrf
         )
 
@@ -373,21 +358,15 @@ class DomainGuard(Generic[UserT]):
 
         :returns: the decision when processed now, ``None`` when handed to the background.
         """
-        from . import reset
-
-        return reset.submit_reset_request(self, address, client=client)[0]
+        return flow.submit_reset_request(self, address, client=client)[0]
 
     def reset_token(self, user: Any, address: EmailAddress) -> str:
         """A reset token for ``user``, mailed to ``address``, for a host's own reset page."""
-        from . import reset
-
-        return reset.reset_token(self, user, address)
+        return reset_tokens.reset_token(self, user, address)
 
     def read_reset_token(self, token: str) -> ResetGrant[UserT]:
-        """Check a reset token without spending it (raises ``tokens.TokenError``)."""
-        from . import reset
-
-        return reset.read_reset_token(self, token)
+        """Check a reset token without spending it (raises ``reset_tokens.TokenError``)."""
+        return reset_tokens.read_reset_token(self, token)
 
     def password_changed(
         self, user: UserT, *, actor: str, via: EmailAddress | str | None = None
@@ -407,14 +386,10 @@ class DomainGuard(Generic[UserT]):
 
     def complete_reset(self, token: str, new_password: str) -> UserT:
         """Spend a reset token and store ``new_password`` with :attr:`password_setter`."""
-        from . import reset
-
-        user: UserT = reset.complete_reset(self, token, new_password)
+        user: UserT = reset_tokens.complete_reset(self, token, new_password)
         return user
 
     def wait_for_background(self, timeout: float | None = None) -> bool:
         """Wait until the job table holds no job due or running (reset requests, mail),
         running them in this process's workers; ``True`` when that happened in time."""
-        from .background import jobs_for
-
         return jobs_for().join(timeout)

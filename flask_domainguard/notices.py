@@ -20,7 +20,8 @@ from flask import current_app
 
 from . import jobs, signals
 from .journal import EventKind
-from .mail import safe_addresses, send_mail
+from .mail.outgoing import send_mail
+from .mail.recipients import safe_addresses
 
 if TYPE_CHECKING:
     from .context import Guard

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from . import sessions, signals, undo
-from .addresses import find_address
+from .addresses.store import find_address
 from .journal import EventKind, Transaction, transaction
-from .mail import is_safe_recipient, send_mail
+from .mail.outgoing import send_mail
+from .mail.recipients import is_safe_recipient
 from .timeutil import utcnow
 from .users import ensure_state, fingerprint, raise_session_epoch, state_of
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import signals
-from .addresses import unverify
+from .addresses.store import unverify
 from .dnsevidence import dns_lookup
 from .dnsverdict import BASELINE_COLUMNS, Baseline
 from .domainstate import (

@@ -32,10 +32,11 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals, tokens
-from .addresses import unverify
+from .addresses.store import unverify
 from .journal import EventKind, transaction
 from .links import external_link
-from .mail import is_safe_recipient, notify_user, safe_addresses, send_mail
+from .mail.outgoing import notify_user, send_mail
+from .mail.recipients import is_safe_recipient, safe_addresses
 from .models import UnverifyReason
 from .timeutil import utcnow
 from .users import ensure_state, fingerprint, raise_session_epoch, state_of

@@ -3,7 +3,7 @@
 ``GET /undo/<token>`` says what changed and shows a button, and changes nothing (mail
 scanners fetch links); its ``POST`` locks the account back (:func:`.undo.lock_back`). No
 login is needed: the link proves the mailbox, and an owner locked out of their account is
-exactly who follows it. Clients that prefer JSON get JSON (see :mod:`.views`).
+exactly who follows it. Clients that prefer JSON get JSON (see :mod:`.blueprint`).
 """
 
 from __future__ import annotations
@@ -16,20 +16,16 @@ from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
 from . import tokens
-from .context import Guard, current_guard
+from .blueprint import bp, csrf_body, form_errors, json_answer
+from .context import current_guard
 from .redirects import wants_json
 from .undo import lock_back, read_undo_token
-from .views import bp, csrf_body, form_errors, json_answer
 
 
 class UndoForm(FlaskForm):  # type: ignore[misc]
     """The button that locks the account back to its owner."""
 
     submit = SubmitField("This wasn't me: lock my account")
-
-
-def _guard() -> Guard:
-    return current_guard()
 
 
 def _invalid(exc: tokens.TokenError, json: bool) -> ResponseReturnValue:
@@ -41,7 +37,7 @@ def _invalid(exc: tokens.TokenError, json: bool) -> ResponseReturnValue:
 @bp.route("/undo/<token>", methods=["GET", "POST"])
 def undo_change(token: str) -> ResponseReturnValue:
     """The link in a password-changed notice: show what happened (GET), lock back (POST)."""
-    guard = _guard()
+    guard = current_guard()
     json = wants_json()
     try:
         grant = read_undo_token(guard, token)

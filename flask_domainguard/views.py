@@ -1,38 +1,19 @@
-"""The extension's blueprint: its templates (overridable under ``templates/domainguard/``)
-and the pages of the verification, reset and 2FA flows.
-
-The reset and verification endpoints answer JSON to clients that prefer it (the 2FA gate's
-rule, :func:`.redirects.wants_json`), for hosts whose front end is a JavaScript app
-(see ``DOMAINGUARD_RESET_URL`` / ``DOMAINGUARD_VERIFY_URL``): a ``GET`` gives the
-``csrf_token`` to send back in the JSON body of the ``POST``.
-"""
+"""Registers DomainGuard's pages on an app: the blueprint of :mod:`.blueprint` with the
+routes each flow adds to it (importing a flow's views module adds its routes)."""
 
 from __future__ import annotations
 
-from typing import Any
+from flask import Flask
 
-from flask import Blueprint, Flask, Response, jsonify, request
-
+from . import undo_views
+from .addresses import views as address_views
+from .blueprint import bp, templates_only
 from .config import Settings
+from .reset import views as reset_views
+from .twofactor import views as twofactor_views
 
-bp = Blueprint("domainguard", __name__, template_folder="templates", static_folder="static")
-
-#: URL arguments that hold a secret (reset, verification and "this wasn't me" links).
-TOKEN_ARGUMENTS = frozenset({"token"})
-
-
-@bp.after_request
-def _private_token_pages(response: Response) -> Response:
-    """Every answer of a page whose URL carries a token, errors and JSON included: kept out of
-    caches (``no-store``) and out of ``Referer`` headers sent to other sites."""
-    if request.view_args and TOKEN_ARGUMENTS & request.view_args.keys():
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
-#: Only the templates (mail above all), for apps that turn the pages off.
-templates_only = Blueprint("domainguard_templates", __name__, template_folder="templates")
+#: The modules whose routes :func:`register_views` registers (imported for that).
+VIEW_MODULES = (reset_views, address_views, twofactor_views, undo_views)
 
 
 def register_views(app: Flask, settings: Settings) -> None:
@@ -44,30 +25,4 @@ def register_views(app: Flask, settings: Settings) -> None:
     if not settings.register_blueprint:
         app.register_blueprint(templates_only)
         return
-    from . import (  # noqa: F401  (importing them adds their routes to bp)
-        reset_views,  # password reset pages
-        undo_views,  # "this wasn't me" pages
-        verification_views,  # address verification pages
-    )
-    from .twofactor import views as twofactor_views  # noqa: F401  (2FA pages)
-
     app.register_blueprint(bp, url_prefix=settings.url_prefix)
-
-
-def json_answer(body: dict[str, Any], status: int = 200) -> Response:
-    """A JSON response (answers about a token get their headers from the blueprint's hook)."""
-    response = jsonify(body)
-    response.status_code = status
-    return response
-
-
-def form_errors(form: Any) -> dict[str, Any]:
-    """The ``400`` body for a form that did not validate (CSRF included)."""
-    return {"error": "invalid_form", "errors": dict(form.errors)}
-
-
-def csrf_body() -> dict[str, Any]:
-    """The ``GET`` answer for JSON clients: the token their ``POST`` must send back."""
-    from flask_wtf.csrf import generate_csrf
-
-    return {"csrf_token": generate_csrf()}

@@ -102,7 +102,7 @@ def events(guard: Any, kind: EventKind) -> list[Any]:
 
 def unverify(guard: Any, row: Any, reason: Any) -> None:
     """Unverify an address as the sweep would."""
-    from flask_domainguard.addresses import unverify as do_unverify
+    from flask_domainguard.addresses.store import unverify as do_unverify
     from flask_domainguard.journal import transaction
 
     with transaction(guard.db, guard.models) as tx:

@@ -16,7 +16,7 @@ from flask_mail import Message
 from freezegun import freeze_time
 
 from flask_domainguard.journal import EventKind
-from flask_domainguard.mail import has_reset_evidence
+from flask_domainguard.mail.recipients import has_reset_evidence
 from flask_domainguard.models import UnverifyReason
 from flask_domainguard.sweep import Sweep
 from flask_domainguard.timeutil import utcnow

@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskCliRunner
 
+from flask_domainguard.addresses.verification import verification_token
 from flask_domainguard.dnsverdict import FIRST_SEEN, VERIFICATION, Baseline
 from flask_domainguard.journal import EventKind
 from flask_domainguard.models import UnverifyReason
 from flask_domainguard.sweep import Sweep
 from flask_domainguard.timeutil import utcnow
-from flask_domainguard.verification import verification_token
 from tests import hostapp
 from tests.conftest import settings_from_marker
 from tests.dns_server import DnsServer, RdapServer, zone

@@ -152,7 +152,7 @@ def test_host_user_table_is_unchanged(app: Flask) -> None:
 
 @pytest.mark.settings(DOMAINGUARD_REGISTER_BLUEPRINT=False)
 def test_without_pages_mail_templates_still_render(app: Flask, outbox: list[Any]) -> None:
-    from flask_domainguard.mail import send_mail
+    from flask_domainguard.mail.outgoing import send_mail
 
     assert not any(rule.endpoint.startswith("domainguard.") for rule in app.url_map.iter_rules())
     with app.test_request_context():

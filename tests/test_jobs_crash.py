@@ -25,7 +25,7 @@ from flask import Flask
 from flask_domainguard import jobs
 from flask_domainguard.journal import EventKind, transaction
 from flask_domainguard.notices import queue_expiry_warning
-from flask_domainguard.reset import submit_reset_request
+from flask_domainguard.reset.flow import submit_reset_request
 from flask_domainguard.timeutil import utcnow
 from tests import hostapp
 from tests.conftest import SMTPSink, use_smtp

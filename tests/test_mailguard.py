@@ -7,15 +7,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import flask_mail
 import pytest
 from flask import Flask
 from flask_mail import Mail, Message
 
-from flask_domainguard.mailguard import in_reset_scope, install_mail_guard
-from flask_domainguard.reset import ResetDecision
+from flask_domainguard.mail.safetynet import in_reset_scope, install_mail_guard
+from flask_domainguard.reset.decision import ResetDecision
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp
-from tests.guard_helpers import add, set_domain
+from tests.guard_helpers import OK, add, set_domain, write_status
 
 SAFE = "main@safe-shop.com"
 GONE = "old@gone-shop.com"
@@ -37,6 +38,13 @@ def smtp_app(
     set_domain(guard, "gone-shop.com", checked_at=utcnow() - timedelta(hours=1), verdict="expired")
     set_domain(guard, "safe-shop.com", checked_at=utcnow() - timedelta(hours=1))
     yield app
+
+
+@pytest.fixture
+def unhooked_mail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flask-Mail as in a process where no app has installed the hook yet (restored after)."""
+    send = flask_mail.Connection.send
+    monkeypatch.setattr(flask_mail.Connection, "send", getattr(send, "__wrapped__", send))
 
 
 def send(app: Flask, **fields: Any) -> None:
@@ -111,6 +119,38 @@ def test_off_mode_delivers_everything(smtp_app: Flask, guard: Any, smtp_sink: SM
     assert smtp_sink.recipients() == [GONE]
 
 
+def test_an_app_with_the_guard_on_installs_the_hook(
+    unhooked_mail: None, smtp_app: Flask, smtp_sink: SMTPSink
+) -> None:
+    assert getattr(flask_mail.Connection.send, "_domainguard", False)
+    send(smtp_app, recipients=[GONE, SAFE])
+    assert smtp_sink.recipients() == [SAFE]
+
+
+@pytest.mark.settings(
+    DOMAINGUARD_MAIL_GUARD="off",
+    DOMAINGUARD_EXTERNAL_URL="https://shop.example",
+    DOMAINGUARD_RESET_PROCESSING="inline",
+)
+def test_off_mode_installs_no_hook_and_domainguards_own_mail_stays_guarded(
+    unhooked_mail: None, smtp_app: Flask, guard: Any, smtp_sink: SMTPSink
+) -> None:
+    """With the net off, Flask-Mail is left as it is; DomainGuard's own mail still applies
+    the recipient rule itself: no reset to an unsafe or unverified address, and the refusal
+    notice goes to the safe address only."""
+    assert not getattr(flask_mail.Connection.send, "_domainguard", False)
+    send(smtp_app, recipients=[GONE])  # the host's own mail: nothing in the way, as asked
+    write_status(smtp_app, {"safe-shop.com": OK, "gone-shop.com": {"registered": False}})
+    with smtp_app.test_request_context():
+        assert not guard.send_reset_mail(GONE)
+        assert not guard.send_reset_mail(UNVERIFIED)
+        assert guard.send_reset_mail(SAFE)
+    decision = guard.request_reset(GONE)
+    assert decision is not None and decision.reason == "domain_released"
+    assert [rcpts for _, rcpts in smtp_sink.envelopes] == [[GONE], [SAFE], [SAFE]]
+    assert "did not send a reset" in smtp_sink.messages[2].get_payload()
+
+
 def test_apps_without_domainguard_are_untouched(smtp_sink: SMTPSink) -> None:
     install_mail_guard()
     install_mail_guard()  # idempotent: one wrapper, not two
@@ -124,8 +164,6 @@ def test_apps_without_domainguard_are_untouched(smtp_sink: SMTPSink) -> None:
 
 
 def test_the_wrapper_is_installed_once() -> None:
-    import flask_mail
-
     install_mail_guard()
     send_method = flask_mail.Connection.send
     install_mail_guard()

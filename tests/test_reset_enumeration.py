@@ -25,7 +25,7 @@ from flask_wtf.csrf import generate_csrf
 
 from flask_domainguard.journal import EventKind
 from flask_domainguard.ratelimit import _digest, _window_start
-from flask_domainguard.reset import mail_budget_keys
+from flask_domainguard.reset.flow import mail_budget_keys
 from flask_domainguard.status.static import StaticBackend
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp

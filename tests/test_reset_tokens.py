@@ -16,7 +16,7 @@ from werkzeug.security import check_password_hash
 from flask_domainguard import tokens
 from flask_domainguard.journal import EventKind
 from flask_domainguard.models import UnverifyReason
-from flask_domainguard.reset import _binding_text
+from flask_domainguard.reset.tokens import _binding_text
 from tests.guard_helpers import OK, RELEASED, add, csrf_of, events, link_in, unverify, write_status
 
 pytestmark = [
@@ -135,7 +135,7 @@ def test_tampered_token_is_refused(
     response = client.get(f"/domainguard/reset/{bad}")
     assert response.status_code == 400 and b"cannot be used" in response.data
     # A verification token is no reset token, even for the same address.
-    from flask_domainguard.verification import verification_token
+    from flask_domainguard.addresses.verification import verification_token
 
     with pytest.raises(tokens.TokenError):
         guard.read_reset_token(verification_token(row))

@@ -562,8 +562,8 @@ def test_an_app_mounted_under_a_prefix_comes_back_under_it(site: Flask) -> None:
 
 
 def test_pending_session_opens_a_verification_link_but_cannot_reverify(site: Flask) -> None:
+    from flask_domainguard.addresses.verification import verification_token
     from flask_domainguard.models import UnverifyReason
-    from flask_domainguard.verification import verification_token
 
     user_id, _secret, _ = add_site_user(site)
     with site.app_context():

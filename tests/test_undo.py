@@ -16,7 +16,7 @@ from freezegun import freeze_time
 
 from flask_domainguard import signals
 from flask_domainguard.journal import EventKind
-from flask_domainguard.reset import process_reset_request
+from flask_domainguard.reset.flow import process_reset_request
 from flask_domainguard.twofactor import devices, verify
 from tests.guard_helpers import link_in
 from tests.twofactor_helpers import (

@@ -15,11 +15,7 @@ from flask.testing import FlaskClient
 from freezegun import freeze_time
 
 from flask_domainguard import signals, tokens
-from flask_domainguard.journal import EventKind
-from flask_domainguard.models import UnverifyReason
-from flask_domainguard.sessions import SESSION_KEY
-from flask_domainguard.timeutil import utcnow
-from flask_domainguard.verification import (
+from flask_domainguard.addresses.verification import (
     Outcome,
     VerificationError,
     VerificationRateLimited,
@@ -28,6 +24,10 @@ from flask_domainguard.verification import (
     read_verification_token,
     verification_token,
 )
+from flask_domainguard.journal import EventKind
+from flask_domainguard.models import UnverifyReason
+from flask_domainguard.sessions import SESSION_KEY
+from flask_domainguard.timeutil import utcnow
 from tests.guard_helpers import (
     COUNTING,
     OK,

@@ -10,10 +10,10 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from ..addresses import UnknownAddress
+from ..addresses.reverify import reverify
+from ..addresses.store import UnknownAddress
 from ..adopt import AdoptError, adopt_addresses, proof_source
 from ..twofactor.devices import admin_reset, rotate_keys
-from ..verification import reverify
 from .output import (
     guard_for_app,
     iso_date,

@@ -16,9 +16,9 @@ from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from .. import signals
-from ..addresses import addresses_of
+from ..addresses.store import addresses_of
 from ..journal import EventKind, transaction
-from ..mail import notify_user
+from ..mail.outgoing import notify_user
 from ..timeutil import utcnow
 from .crypto import (
     SecretBox,

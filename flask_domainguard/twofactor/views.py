@@ -19,9 +19,9 @@ from flask_wtf.csrf import generate_csrf
 from wtforms import BooleanField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
+from ..blueprint import bp
 from ..context import current_guard
 from ..redirects import redirect_next, safe_next
-from ..views import bp
 from . import devices, verify
 from .attempts import AttemptResult, Outcome
 from .fresh import freshness, require_fresh_2fa

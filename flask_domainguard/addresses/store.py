@@ -11,17 +11,18 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from . import signals
-from .dnsverdict import Baseline
-from .emails import Address, InvalidAddress, parse_address
-from .journal import EventKind, transaction
-from .models import MYSQL_DIALECTS, UnverifyReason
-from .timeutil import utcnow
+from .. import signals
+from ..dnsevidence import fingerprint_of, proof_fingerprint
+from ..dnsverdict import Baseline
+from ..emails import Address, InvalidAddress, parse_address
+from ..journal import EventKind, transaction
+from ..models import MYSQL_DIALECTS, UnverifyReason
+from ..timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .context import Guard
-    from .journal import Transaction
-    from .models import EmailAddress
+    from ..context import Guard
+    from ..journal import Transaction
+    from ..models import EmailAddress
 
 
 class AddressError(ValueError):
@@ -167,8 +168,6 @@ def _insert_address(
 def _proof_baseline(guard: Guard, registrable: str) -> Baseline | None:
     """The DNS baseline for an address proved now, where the DNS is consulted for its domain;
     ``None`` when it is not or the lookup told nothing (first seen at a later check)."""
-    from .dnsevidence import fingerprint_of, proof_fingerprint
-
     fingerprint = fingerprint_of(proof_fingerprint(guard, registrable))
     return None if fingerprint is None else Baseline(fingerprint, utcnow())
 

@@ -3,7 +3,7 @@
 ``GET /verify/<token>`` shows a confirmation button and changes nothing, so mail scanners
 that fetch links verify nothing; only its ``POST`` verifies. ``/verify/`` lists the logged-in
 user's addresses with their state, and ``POST /verify/send`` mails a new link. Clients that
-prefer JSON get JSON from each (see :mod:`.views`).
+prefer JSON get JSON from each (see :mod:`flask_domainguard.blueprint`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,18 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, SubmitField
 from wtforms.validators import DataRequired
 
-from . import tokens
-from .addresses import AddressError
-from .context import current_guard
-from .redirects import wants_json
+from .. import tokens
+from ..blueprint import bp, csrf_body, form_errors, json_answer
+from ..context import current_guard
+from ..redirects import wants_json
+from .standing import address_state, needs_owner
+from .store import AddressError, addresses_of
 from .verification import (
     VerificationError,
-    address_state,
     confirm_verification,
-    needs_owner,
     read_verification_token,
     send_verification,
 )
-from .views import bp, csrf_body, form_errors, json_answer
 
 
 class ConfirmAddressForm(FlaskForm):  # type: ignore[misc]
@@ -46,10 +45,6 @@ class SendVerificationForm(FlaskForm):  # type: ignore[misc]
     address_id = HiddenField(validators=[DataRequired()])
     next = HiddenField()
     submit = SubmitField("Send a verification link")
-
-
-def _guard() -> Any:
-    return current_guard()
 
 
 def safe_next(target: str | None, fallback: str) -> str:
@@ -80,7 +75,7 @@ def _unauthorized() -> ResponseReturnValue:
 @bp.route("/verify/<token>", methods=["GET", "POST"])
 def verify_address(token: str) -> ResponseReturnValue:
     """Show the confirmation page (GET) or verify the address (POST)."""
-    guard = _guard()
+    guard = current_guard()
     json = wants_json()
     try:
         row, _ = read_verification_token(guard, token)
@@ -145,8 +140,8 @@ def verify_status() -> ResponseReturnValue:
     user = _logged_in_user()
     if user is None:
         return _unauthorized()
-    guard = _guard()
-    rows = guard.addresses_of(user)
+    guard = current_guard()
+    rows = addresses_of(guard, user)
     if wants_json():
         states = [address_state(guard, row) for row in rows]
         body = [{"id": row.id, **asdict(state)} for row, state in zip(rows, states, strict=True)]
@@ -164,7 +159,7 @@ def send_verification_link() -> ResponseReturnValue:
     user = _logged_in_user()
     if user is None:
         return _unauthorized()
-    guard = _guard()
+    guard = current_guard()
     json = wants_json()
     form = SendVerificationForm()
     back = safe_next(form.next.data, url_for("domainguard.verify_status"))

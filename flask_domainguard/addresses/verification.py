@@ -25,39 +25,35 @@ from __future__ import annotations
 import enum
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app, has_request_context, request
 from flask_login import current_user
 
-from . import jobs, signals, tokens
-from .addresses import AddressError, resolve_address, unverify
-from .dnsevidence import fingerprint_of
-from .dnsverdict import VERIFICATION, Baseline
-from .domainstate import load_state
-from .journal import EventKind, transaction
-from .links import verify_link
-from .livecheck import DomainCheck, check_domain
-from .mail import address_verdict, is_safe_recipient, notify_user, send_mail
-from .mailguard import verification_mail_scope
-from .models import DOMAIN_REASONS, UnverifyReason
-from .ratelimit import RateLimiter
-from .timeutil import utcnow
-from .twofactor.devices import twofactor_enabled
-from .twofactor.fresh import freshness
-from .verdict import VerdictKind
+from .. import jobs, signals, tokens
+from ..dnsevidence import fingerprint_of
+from ..dnsverdict import VERIFICATION, Baseline
+from ..domainstate import load_state
+from ..journal import EventKind, transaction
+from ..links import verify_link
+from ..livecheck import DomainCheck, check_domain
+from ..mail.outgoing import notify_user, send_mail
+from ..mail.recipients import address_verdict
+from ..mail.safetynet import verification_mail_scope
+from ..models import DOMAIN_REASONS, UnverifyReason
+from ..ratelimit import RateLimiter
+from ..timeutil import utcnow
+from ..twofactor.devices import twofactor_enabled
+from ..twofactor.fresh import freshness
+from ..verdict import VerdictKind
+from .standing import REASON_TEXT, dns_moved, needs_owner
+from .store import AddressError, resolve_address, unverify
 
 if TYPE_CHECKING:
-    from .context import Guard
-    from .models import EmailAddress
+    from ..context import Guard
+    from ..models import EmailAddress
 
 log = logging.getLogger(__name__)
-
-#: Reasons after which only the logged-in owner with 2FA may verify the address again: the
-#: domain's, and a person's decision (an administrator, or "this wasn't me" after a reset
-#: through the address, whose mailbox the attacker may read).
-OWNER_REASONS = DOMAIN_REASONS | {UnverifyReason.MANUAL}
 
 #: Kinds that mean someone other than the owner can register or restore the name right now.
 _UP_FOR_GRABS = frozenset({VerdictKind.RELEASED, VerdictKind.EXPIRED})
@@ -90,36 +86,6 @@ class Outcome(str, enum.Enum):
     VERIFIED = "verified"
     REVERIFIED = "reverified"
     ALREADY_VERIFIED = "already_verified"
-
-
-@dataclass(frozen=True)
-class AddressState:
-    """How an address stands, for a host's account page (see :func:`address_state`).
-
-    :param address: the normalised address.
-    :param primary: whether it is the user's primary address.
-    :param verified: whether it is verified now.
-    :param receives_resets: verified and on a domain not unsafe by the last check.
-    :param domain_verdict: the stored verdict for this address (``"ok"``, ``"expired"``, ...) or
-        ``None`` when never checked; trusted providers report ``"trusted"``.
-    :param unverify_reason: why it lost its verified state (``"domain_expired"``, ...).
-    :param needs_login: re-verifying takes the owner logged in with 2FA (a domain reason, or
-        unverified by hand).
-    :param label: one sentence for the owner.
-    :param needs_verification: a (new) verification link is what the address needs now: it
-        is unverified, or verified while its domain's name servers and mail servers have all
-        changed since (re-verifying, logged in, records the new ones as its baseline).
-    """
-
-    address: str
-    primary: bool
-    verified: bool
-    receives_resets: bool
-    domain_verdict: str | None
-    unverify_reason: str | None
-    needs_login: bool
-    label: str
-    needs_verification: bool = False
 
 
 # -- the 2FA seam --------------------------------------------------------------------------
@@ -234,9 +200,9 @@ def send_verification(
                 guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
             )
         if check is not None:
-            refusal = _domain_refusal(guard, row, check)
+            refusal = domain_refusal(guard, row, check)
             if refusal is not None:
-                _journal_refusal(guard, row, refusal, actor=actor)
+                journal_refusal(guard, row, refusal, actor=actor)
                 raise refusal
     # Queued with its journal row, then delivered at once: a mail server that is down, or a
     # crash, leaves the job to the workers, who retry it (the link is made when it is sent).
@@ -292,22 +258,6 @@ def _run_verification_mail(guard: Guard, run: jobs.JobRun) -> None:
 # -- confirming ----------------------------------------------------------------------------
 
 
-def dns_moved(guard: Guard, row: EmailAddress) -> bool:
-    """Whether the stored state finds ``row``'s domain DNS-changed for it: its name servers
-    and mail servers all differ from the address's baseline."""
-    if row.verified_at is None or row.registrable in guard.settings.trusted_domains:
-        return False
-    state = load_state(guard, row.registrable)
-    verdict = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
-    return verdict.kind is VerdictKind.DNS_CHANGED
-
-
-def needs_owner(row: EmailAddress) -> bool:
-    """Whether re-verifying ``row`` takes its owner, logged in with 2FA: it was unverified for
-    its domain or by hand (:data:`OWNER_REASONS`)."""
-    return row.unverify_reason in OWNER_REASONS
-
-
 def _owner_refusal(guard: Guard, row: EmailAddress, user: Any) -> VerificationRefused | None:
     """Why ``user`` may not re-verify ``row`` (which :func:`needs_owner`), or ``None``."""
     owner = user is not None and bool(getattr(user, "is_authenticated", False))
@@ -335,7 +285,7 @@ def _owner_refusal(guard: Guard, row: EmailAddress, user: Any) -> VerificationRe
     return None
 
 
-def _domain_refusal(
+def domain_refusal(
     guard: Guard, row: EmailAddress, check: DomainCheck
 ) -> VerificationRefused | None:
     """Why ``check`` forbids verifying ``row`` now, or ``None`` when it allows it."""
@@ -362,7 +312,7 @@ def _domain_refusal(
     return None
 
 
-def _journal_refusal(
+def journal_refusal(
     guard: Guard, row: EmailAddress, refusal: VerificationError, *, actor: str
 ) -> None:
     with transaction(guard.db, guard.models) as tx:
@@ -392,7 +342,7 @@ def confirm_verification(guard: Guard, token: str, *, user: Any = None) -> Outco
     if owner_needed:
         refusal = _owner_refusal(guard, row, user)
         if refusal is not None:
-            _journal_refusal(guard, row, refusal, actor=actor)
+            journal_refusal(guard, row, refusal, actor=actor)
             raise refusal
 
     # Judged for the proof about to be made: a change of hands before it is the new owner's,
@@ -401,10 +351,10 @@ def confirm_verification(guard: Guard, token: str, *, user: Any = None) -> Outco
         guard, row.registrable, verified_at=utcnow(), force=True, actor="verification"
     )
     fingerprint = fingerprint_of(check.observation.dns if check.observation else None)
-    domain_refusal = _domain_refusal(guard, row, check)
-    if domain_refusal is not None:
-        _journal_refusal(guard, row, domain_refusal, actor=actor)
-        raise domain_refusal
+    refused = domain_refusal(guard, row, check)
+    if refused is not None:
+        journal_refusal(guard, row, refused, actor=actor)
+        raise refused
 
     reverified = row.unverified_at is not None
     with transaction(guard.db, guard.models) as tx:
@@ -449,180 +399,9 @@ def _tell_other_addresses(guard: Guard, row: EmailAddress, reason: UnverifyReaso
             "address_reverified",
             exclude_id=row.id,
             address=row.address,
-            why=_REASON_TEXT.get(reason, "it lost its verification") if reason else None,
+            why=REASON_TEXT.get(reason, "it lost its verification") if reason else None,
             app_name=current_app.name,
         )
     except Exception:
         # Verified either way; a mail server outage must not undo or hide it.
         log.exception("could not send the address-reverified notice")
-
-
-# -- state for account pages ---------------------------------------------------------------
-
-
-_REASON_TEXT = {
-    UnverifyReason.DOMAIN_RELEASED: "its domain was released and could be registered by anyone",
-    UnverifyReason.DOMAIN_EXPIRED: "its domain expired",
-    UnverifyReason.DOMAIN_REREGISTERED: "its domain was registered again after you verified it",
-    UnverifyReason.DNS_CHANGED: "the name servers and mail servers of its domain all changed "
-    "after you verified it",
-    UnverifyReason.MANUAL: (
-        "it was unverified by hand (by an administrator, or after a password change through it "
-        "was reported as not yours)"
-    ),
-    UnverifyReason.BOUNCE: "mail to it bounced",
-}
-
-
-def address_state(guard: Guard, address: EmailAddress | str) -> AddressState:
-    """How an address stands, in words and flags, for the owner's account page.
-
-    ::
-
-        {% for row in guard.addresses_of(current_user) %}
-          {% set state = guard.address_state(row) %}
-          <li>{{ state.address }}: {{ state.label }}</li>
-        {% endfor %}
-    """
-    row = resolve_address(guard, address)
-    trusted = row.registrable in guard.settings.trusted_domains
-    verdict: str | None = "trusted"
-    if not trusted:
-        state = load_state(guard, row.registrable)
-        # This address's own verdict: the domain's summary may be about an older address.
-        own = address_verdict(guard, state, row.verified_at, utcnow(), Baseline.of(row))
-        checked = state.checked_at is not None or state.dns is not None
-        verdict = own.kind.value if checked else None
-    safe = is_safe_recipient(guard, row)
-    reason = row.unverify_reason
-    moved = row.verified_at is not None and verdict == VerdictKind.DNS_CHANGED.value
-    if row.verified_at is not None and safe:
-        label = "Verified: password resets can be sent here."
-    elif moved:
-        label = (
-            f"Verified, but the name servers and mail servers of {row.registrable} have all "
-            "changed since you verified it: password resets are not sent here. If you moved "
-            "them, verify the address again while logged in; that records the new ones."
-        )
-    elif row.verified_at is not None:
-        label = (
-            f"Verified, but its domain {row.registrable} looks unsafe ({verdict}): password "
-            "resets are not sent here. Renew the domain or add another address."
-        )
-    elif reason is not None:
-        label = f"Unverified because {_REASON_TEXT.get(reason, reason.value)}."
-        if reason is UnverifyReason.DNS_CHANGED:
-            label += (
-                " If you moved them yourself, verify it again while logged in: that records "
-                "the new ones."
-            )
-        elif reason in DOMAIN_REASONS:
-            label += " Once the domain is yours again, verify it while logged in."
-        elif reason in OWNER_REASONS:
-            label += " Verify it again while logged in, with two-factor authentication."
-        else:
-            label += " Verify it again to receive password resets."
-    else:
-        label = "Not verified yet: password resets are not sent here until you verify it."
-    return AddressState(
-        address=row.address,
-        primary=row.primary,
-        verified=row.verified_at is not None,
-        receives_resets=safe,
-        domain_verdict=verdict,
-        unverify_reason=reason.value if reason is not None else None,
-        needs_login=needs_owner(row) or moved,
-        label=label,
-        needs_verification=row.verified_at is None or moved,
-    )
-
-
-# -- the operator's re-verification --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReverifyReport:
-    """What ``flask domainguard reverify`` found and did.
-
-    :param exit_code: 0 safe (and mailed, with ``send``); 3 unsafe; 4 the lookup failed.
-    :param lookup_error: what went wrong when the live lookup failed (``verdict`` and
-        ``reason`` then come from the stored state).
-    """
-
-    address: str
-    domain: str
-    verified: bool
-    unverify_reason: str | None
-    verdict: str
-    reason: str
-    looked_up: bool
-    safe: bool
-    sent: bool
-    refusal: str | None
-    exit_code: int
-    lookup_error: str | None = None
-
-    def rows(self) -> list[tuple[str, Any]]:
-        """``name  value`` rows for :func:`flask_domainguard.cli.print_table`."""
-        return [
-            ("address", self.address),
-            ("domain", self.domain),
-            ("verified", "yes" if self.verified else f"no ({self.unverify_reason or 'never'})"),
-            ("verdict", self.verdict),
-            ("reason", self.reason),
-            ("looked up", self._looked_up_text()),
-            ("safe to verify", "yes" if self.safe else f"no ({self.refusal})"),
-            ("link sent", "yes" if self.sent else "no"),
-        ]
-
-    def _looked_up_text(self) -> str:
-        if not self.looked_up:
-            return "no (trusted provider)"
-        if self.lookup_error:
-            return f"yes, and it failed: {self.lookup_error} (verdict from the stored state)"
-        return "yes"
-
-
-def reverify(guard: Guard, address: str, *, send: bool, actor: str) -> ReverifyReport:
-    """Look an address's domain up live, judge it as a verification would, and optionally mail
-    a new verification link (not rate-limited: an operator asked).
-
-    :raises UnknownAddress: no such stored address.
-    """
-    row = resolve_address(guard, address)
-    check = check_domain(guard, row.registrable, verified_at=utcnow(), force=True, actor=actor)
-    refusal = _domain_refusal(guard, row, check)
-    if refusal is None and check.failed and not check.trusted:
-        # An operator is told plainly that nothing was learnt, even where a user would be
-        # let through on the stored state.
-        refusal = VerificationRefused("the lookup failed", code="lookup_failed")
-    safe = refusal is None
-    sent = False
-    if send and row.verified_at is None:
-        if safe:
-            send_verification(guard, row, actor=actor, rate_limit=False, check=check)
-            sent = True
-        elif refusal is not None:
-            _journal_refusal(guard, row, refusal, actor=actor)
-    if safe:
-        code = 0
-    elif refusal is not None and refusal.code == "lookup_failed":
-        code = 4
-    else:
-        code = 3
-    return ReverifyReport(
-        address=row.address,
-        domain=row.registrable,
-        verified=row.verified_at is not None,
-        unverify_reason=row.unverify_reason.value if row.unverify_reason else None,
-        verdict=check.verdict.kind.value,
-        reason=check.verdict.reason,
-        looked_up=check.looked_up,
-        safe=safe,
-        sent=sent,
-        refusal=refusal.code if refusal is not None else None,
-        exit_code=code,
-        lookup_error=(check.observation.error or "no answer")
-        if check.failed and check.observation is not None
-        else None,
-    )

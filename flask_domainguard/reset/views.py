@@ -3,7 +3,7 @@
 ``/reset`` asks for an address and always answers with the same page; ``/reset/<token>``
 (GET shows the form, nothing is spent) sets a new password through ``guard.password_setter``
 and sends the user to log in: a reset never logs anyone in and never skips 2FA. Clients that
-prefer JSON get JSON from both (see :mod:`.views`).
+prefer JSON get JSON from both (see :mod:`flask_domainguard.blueprint`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from . import tokens
-from .context import Guard, current_guard
-from .redirects import wants_json
-from .reset import MAX_ADDRESS_LENGTH, complete_reset, read_reset_token, submit_reset_request
-from .views import bp, csrf_body, form_errors, json_answer
+from .. import tokens
+from ..blueprint import bp, csrf_body, form_errors, json_answer
+from ..context import current_guard
+from ..redirects import wants_json
+from .decision import MAX_ADDRESS_LENGTH
+from .flow import submit_reset_request
+from .tokens import complete_reset, read_reset_token
 
 #: The one answer to every valid reset request, for JSON clients.
 SENT = {
@@ -48,10 +50,6 @@ class NewPasswordForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("Set the new password")
 
 
-def _guard() -> Guard:
-    return current_guard()
-
-
 @bp.route("/reset", methods=["GET", "POST"])
 def reset_request() -> ResponseReturnValue:
     """Ask for a reset link; every valid submission gets the same page."""
@@ -59,7 +57,7 @@ def reset_request() -> ResponseReturnValue:
     json = wants_json()
     if request.method == "POST":
         if form.validate_on_submit():
-            submit_reset_request(_guard(), form.email.data or "", client=request.remote_addr)
+            submit_reset_request(current_guard(), form.email.data or "", client=request.remote_addr)
             return json_answer(SENT) if json else render_template("domainguard/reset/sent.html")
         if json:
             return json_answer(form_errors(form), 400)
@@ -78,7 +76,7 @@ def _login_url() -> str | None:
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 def reset_password(token: str) -> ResponseReturnValue:
     """The link in the reset mail: choose a new password."""
-    guard = _guard()
+    guard = current_guard()
     json = wants_json()
     try:
         read_reset_token(guard, token)

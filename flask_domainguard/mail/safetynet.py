@@ -3,8 +3,10 @@
 Flask-Mail has no hook before a message leaves (its ``email_dispatched`` signal fires after
 delivery), and every way of sending (``mail.send``, ``mail.send_message``,
 ``connection.send``, ``message.send``) ends in :meth:`flask_mail.Connection.send`. So that
-one method is wrapped, once per process, by :func:`install_mail_guard`. The wrapper does
-nothing unless the current app has Guard, and then applies ``DOMAINGUARD_MAIL_GUARD``:
+one method is wrapped, once per process, by :func:`install_mail_guard`, which ``init_app``
+calls only for an app whose ``DOMAINGUARD_MAIL_GUARD`` is not ``"off"``. The wrapper is
+process-wide, so it still does nothing for apps without DomainGuard and applies each app's
+own ``DOMAINGUARD_MAIL_GUARD``:
 
 ``"all"`` (default)
     Recipients that are stored addresses on a domain whose verdict is unsafe for them
@@ -15,13 +17,15 @@ nothing unless the current app has Guard, and then applies ``DOMAINGUARD_MAIL_GU
 ``"reset"``
     Only the reset rule below.
 ``"off"``
-    Nothing.
+    Nothing (and such an app does not install the wrapper).
 
 The reset rule: inside :func:`reset_mail_scope` (Guard opens it around the host's
 decorated forgot-password view and around its own reset mail) every recipient must be a
-stored, verified address on a domain not unsafe for it
-(:func:`flask_domainguard.mail.is_safe_recipient`) and, by default, with evidence: the reset
-decision the scope was opened with allowed it, or a recent check judged its domain ``OK``.
+stored, verified address on a domain not unsafe for it and, by default, with evidence: the
+reset decision the scope was opened with allowed it, or a recent check judged its domain
+``OK``. Who may receive what is :mod:`.recipients`' rule, the same one DomainGuard's own mail
+obeys (:attr:`.recipients.Purpose.RESET` here, :attr:`~.recipients.Purpose.ANY` outside the
+scope).
 All others are dropped, and so is any recipient that does not parse as an address. A host
 with its own reset flow wraps its send the same way::
 
@@ -44,20 +48,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .context import registered_state
-from .dnsverdict import Baseline
-from .domainstate import load_state
-from .emails import InvalidAddress, parse_address
-from .mail import address_verdict, has_reset_evidence, is_safe_recipient
-from .models import DOMAIN_REASONS
-from .timeutil import utcnow
+import flask_mail
+from flask_mail import sanitize_address
+
+from ..addresses.store import find_address
+from ..context import registered_state
+from ..emails import InvalidAddress, parse_address
+from .recipients import Purpose, may_receive
 
 if TYPE_CHECKING:
-    from .context import Guard
-    from .models import EmailAddress
-    from .reset import ResetDecision
+    from ..context import Guard
+    from ..models import EmailAddress
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,24 @@ _verification_scope: ContextVar[frozenset[int]] = ContextVar(
 _install_lock = threading.Lock()
 
 
+class Vouching(Protocol):
+    """What :func:`reset_mail_scope` reads of a reset decision
+    (:class:`~flask_domainguard.reset.decision.ResetDecision` has it)."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def address(self) -> EmailAddress | None: ...
+
+
 @contextmanager
-def reset_mail_scope(decision: ResetDecision | None = None) -> Iterator[None]:
+def reset_mail_scope(decision: Vouching | None = None) -> Iterator[None]:
     """Within this block, Flask-Mail delivers only to addresses fit for a reset.
 
-    :param decision: the allowed :class:`~flask_domainguard.reset.ResetDecision` this mail
-        follows: its address passes on the decision's live evidence. Without one, every
-        recipient needs evidence in the stored state (see :func:`recipient_allowed`).
+    :param decision: the allowed reset decision this mail follows: its address passes on
+        the decision's live evidence. Without one, every recipient needs evidence in the
+        stored state (see :func:`recipient_allowed`).
     """
     allowed = (
         frozenset({decision.address.id})
@@ -123,8 +137,6 @@ def _delivered_domain(recipient: Any) -> str | None:
     that IDNA 2008 keeps (``straße.com`` goes to ``strasse.com``, another registrable domain),
     so the address judged must be the one the mail will reach.
     """
-    from flask_mail import sanitize_address
-
     try:
         return parse_address(parseaddr(sanitize_address(recipient))[1]).domain
     except Exception:
@@ -144,8 +156,6 @@ def recipient_allowed(guard: Guard, recipient: Any, *, strict: bool) -> bool:
         it, with evidence (``DOMAINGUARD_RESET_LIVE_CHECK = "evidence"``): a reset decision
         in this scope allowed it, or a recent check judged its domain ``OK`` for it.
     """
-    from .addresses import find_address
-
     raw = _address_of(recipient)
     try:
         parsed = parse_address(raw)
@@ -158,20 +168,10 @@ def recipient_allowed(guard: Guard, recipient: Any, *, strict: bool) -> bool:
     with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
         row = find_address(guard, parsed.normalized)
         if strict:
-            if row is None or not is_safe_recipient(guard, row):
-                return False
-            if guard.settings.reset_live_check != "evidence":
-                return True
-            return row.id in (_reset_scope.get() or ()) or has_reset_evidence(guard, row)
-        if row is None or row.registrable in guard.settings.trusted_domains:
-            return True
-        if row.verified_at is None and row.unverify_reason in DOMAIN_REASONS:
-            # Its old proof is gone with its verification, so the stored facts cannot be
-            # judged against it; a proof made now would find a new registrant's domain safe.
-            return row.id in _verification_scope.get()
-        state = load_state(guard, row.registrable)
-        baseline = Baseline.of(row)
-        return not address_verdict(guard, state, row.verified_at, utcnow(), baseline).unsafe
+            vouched = row is not None and row.id in (_reset_scope.get() or ())
+            return may_receive(guard, row, Purpose.RESET, vouched=vouched)
+        verifying = row is not None and row.id in _verification_scope.get()
+        return may_receive(guard, row, Purpose.ANY, verifying=verifying)
 
 
 def filter_message(guard: Guard, message: Any, *, strict: bool) -> int:
@@ -197,8 +197,6 @@ def _guard_for_current_app() -> Guard | None:
 
 def install_mail_guard() -> None:
     """Wrap :meth:`flask_mail.Connection.send` once per process (idempotent)."""
-    import flask_mail
-
     with _install_lock:
         original = flask_mail.Connection.send
         if getattr(original, "_domainguard", False):

@@ -1,0 +1,61 @@
+"""DomainGuard's own outgoing mail: rendering and sending, and notices to a user's safe
+addresses (who counts as safe is :mod:`.recipients`' rule)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app, render_template
+from flask_mail import Message
+from jinja2 import TemplateNotFound
+
+from .recipients import safe_addresses
+
+if TYPE_CHECKING:
+    from ..context import Guard
+
+log = logging.getLogger(__name__)
+
+
+def send_mail(guard: Guard, recipients: list[str], template: str, **context: Any) -> None:
+    """Render ``domainguard/mail/<template>.txt`` (and ``.html`` when present) and send it.
+
+    The subject is the first line of the text template, after ``Subject:``.
+    """
+    text = render_template(f"domainguard/mail/{template}.txt", **context)
+    first, _, body = text.partition("\n")
+    subject = first.removeprefix("Subject:").strip()
+    try:
+        html: str | None = render_template(f"domainguard/mail/{template}.html", **context)
+    except TemplateNotFound:
+        html = None
+    sender = guard.settings.mail_sender or current_app.config.get("MAIL_DEFAULT_SENDER")
+    message = Message(
+        subject=subject,
+        recipients=list[str | tuple[str, str]](recipients),
+        body=body.lstrip("\n"),
+        html=html,
+        sender=sender,
+    )
+    current_app.extensions["mail"].send(message)
+    # Addresses are personal data and tokens are secrets: log the template and a count only.
+    log.info("sent %s mail to %d recipient(s)", template, len(recipients))
+
+
+def notify_user(
+    guard: Guard,
+    user_id: Any,
+    template: str,
+    *,
+    exclude_id: int | None = None,
+    **context: Any,
+) -> list[str]:
+    """Mail a notice to each of the user's safe addresses (never ``exclude_id``).
+
+    :returns: the recipients; empty when the user has no safe address left.
+    """
+    recipients = safe_addresses(guard, user_id, exclude_id=exclude_id)
+    if recipients:
+        send_mail(guard, recipients, template, **context)
+    return recipients
