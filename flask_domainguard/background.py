@@ -26,6 +26,8 @@ from collections.abc import Callable
 from flask import Flask, current_app
 
 from .context import current_guard, current_settings
+from .jobs import DrainReport, drain, has_due_jobs, has_pending_jobs
+from .owners import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,6 @@ class JobWorkers:
         if self._checked_at_start or (self.threads <= 0 and not self.on_wake):
             return
         self._checked_at_start = True
-        from .jobs import has_due_jobs
-
         guard = current_guard()
         try:
             due = has_due_jobs(guard)
@@ -119,9 +119,6 @@ class JobWorkers:
     # -- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        from .jobs import DrainReport, drain
-        from .sweep import new_run_id
-
         owner = new_run_id()
         idle_since = time.monotonic()
         while True:
@@ -156,8 +153,6 @@ class JobWorkers:
             self._alive.discard(threading.current_thread())
 
     def _retries_waiting(self) -> bool:
-        from .jobs import has_pending_jobs
-
         try:
             with self.app.app_context():
                 return has_pending_jobs(current_guard(self.app))
@@ -169,8 +164,6 @@ class JobWorkers:
 
         Jobs waiting for a retry later do not count.
         """
-        from .jobs import has_due_jobs
-
         deadline = None if timeout is None else time.monotonic() + timeout
         guard = current_guard(self.app)
         while True:

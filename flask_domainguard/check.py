@@ -9,6 +9,7 @@ none); the verdict uses it only where it plays one.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -207,8 +208,6 @@ def check_target(guard: Guard, target: str, *, backend_name: str | None = None) 
 
     :raises ValueError: when ``target`` is neither a registrable domain nor an address.
     """
-    import asyncio
-
     domain, verified_at, baseline = _target_domain(guard, target)
     settings = guard.settings
     if domain in settings.trusted_domains:

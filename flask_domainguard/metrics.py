@@ -23,6 +23,7 @@ from typing import Any, cast
 from flask import Flask
 
 from .context import current_guard
+from .overview import overview
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -54,8 +55,6 @@ class DomainGuardCollector:
         self.app = app
 
     def collect(self) -> Iterator[Any]:
-        from .overview import overview
-
         with self.app.app_context():
             data = overview(current_guard(self.app))
         jobs = data["jobs"]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .timeutil import utcnow
+from .twofactor.requirement import active_users_without_2fa
 from .verdict import UNSAFE_KINDS, VerdictKind
 
 if TYPE_CHECKING:
@@ -218,8 +219,6 @@ def _held(guard: Guard, limit: int) -> Section:
 
 
 def _without_2fa(guard: Guard, limit: int) -> Section:
-    from .twofactor.requirement import active_users_without_2fa
-
     users = active_users_without_2fa(guard)
     rows = [
         {

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .models import MYSQL_DIALECTS, check_dialect
 from .timeutil import utcnow
@@ -188,11 +190,7 @@ def consume(guard: Guard, token: Token) -> bool:
         except sa.exc.IntegrityError:
             return False
         return True
-    insert: Any
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
+    insert: Any = sqlite_insert if dialect == "sqlite" else postgresql_insert
     stmt = (
         insert(table)
         .values(**values)

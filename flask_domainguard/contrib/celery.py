@@ -36,6 +36,7 @@ task base class. See docs/celery.md.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,11 @@ from celery.result import EagerResult
 from celery.signals import worker_process_init
 from flask import Flask, current_app, has_app_context
 
+from ..background import jobs_for
 from ..context import current_guard
-from ..sweep import Sweep, SweepReport, new_run_id
+from ..jobs import drain
+from ..owners import new_run_id
+from ..sweep import Sweep, SweepReport
 from ..timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
@@ -292,10 +296,6 @@ def _drain(max_seconds: float = 50.0, kinds: list[str] | None = None) -> dict[st
 
     Returns what it did (:meth:`flask_domainguard.jobs.DrainReport.as_dict`).
     """
-    import time
-
-    from ..jobs import drain
-
     report = drain(_guard(), new_run_id(), kinds=kinds, deadline=time.monotonic() + max_seconds)
     return report.as_dict()
 
@@ -329,8 +329,6 @@ def jobs_beat_schedule(
 def wake_celery_workers(app: Flask, *, queue: str | None = None) -> None:
     """Send :data:`drain_jobs` whenever this app writes a job (a reset request, a mail), so a
     Celery worker runs it at once; for apps with ``DOMAINGUARD_JOBS_WORKERS = 0``."""
-    from ..background import jobs_for
-
     options: dict[str, Any] = {"expires": 60}
     if queue is not None:
         options["queue"] = queue

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import re
 from datetime import datetime, timedelta, timezone
+from importlib.metadata import version
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -140,8 +141,6 @@ class LoopClient:
 def user_agent() -> str:
     """The User-Agent of every lookup: registries ask clients to name themselves."""
     try:
-        from importlib.metadata import version
-
         release = version("flask-domainguard")
     except Exception:  # an uninstalled checkout has no metadata; the name matters most
         release = "dev"

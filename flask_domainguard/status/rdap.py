@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from flask import current_app, has_app_context
 
 from ..config import DEFAULT_RDAP_SERVERS, Settings, load_settings
 from ..timeutil import utcnow
@@ -502,13 +503,8 @@ class RdapBackend:
         elif self._instance_path is not None:
             path = Path(self._instance_path) / BOOTSTRAP_CACHE_NAME
         else:
-            try:
-                from flask import current_app, has_app_context
-
-                if has_app_context():
-                    path = Path(current_app.instance_path) / BOOTSTRAP_CACHE_NAME
-            except ImportError:  # pragma: no cover - flask is a dependency
-                path = None
+            if has_app_context():
+                path = Path(current_app.instance_path) / BOOTSTRAP_CACHE_NAME
             if path is None:
                 # Not memoised: a later lookup inside an app context may find the folder.
                 return None
