@@ -144,3 +144,10 @@ def test_long_modules_say_why_at_their_top() -> None:
             if "\nLong because " not in doc:
                 unexplained.append(f"{module}: {source.count(chr(10))} lines")
     assert unexplained == []
+
+
+def test_every_package_directory_is_a_regular_package() -> None:
+    """A folder of modules without ``__init__.py`` is a namespace package: it imports, but
+    packaging and the API docs' static analysis lose it."""
+    folders = {path.parent for path in PACKAGE.rglob("*.py")}
+    assert sorted(str(f) for f in folders if not (f / "__init__.py").exists()) == []
