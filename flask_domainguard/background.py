@@ -26,6 +26,7 @@ from collections.abc import Callable
 from flask import Flask, current_app
 
 from .context import current_guard, current_settings
+from .runid import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ class JobWorkers:
 
     def _loop(self) -> None:
         from .jobs import DrainReport, drain
-        from .sweep import new_run_id
 
         owner = new_run_id()
         idle_since = time.monotonic()

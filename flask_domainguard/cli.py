@@ -418,7 +418,7 @@ def jobs_command(
     import time
 
     from . import jobs
-    from .sweep import new_run_id
+    from .runid import new_run_id
 
     unknown = sorted(set(kinds) - set(jobs.KINDS))
     if unknown:

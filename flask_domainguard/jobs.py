@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .journal import EventKind, transaction
 from .models import MYSQL_DIALECTS
+from .runid import new_run_id
 from .sqlcompat import locked_ids, update_returning
 from .timeutil import utcnow
 
@@ -603,8 +604,6 @@ def drain(
 def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
     """Run the given jobs right away in this thread (a sweep's warnings after its commit, a
     verification mail): whatever fails here stays in the table for the workers."""
-    from .sweep import new_run_id
-
     id_list = list(ids)
     if not id_list:
         return DrainReport()

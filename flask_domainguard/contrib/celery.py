@@ -45,7 +45,8 @@ from celery.signals import worker_process_init
 from flask import Flask, current_app, has_app_context
 
 from ..context import current_guard
-from ..sweep import Sweep, SweepReport, new_run_id
+from ..runid import new_run_id
+from ..sweep import Sweep, SweepReport
 from ..timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
