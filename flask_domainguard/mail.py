@@ -8,6 +8,7 @@ domain may belong to the attacker now.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,21 @@ def has_reset_evidence(guard: Guard, row: EmailAddress) -> bool:
 
 def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None) -> list[str]:
     """The user's verified addresses whose domain is not unsafe for them, primary first."""
+    # One user asked, so every row is theirs (whatever type the key came back as).
+    return [
+        address
+        for pairs in safe_addresses_of(guard, [user_id]).values()
+        for address_id, address in pairs
+        if address_id != exclude_id
+    ]
+
+
+def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[tuple[int, str]]]:
+    """:func:`safe_addresses` of many users in one query (a sweep batch's): each user's safe
+    ``(address id, address)`` pairs, primary first; users without one are left out."""
+    wanted = list(dict.fromkeys(user_ids))
+    if not wanted:
+        return {}
     EmailAddress = guard.models.EmailAddress
     Domain = guard.models.Domain
     # The Domain's columns under their own names (none clashes with the address columns),
@@ -119,6 +135,7 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
     rows = guard.db.session.execute(
         sa.select(
             EmailAddress.id,
+            EmailAddress.user_id,
             EmailAddress.address,
             EmailAddress.registrable,
             EmailAddress.verified_at,
@@ -126,15 +143,13 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
             *columns,
         )
         .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
-        .where(EmailAddress.user_id == user_id, EmailAddress.verified_at.is_not(None))
-        .order_by(EmailAddress.primary.desc(), EmailAddress.id)
+        .where(EmailAddress.user_id.in_(wanted), EmailAddress.verified_at.is_not(None))
+        .order_by(EmailAddress.user_id, EmailAddress.primary.desc(), EmailAddress.id)
     )
     trusted = guard.settings.trusted_domains
     now = utcnow()
-    safe: list[str] = []
+    safe: dict[Any, list[tuple[int, str]]] = {}
     for row in rows:
-        if row.id == exclude_id:
-            continue
         if row.registrable not in trusted:
             state = (
                 DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
@@ -142,7 +157,7 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
             baseline = Baseline.of(row)
             if address_verdict(guard, state, as_utc(row.verified_at), now, baseline).unsafe:
                 continue
-        safe.append(row.address)
+        safe.setdefault(row.user_id, []).append((row.id, row.address))
     return safe
 
 

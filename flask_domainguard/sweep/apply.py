@@ -16,7 +16,8 @@ from ..domainstate import (
     depends_on_proof,
     dns_row_values,
     evidence_source_ok,
-    first_seen_baselines,
+    first_seen_baseline,
+    first_seen_params,
     policy_of,
     row_values,
     verdict_for,
@@ -76,7 +77,7 @@ class BatchApplier:
         now = utcnow()
         names = [claim.name for claim in claims]
         warnings: list[ExpiryWarning] = []
-        first_seen: list[Any] = []
+        first_seen: list[dict[str, Any]] = []
         with transaction(db, guard.models) as tx:
             ours = set(names) if self.store.dry_run else self.store.confirm_leases(names, now)
             report.lost_leases += len(names) - len(ours)
@@ -131,9 +132,9 @@ class BatchApplier:
                 rows = addresses.get(claim.name, [])
                 # An address without a baseline takes this sighting as its first (judged so
                 # below: no baseline reads as "the current DNS is its first").
-                baselines = first_seen_baselines(guard, claim.name, obs, now)
-                if baselines is not None and any(r.baseline is None for r in rows):
-                    first_seen.append(baselines)
+                baseline = first_seen_baseline(obs, now)
+                if baseline is not None and any(r.baseline is None for r in rows):
+                    first_seen.append(first_seen_params(claim.name, baseline))
                 judged = [
                     (row, verdict_for(new, row.verified_at, now, self.policy, row.baseline))
                     for row in rows

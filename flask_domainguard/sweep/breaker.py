@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from .. import signals
 from ..journal import EventKind, transaction
 from ..models import UnverifyReason
-from ..sqlcompat import update_returning
+from ..sqlcompat import locked_ids, update_returning
 from ..timeutil import utcnow
-from .notices import Notice, deliver, queue_notices, unverify_for
+from .notices import Notice, deliver, lock_addresses, queue_notices, unverify_for
 from .report import SweepReport
 from .store import APPLIED, OBSOLETE, PLANNED, SweepStore
 
@@ -108,39 +108,56 @@ def _hold_all(store: SweepStore, report: SweepReport, count: int) -> None:
 
 
 def _apply_planned(store: SweepStore, report: SweepReport) -> None:
-    guard, H, run_id = store.guard, store.H, store.run_id
-    session = store.session
-    HeldAction = guard.models.HeldAction
+    """Apply the run's planned actions, :data:`APPLY_BATCH` per transaction, each statement
+    for the whole batch."""
+    guard, H, run_id, session = store.guard, store.H, store.run_id, store.session
+    pick = (
+        sa.select(H.c.id)
+        .where(H.c.run_id == run_id, H.c.resolution == PLANNED)
+        .order_by(H.c.id)
+        .limit(APPLY_BATCH)
+    )
     while True:
-        actions = list(
-            session.scalars(
-                sa.select(HeldAction)
-                .where(HeldAction.run_id == run_id, HeldAction.resolution == PLANNED)
-                .order_by(HeldAction.id)
-                .limit(APPLY_BATCH)
-            )
-        )
-        if not actions:
-            return
         notices: list[Notice] = []
         with transaction(guard.db, guard.models) as tx:
-            for action in actions:
-                # Taking the action row first makes the transition happen once, whatever
-                # other run (adopting orphans) looks at it at the same time.
-                taken = session.execute(
-                    sa.update(H)
-                    .where(H.c.id == action.id, H.c.run_id == run_id, H.c.resolution == PLANNED)
-                    .values(resolution=APPLIED, resolved_at=utcnow())
+            # Taking the action rows first (planned -> applied, in one statement) makes each
+            # transition happen once, whatever other run (adopting orphans) looks at them.
+            taken = update_returning(
+                session,
+                store.dialect,
+                H,
+                H.c.id,
+                [
+                    H.c.id.in_(locked_ids(session, store.dialect, pick)),
+                    H.c.run_id == run_id,
+                    H.c.resolution == PLANNED,
+                ],
+                {"resolution": APPLIED, "resolved_at": utcnow()},
+                [H.c.id, H.c.address_id, H.c.domain, H.c.reason, H.c.verdict_reason],
+            )
+            if not taken:
+                return
+            addresses = lock_addresses(guard, [row[1] for row in taken])
+            obsolete: list[int] = []
+            for held_id, address_id, domain, reason, verdict_reason in sorted(taken):
+                notice = unverify_for(
+                    tx,
+                    addresses.get(address_id),
+                    held_id=held_id,
+                    domain=domain,
+                    reason=reason,
+                    verdict_reason=verdict_reason,
+                    actor="sweep",
+                    run=run_id,
                 )
-                if taken.rowcount != 1:
-                    continue
-                notice = unverify_for(guard, tx, action, actor="sweep", run=run_id)
                 if notice is None:
-                    session.execute(
-                        sa.update(H).where(H.c.id == action.id).values(resolution=OBSOLETE)
-                    )
+                    obsolete.append(held_id)
                 else:
                     notices.append(notice)
+            if obsolete:
+                session.execute(
+                    sa.update(H).where(H.c.id.in_(obsolete)).values(resolution=OBSOLETE)
+                )
             notice_jobs = queue_notices(guard, tx, notices, actor="sweep")
         session.expire_all()
         report.unverified += len(notices)

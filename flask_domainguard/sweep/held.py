@@ -13,7 +13,7 @@ from ..domainstate import is_informative, policy_of, record, verdict_for
 from ..journal import EventKind, transaction
 from ..timeutil import utcnow
 from .engine import Sweep
-from .notices import Notice, deliver, queue_notices, unverify_for
+from .notices import Notice, deliver, lock_addresses, queue_notices, unverify_for
 from .report import SweepReport
 from .store import APPLIED, DISMISSED, OBSOLETE, REASONS, table_of
 
@@ -107,7 +107,15 @@ def apply_held(
             action.reason = REASONS[verdict.kind]
             action.verdict_reason = verdict.reason
             action.resolution = APPLIED
-            notice = unverify_for(guard, tx, action, actor=actor)
+            notice = unverify_for(
+                tx,
+                lock_addresses(guard, [action.address_id]).get(action.address_id),
+                held_id=action.id,
+                domain=action.domain,
+                reason=action.reason,
+                verdict_reason=action.verdict_reason,
+                actor=actor,
+            )
             if notice is not None:
                 notices.append(notice)
                 outcome.applied += 1

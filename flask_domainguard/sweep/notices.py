@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from ..addresses import unverify
 from ..jobs import deliver_now
 from ..models import UnverifyReason
-from ..notices import queue_expiry_warning, queue_unverify_notice
+from ..notices import NoticeMail, WarningMail, queue_expiry_warnings, queue_unverify_notices
 from ..verdict import Verdict, VerdictKind
 from .store import AddressRow, dialect_of
 
@@ -31,6 +31,7 @@ __all__ = [
     "ExpiryWarning",
     "Notice",
     "deliver",
+    "lock_addresses",
     "queue_notices",
     "queue_warnings",
     "unverify_for",
@@ -86,47 +87,53 @@ def queue_warnings(store: SweepStore, tx: Transaction, warnings: list[ExpiryWarn
     """Mark the addresses warned, queue the warnings and journal them, all in the batch's
     transaction: a crash after its commit loses no warning and no record of one."""
     store.mark_warned([(row.id, w.until) for w in warnings for row in w.rows])
-    ids: list[int] = []
-    for warning in warnings:
-        job_id = queue_expiry_warning(
-            store.guard,
-            tx,
-            user_id=warning.user_id,
-            domain=warning.domain,
-            stage=warning.kind.value,
-            until=warning.until,
-            reason=warning.reason,
-            addresses=[row.address for row in warning.rows],
+    mails = [
+        WarningMail(
+            w.user_id, w.domain, w.kind.value, w.until, w.reason, [r.address for r in w.rows]
         )
-        if job_id is not None:
-            ids.append(job_id)
-    return ids
+        for w in warnings
+    ]
+    return queue_expiry_warnings(store.guard, tx, mails)
+
+
+def lock_addresses(guard: Guard, ids: list[int]) -> dict[int, Any]:
+    """The stored addresses with ``ids``, locked for this transaction, in one query."""
+    if not ids:
+        return {}
+    EmailAddress = guard.models.EmailAddress
+    query = sa.select(EmailAddress).where(EmailAddress.id.in_(ids))
+    if dialect_of(guard) != "sqlite":  # SQLite has no row locks (its writer lock serialises)
+        query = query.with_for_update()
+    return {row.id: row for row in guard.db.session.scalars(query)}
 
 
 def unverify_for(
-    guard: Guard, tx: Transaction, action: Any, *, actor: str, **details: Any
+    tx: Transaction,
+    row: Any,
+    *,
+    held_id: int,
+    domain: str,
+    reason: str,
+    verdict_reason: str,
+    actor: str,
+    **details: Any,
 ) -> Notice | None:
-    """Unverify the address of held action ``action`` (in ``tx``); the notice its owner is
-    owed, or ``None`` when the address is gone or unverified already."""
-    EmailAddress = guard.models.EmailAddress
-    query = sa.select(EmailAddress).where(EmailAddress.id == action.address_id)
-    if dialect_of(guard) != "sqlite":  # SQLite has no row locks (its writer lock serialises)
-        query = query.with_for_update()
-    row = guard.db.session.scalar(query)
+    """Unverify ``row`` (the address of held action ``held_id``) in ``tx``; the notice its
+    owner is owed, or ``None`` when it is gone or unverified already."""
     if row is None or row.verified_at is None:
         return None
-    reason = UnverifyReason(action.reason)
+    why = UnverifyReason(reason)
     unverify(
         tx,
         row,
-        reason,
+        why,
         actor=actor,
-        domain=action.domain,
-        verdict_reason=action.verdict_reason,
-        held_action=action.id,
+        domain=domain,
+        verdict_reason=verdict_reason,
+        held_action=held_id,
         **details,
     )
-    return Notice(row.user_id, row.id, row.address, action.domain, reason, action.verdict_reason)
+    return Notice(row.user_id, row.id, row.address, domain, why, verdict_reason)
 
 
 def queue_notices(guard: Guard, tx: Transaction, notices: list[Notice], *, actor: str) -> list[int]:
@@ -135,15 +142,11 @@ def queue_notices(guard: Guard, tx: Transaction, notices: list[Notice], *, actor
     by_user: dict[Any, list[Notice]] = {}
     for notice in notices:
         by_user.setdefault(notice.user_id, []).append(notice)
-    ids: list[int] = []
-    for user_id, items in by_user.items():
-        job_id = queue_unverify_notice(
-            guard,
-            tx,
-            user_id=user_id,
-            exclude_id=items[0].exclude_id,
-            actor=actor,
-            items=[
+    mails = [
+        NoticeMail(
+            user_id,
+            items[0].exclude_id,
+            [
                 {
                     "address": n.address,
                     "domain": n.domain,
@@ -153,9 +156,9 @@ def queue_notices(guard: Guard, tx: Transaction, notices: list[Notice], *, actor
                 for n in items
             ],
         )
-        if job_id is not None:
-            ids.append(job_id)
-    return ids
+        for user_id, items in by_user.items()
+    ]
+    return queue_unverify_notices(guard, tx, mails, actor=actor)
 
 
 def deliver(guard: Guard, job_ids: list[int], report: SweepReport) -> int:

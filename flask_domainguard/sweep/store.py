@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..dnsverdict import BASELINE_COLUMNS, Baseline
-from ..domainstate import STATE_COLUMNS, DomainState
+from ..domainstate import STATE_COLUMNS, DomainState, first_seen_update
 from ..models import MYSQL_DIALECTS, UnverifyReason
 from ..sqlcompat import update_returning
 from ..timeutil import as_utc, utcnow
@@ -379,10 +379,10 @@ class SweepStore:
             ]
             self.session.execute(stmt, params)
 
-    def write_first_seen(self, statements: list[sa.Update]) -> None:
-        """Record first-seen DNS baselines (:func:`~..domainstate.first_seen_baselines`)."""
-        for statement in statements:
-            self.session.execute(statement)
+    def write_first_seen(self, rows: list[dict[str, Any]]) -> None:
+        """Record first-seen DNS baselines (:func:`~..domainstate.first_seen_params` rows)."""
+        if rows:
+            self.session.execute(first_seen_update(self.guard), rows)
 
     def plan(self, planned: list[tuple[AddressRow, Verdict]], now: datetime) -> int:
         """Plan the unverification of each address (unless one is pending already) for this
