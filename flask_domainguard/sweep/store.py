@@ -1,4 +1,5 @@
-"""The sweep's SQL: which domains are due, leasing them, reading a batch's states and addresses,
+"""(Over 400 lines: every statement on the sweep's tables, together, so their locking reads in
+one place.) The sweep's SQL: which domains are due, leasing them, reading a batch's states and addresses,
 and writing a batch's results, plans and warning marks, each in one statement per batch.
 
 A domain's observation, memory and verdict columns are computed by :mod:`..domainstate`
