@@ -1,6 +1,7 @@
-"""(Over 400 lines: every statement on the sweep's tables, together, so their locking reads in
-one place.) The sweep's SQL: which domains are due, leasing them, reading a batch's states and addresses,
-and writing a batch's results, plans and warning marks, each in one statement per batch.
+"""The sweep's SQL: which domains are due, leasing them, reading a batch's states and
+addresses, and writing a batch's results, plans and warning marks, each in one statement per
+batch. (Over 400 lines: every statement on the sweep's tables together, so that their locking
+order reads in one place.)
 
 A domain's observation, memory and verdict columns are computed by :mod:`..domainstate`
 (:func:`~..domainstate.advance`, :func:`~..domainstate.row_values`), the one path for them;
