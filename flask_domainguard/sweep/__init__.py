@@ -10,15 +10,13 @@ unverify notices), :mod:`.breaker` (the circuit breaker), :mod:`.held` (held act
 from __future__ import annotations
 
 from .engine import Sweep
-from .held import HeldOutcome, apply_held, dismiss_held
+from .held import apply_held, dismiss_held
 from .report import SweepReport
 from .schedule import next_check_after_failure
-from .store import PLANNED, Claim
+from .store import PLANNED
 
 __all__ = [
     "PLANNED",
-    "Claim",
-    "HeldOutcome",
     "Sweep",
     "SweepReport",
     "apply_held",
