@@ -49,7 +49,7 @@ import sqlalchemy as sa
 
 from . import signals
 from .addresses.store import ensure_domains
-from .dnsverdict import FIRST_SEEN, Baseline, DnsState, advance_dns, judge_dns
+from .dnsverdict import BASELINE_COLUMNS, FIRST_SEEN, Baseline, DnsState, advance_dns, judge_dns
 from .journal import EventKind, transaction
 from .status.observation import DnsFingerprint, Observation
 from .timeutil import as_utc, utcnow
@@ -481,20 +481,50 @@ def _summary(guard: Guard, state: DomainState, now: datetime, policy: Policy) ->
     return most_severe([verdict_for(state, earliest, now, policy, b) for b in baselines or [None]])
 
 
-def first_seen_baselines(
-    guard: Guard, name: str, obs: Observation, now: datetime
-) -> sa.Update | None:
-    """The UPDATE that makes a successful DNS sighting of a delegated domain the "first seen"
-    baseline of each verified address on ``name`` without one; ``None`` when it is no such
-    sighting. A baseline once recorded is never replaced here: only the address's own
-    re-verification does that."""
+def first_seen_baseline(obs: Observation, now: datetime) -> Baseline | None:
+    """The "first seen" baseline a successful DNS sighting of a delegated domain gives the
+    verified addresses on it that have none; ``None`` when ``obs`` is no such sighting."""
     sighting = obs.dns
     if sighting is None or not sighting.ok or not sighting.delegated:
         return None
     if sighting.fingerprint is None:
         return None
+    return Baseline(sighting.fingerprint, now, FIRST_SEEN)
+
+
+def first_seen_update(guard: Guard) -> sa.Update:
+    """The UPDATE that records a domain's first-seen baseline on each verified address of it
+    without one, for many domains at once: execute it with :func:`first_seen_params` rows.
+    A baseline once recorded is never replaced here: only the address's own re-verification
+    does that."""
+    A: sa.Table = guard.models.EmailAddress.__table__  # type: ignore[attr-defined]
+    return (
+        sa.update(A)
+        .where(
+            A.c.registrable == sa.bindparam("b_name"),
+            A.c.verified_at.is_not(None),
+            A.c.dns_baseline_at.is_(None),
+        )
+        .values({column: sa.bindparam(f"v_{column}") for column in BASELINE_COLUMNS})
+    )
+
+
+def first_seen_params(name: str, baseline: Baseline) -> dict[str, Any]:
+    """One row of :func:`first_seen_update`: ``name``'s addresses get ``baseline``."""
+    values = Baseline.columns(baseline)
+    return {"b_name": name, **{f"v_{column}": values[column] for column in BASELINE_COLUMNS}}
+
+
+def first_seen_baselines(
+    guard: Guard, name: str, obs: Observation, now: datetime
+) -> sa.Update | None:
+    """The UPDATE that makes a successful DNS sighting of a delegated domain the "first seen"
+    baseline of each verified address on ``name`` without one (:func:`first_seen_baseline`);
+    ``None`` when it is no such sighting."""
+    baseline = first_seen_baseline(obs, now)
+    if baseline is None:
+        return None
     EmailAddress = guard.models.EmailAddress
-    baseline = Baseline(sighting.fingerprint, now, FIRST_SEEN)
     return (
         sa.update(EmailAddress)
         .where(

@@ -13,6 +13,7 @@ many) and again when it runs: an address that became unsafe in between gets noth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from flask import current_app
 from . import jobs, signals
 from .journal import EventKind
 from .mail.outgoing import send_mail
-from .mail.recipients import safe_addresses
+from .mail.recipients import safe_addresses, safe_addresses_of
 
 if TYPE_CHECKING:
     from .context import Guard
@@ -32,6 +33,65 @@ if TYPE_CHECKING:
 def _json_key(user_id: Any) -> Any:
     # Integer and string keys survive JSON as they are; UUIDs and the like as text.
     return user_id if isinstance(user_id, (int, str)) else str(user_id)
+
+
+@dataclass(frozen=True)
+class WarningMail:
+    """One expiry warning to queue: to ``user_id`` about ``domain``, for their ``addresses``."""
+
+    user_id: Any
+    domain: str
+    stage: str
+    until: datetime
+    reason: str
+    addresses: list[str]
+
+
+@dataclass(frozen=True)
+class NoticeMail:
+    """One unverify notice to queue: ``items`` (``address``, ``domain``, ``reason``,
+    ``explanation``) told to the user's safe addresses other than ``exclude_id``."""
+
+    user_id: Any
+    exclude_id: int
+    items: list[dict[str, str]]
+
+
+def queue_expiry_warnings(guard: Guard, tx: Transaction, warnings: list[WarningMail]) -> list[int]:
+    """Queue each warning and journal it for each of its addresses (in ``tx``), with one
+    recipient query and one insert for them all. Nothing for a user without a safe address.
+
+    :returns: the ids of the jobs queued.
+    """
+    safe = safe_addresses_of(guard, [w.user_id for w in warnings])
+    todo = [(w, len(safe[w.user_id])) for w in warnings if safe.get(w.user_id)]
+    payloads = [
+        {
+            "user_id": _json_key(w.user_id),
+            "domain": w.domain,
+            "stage": w.stage,
+            "until": w.until.isoformat(),
+            "reason": w.reason,
+            "addresses": w.addresses,
+        }
+        for w, _ in todo
+    ]
+    ids = jobs.enqueue_many(guard, jobs.EXPIRY_WARNING, payloads)
+    for (w, recipients), job_id in zip(todo, ids, strict=True):
+        for address in w.addresses:
+            tx.record(
+                EventKind.EXPIRY_WARNING_SENT,
+                actor="sweep",
+                user_id=w.user_id,
+                address=address,
+                signal=signals.expiry_warning_sent,
+                domain=w.domain,
+                until=w.until.isoformat(),
+                stage=w.stage,
+                recipients=recipients,
+                job=job_id,
+            )
+    return ids
 
 
 def queue_expiry_warning(
@@ -45,70 +105,45 @@ def queue_expiry_warning(
     reason: str,
     addresses: list[str],
 ) -> int | None:
-    """Queue one warning to a user about ``domain``'s expiry and journal it for each of
-    ``addresses`` (in ``tx``). Nothing when the user has no safe address.
+    """Queue one warning (:func:`queue_expiry_warnings`); its job's id, or ``None`` when the
+    user has no safe address."""
+    warning = WarningMail(user_id, domain, stage, until, reason, addresses)
+    ids = queue_expiry_warnings(guard, tx, [warning])
+    return ids[0] if ids else None
 
-    :returns: the job's id, or ``None`` when nothing was queued.
+
+def queue_unverify_notices(
+    guard: Guard, tx: Transaction, notices: list[NoticeMail], *, actor: str = "sweep"
+) -> list[int]:
+    """Queue each notice, journalled per address in ``tx``, with one recipient query and one
+    insert for them all. Nothing for a user with no safe address left (the report lists
+    such accounts).
+
+    :returns: the ids of the jobs queued.
     """
-    recipients = safe_addresses(guard, user_id)
-    if not recipients:
-        return None
-    payload = {
-        "user_id": _json_key(user_id),
-        "domain": domain,
-        "stage": stage,
-        "until": until.isoformat(),
-        "reason": reason,
-        "addresses": addresses,
-    }
-    job_id = jobs.enqueue(guard, jobs.EXPIRY_WARNING, payload)
-    for address in addresses:
-        tx.record(
-            EventKind.EXPIRY_WARNING_SENT,
-            actor="sweep",
-            user_id=user_id,
-            address=address,
-            signal=signals.expiry_warning_sent,
-            domain=domain,
-            until=until.isoformat(),
-            stage=stage,
-            recipients=len(recipients),
-            job=job_id,
-        )
-    return job_id
-
-
-def queue_unverify_notice(
-    guard: Guard,
-    tx: Transaction,
-    *,
-    user_id: Any,
-    exclude_id: int,
-    items: list[dict[str, str]],
-    actor: str = "sweep",
-) -> int | None:
-    """Queue one notice telling a user which of their addresses were unverified (``items``:
-    ``address``, ``domain``, ``reason``, ``explanation``), journalled per address in ``tx``.
-    Nothing when no safe address is left (the report lists such accounts).
-
-    :returns: the job's id, or ``None`` when nothing was queued.
-    """
-    recipients = safe_addresses(guard, user_id, exclude_id=exclude_id)
-    if not recipients:
-        return None
-    payload = {"user_id": _json_key(user_id), "exclude_id": exclude_id, "items": items}
-    job_id = jobs.enqueue(guard, jobs.UNVERIFY_NOTICE, payload)
-    for item in items:
-        tx.record(
-            EventKind.UNSAFE_NOTICE_SENT,
-            actor=actor,
-            user_id=user_id,
-            address=item["address"],
-            domain=item["domain"],
-            recipients=len(recipients),
-            job=job_id,
-        )
-    return job_id
+    safe = safe_addresses_of(guard, [n.user_id for n in notices])
+    todo: list[tuple[NoticeMail, int]] = []
+    for notice in notices:
+        others = [i for i, _ in safe.get(notice.user_id, []) if i != notice.exclude_id]
+        if others:
+            todo.append((notice, len(others)))
+    payloads = [
+        {"user_id": _json_key(n.user_id), "exclude_id": n.exclude_id, "items": n.items}
+        for n, _ in todo
+    ]
+    ids = jobs.enqueue_many(guard, jobs.UNVERIFY_NOTICE, payloads)
+    for (notice, recipients), job_id in zip(todo, ids, strict=True):
+        for item in notice.items:
+            tx.record(
+                EventKind.UNSAFE_NOTICE_SENT,
+                actor=actor,
+                user_id=notice.user_id,
+                address=item["address"],
+                domain=item["domain"],
+                recipients=recipients,
+                job=job_id,
+            )
+    return ids
 
 
 def _deliver(

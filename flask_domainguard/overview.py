@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .jobs import job_stats
-from .sweep import PLANNED, owner_alive
+from .owners import owner_alive
+from .sweep import PLANNED
 from .timeutil import utcnow
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ would be harder to read and to review.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -185,9 +186,27 @@ def _tokens(raw: str) -> list[str]:
     return names
 
 
+#: Status strings longer than this are split afresh each time rather than remembered.
+_CACHED_STATUS_LENGTH = 80
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_tokens(raw: str) -> tuple[str, ...]:
+    return tuple(_tokens(raw))
+
+
 def _read_statuses(statuses: Iterable[object]) -> list[list[str]]:
-    """Normalise every status element; non-strings are ignored rather than trusted."""
-    return [_tokens(raw) for raw in statuses if isinstance(raw, str)]
+    """Normalise every status element; non-strings are ignored rather than trusted.
+
+    A sweep reads the same few dozen status strings for every domain, several times each:
+    short ones are split once per process (a bounded cache; a hostile server's long or
+    numerous strings only evict each other).
+    """
+    return [
+        list(_cached_tokens(raw)) if len(raw) <= _CACHED_STATUS_LENGTH else _tokens(raw)
+        for raw in statuses
+        if isinstance(raw, str)
+    ]
 
 
 def _flags_say_available(elements: list[list[str]]) -> bool:

@@ -15,7 +15,7 @@ from flask.testing import FlaskCliRunner
 
 from flask_domainguard import jobs
 from flask_domainguard.journal import transaction
-from flask_domainguard.sweep import new_run_id
+from flask_domainguard.owners import new_run_id
 from flask_domainguard.timeutil import utcnow
 from tests import hostapp
 from tests.sweep_support import seed

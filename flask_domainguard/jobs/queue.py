@@ -200,6 +200,36 @@ def enqueue(
         return int(session.scalar(sa.select(J.c.id).where(J.c.dedupe_key == dedupe_key)))
 
 
+def enqueue_many(guard: Guard, kind: str, payloads: list[dict[str, Any]]) -> list[int]:
+    """Add one job of ``kind`` per payload in the current transaction, in one statement where
+    the database returns the new ids of a many-row insert (a sweep batch's warnings).
+
+    :returns: the jobs' ids, in the order of ``payloads``.
+    """
+    if not payloads:
+        return []
+    J = _table(guard)
+    now = utcnow()
+    rows = [
+        {
+            "kind": kind,
+            "payload": payload,
+            "requests": 1,
+            "state": PENDING,
+            "attempts": 0,
+            "not_before": now,
+            "created_at": now,
+        }
+        for payload in payloads
+    ]
+    session = guard.db.session
+    bind = session.get_bind(mapper=sa.inspect(guard.models.Job))
+    if not bind.dialect.insert_executemany_returning_sort_by_parameter_order:
+        return [_insert(session, J, row) for row in rows]  # MySQL: no RETURNING on INSERT
+    stmt = sa.insert(J).returning(J.c.id, sort_by_parameter_order=True)
+    return [int(row[0]) for row in session.execute(stmt, rows)]
+
+
 def _insert(session: Any, J: sa.Table, values: dict[str, Any]) -> int:
     # inserted_primary_key works on every database; RETURNING on INSERT is not in MySQL.
     return int(session.execute(sa.insert(J).values(values)).inserted_primary_key[0])

@@ -25,6 +25,7 @@ changes nothing). The purposes then ask for more or less (:class:`Purpose`):
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,21 @@ def is_safe_recipient(guard: Guard, row: EmailAddress) -> bool:
 def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None) -> list[str]:
     """The user's addresses that may receive mail about the account (:attr:`Purpose.NOTICE`),
     primary first; one query for the addresses and their domains."""
+    # One user asked, so every row is theirs (whatever type the key came back as).
+    return [
+        address
+        for pairs in safe_addresses_of(guard, [user_id]).values()
+        for address_id, address in pairs
+        if address_id != exclude_id
+    ]
+
+
+def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[tuple[int, str]]]:
+    """:func:`safe_addresses` of many users in one query (a sweep batch's): each user's safe
+    ``(address id, address)`` pairs, primary first; users without one are left out."""
+    wanted = list(dict.fromkeys(user_ids))
+    if not wanted:
+        return {}
     EmailAddress = guard.models.EmailAddress
     Domain = guard.models.Domain
     # The Domain's columns under their own names (none clashes with the address columns),
@@ -155,6 +171,7 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
     rows = guard.db.session.execute(
         sa.select(
             EmailAddress.id,
+            EmailAddress.user_id,
             EmailAddress.address,
             EmailAddress.registrable,
             EmailAddress.verified_at,
@@ -162,14 +179,12 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
             *columns,
         )
         .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
-        .where(EmailAddress.user_id == user_id, EmailAddress.verified_at.is_not(None))
-        .order_by(EmailAddress.primary.desc(), EmailAddress.id)
+        .where(EmailAddress.user_id.in_(wanted), EmailAddress.verified_at.is_not(None))
+        .order_by(EmailAddress.user_id, EmailAddress.primary.desc(), EmailAddress.id)
     )
-    safe: list[str] = []
+    safe: dict[Any, list[tuple[int, str]]] = {}
     for row in rows:
-        if row.id == exclude_id:
-            continue
         state = DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
         if may_receive(guard, row, Purpose.NOTICE, state=state):
-            safe.append(row.address)
+            safe.setdefault(row.user_id, []).append((row.id, row.address))
     return safe
