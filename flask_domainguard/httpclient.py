@@ -107,6 +107,14 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+def _detail(exc: BaseException) -> str:
+    """The first line of an error's text, short: parser errors quote what the server sent,
+    and errors are stored (``Domain.last_error``) and logged."""
+    text = str(exc).strip().split("\n", 1)[0].strip()
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return text or type(exc).__name__
+
+
 def _as_httpx_error(exc: BaseException) -> httpx.TransportError | None:
     """The httpx error for an aiohttp one (``None`` for anything else), so callers handle
     one family of errors whichever client they hold."""
@@ -114,16 +122,15 @@ def _as_httpx_error(exc: BaseException) -> httpx.TransportError | None:
         if isinstance(exc.os_error, _Refused):
             return AddressRefused(str(exc.os_error))
         # Certificate and TLS failures are connector errors too; their text says which.
-        return httpx.ConnectError(str(exc.os_error) or type(exc).__name__)
+        return httpx.ConnectError(_detail(exc.os_error))
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return httpx.ReadTimeout(str(exc) or "timed out")
+        return httpx.ReadTimeout(_detail(exc))
     if isinstance(exc, aiohttp.ClientResponseError):  # a response llhttp refused to parse
-        return httpx.RemoteProtocolError(exc.message or type(exc).__name__)
+        return httpx.RemoteProtocolError(_detail(exc))
     if isinstance(exc, aiohttp.InvalidURL):
-        return httpx.UnsupportedProtocol(str(exc))
+        return httpx.UnsupportedProtocol(_detail(exc))
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        detail = str(exc).strip() or type(exc).__name__
-        return httpx.ReadError(detail)
+        return httpx.ReadError(_detail(exc))
     return None
 
 
