@@ -14,9 +14,9 @@ the request (request extensions), and each transport checks the address it conne
 (:class:`~flask_domainguard.httpclient.AiohttpTransport` drops refused addresses when the
 name is resolved, before connecting, and checks each connection's peer again; httpx's own
 transport right after the TCP connect, before TLS or any request byte), so a name that
-resolves to a private address, or re-resolves to one (DNS rebinding), is refused. The address ranges are
-spelled out here rather than taken from :mod:`ipaddress`'s ``is_global``, whose answers
-change between Python versions.
+resolves to a private address, or re-resolves to one (DNS rebinding), is refused. The
+address ranges are spelled out here rather than taken from :mod:`ipaddress`'s
+``is_global``, whose answers change between Python versions.
 """
 
 from __future__ import annotations
