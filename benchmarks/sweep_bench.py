@@ -175,6 +175,44 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], int]:
     return server, int(line.split()[1])
 
 
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """Peak resident memory of a live process in MB (``VmHWM``), or ``None`` once gone.
+
+    Not ``ru_maxrss``: a child started by fork and exec inherits its parent's high-water mark
+    at the fork, so ``ru_maxrss`` reports this script's own size (the seeded data) instead.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class PeakWatcher:
+    """Samples a child's ``VmHWM`` every 0.1 s until it exits (the mark only grows)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            value = vm_hwm_mb(self.pid)
+            if value is not None:
+                self.peak = max(self.peak, value)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def run_sweep(
     config: dict[str, Any], profile: str | None
 ) -> tuple[dict[str, Any], float, float, float]:
@@ -201,15 +239,16 @@ def run_sweep(
     command += ["--app", "benchmarks.sweep_bench:create_app", "domainguard", "sweep", "--json"]
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    watcher = PeakWatcher(proc.pid)
     assert proc.stdout is not None
     out = proc.stdout.read()
+    peak = watcher.stop()  # stdout closed: the report is written, the process is ending
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"sweep exited with {proc.returncode}: {out[-2000:]}")
-    # ru_maxrss is in kilobytes on Linux.
-    return json.loads(out), wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return json.loads(out), wall, peak, usage.ru_utime + usage.ru_stime
 
 
 def bare_urls(backend: str, port: int, names: list[str]) -> list[str]:
@@ -287,7 +326,7 @@ def main_bare(args: argparse.Namespace) -> None:
                 "wall_s": round(wall, 2),
                 "lookups_per_s": round(parsed / wall, 1) if wall else None,
                 "cpu_ms_per_lookup": round(1000 * cpu / max(parsed, 1), 3),
-                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "peak_rss_mb": round(vm_hwm_mb() or 0.0, 1),
                 "concurrency": args.concurrency,
                 "backend": args.backend,
             }
