@@ -37,6 +37,7 @@ from .httpclient import AiohttpClient
 from .status.base import StatusBackend, backend_covers
 from .status.dnslookup import DnsLookup
 from .status.observation import DnsObservation, Observation
+from .timeutil import within
 
 __all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
 
@@ -217,7 +218,7 @@ class Lookups:
             try:
                 # The backend enforces the timeout itself; this outer bound only catches a
                 # backend (a host's own class) that does not.
-                return await asyncio.wait_for(
+                return await within(
                     self.backend.observe(domain, client=self._client, timeout=timeout),
                     timeout + 1.0,
                 )

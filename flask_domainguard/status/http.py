@@ -22,7 +22,7 @@ import httpx
 
 from ..httpclient import AiohttpClient
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
-from ..timeutil import utcnow
+from ..timeutil import utcnow, within
 
 __all__ = ["MAX_REDIRECTS", "MAX_RETRY_AFTER", "FetchResult", "fetch_json", "parse_retry_after"]
 
@@ -170,7 +170,7 @@ async def fetch_json(
     start = httpx.URL(url)
     secret_list = [s for s in secrets if s]
     try:
-        return await asyncio.wait_for(
+        return await within(
             _fetch(
                 client,
                 start,
