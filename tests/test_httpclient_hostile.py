@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
+import ssl
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from flask_domainguard.httpclient import AiohttpClient
 from flask_domainguard.lookups import make_client
 from flask_domainguard.netguard import AddressRefused, PeerGuard
 from flask_domainguard.status.fastly import FastlyBackend
+from flask_domainguard.status.http import fetch_json
 from flask_domainguard.status.observation import Observation
 from tests.test_netguard import CountingTcpServer
 
@@ -351,3 +360,72 @@ def test_an_ip_literal_is_checked_on_the_connection_before_a_byte_is_sent(
     with pytest.raises(AddressRefused, match="loopback"):
         asyncio.run(go())
     assert tcp_server.connections == 1 and tcp_server.received == 0
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 that no CA signed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def test_a_certificate_no_ca_signed_is_refused(tmp_path: Path) -> None:
+    """A man in the middle with his own certificate gets no request and gives no answer."""
+    requests = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            requests += 1
+            writer.write(HEAD + b"Content-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> Any:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with make_client(2) as client:
+                return await fetch_json(
+                    client, f"https://127.0.0.1:{port}/", headers={}, max_bytes=CAP, timeout=5
+                )
+        finally:
+            server.close()
+
+    result = asyncio.run(go())
+    assert not result.is_json and result.error is not None
+    assert "certificate" in result.error.lower(), result.error
+    assert requests == 0
