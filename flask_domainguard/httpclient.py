@@ -108,9 +108,9 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _detail(exc: BaseException) -> str:
-    """The first line of an error's text, short: parser errors quote what the server sent,
-    and errors are stored (``Domain.last_error``) and logged."""
-    text = str(exc).strip().split("\n", 1)[0].strip()
+    """An error's text on one line, short: parser errors quote what the server sent, and
+    errors are stored (``Domain.last_error``) and logged."""
+    text = " ".join(str(exc).split())
     text = text if len(text) <= 200 else text[:200] + "..."
     return text or type(exc).__name__
 

@@ -208,7 +208,9 @@ def test_a_gzip_bomb_is_cut_at_the_cap() -> None:
         await h.send(writer, head + bomb)
 
     obs, _, _, peak = look_up(gz)
-    assert_failed(obs, "larger than")
+    # The cap stops it, or (aiohttp 3.13) the decompressor's own limit: a failed lookup
+    # with bounded memory either way.
+    assert_failed(obs)
     assert peak < 32 << 20, peak
 
 
