@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -118,6 +119,9 @@ def _detail(exc: BaseException) -> str:
 def _as_httpx_error(exc: BaseException) -> httpx.TransportError | None:
     """The httpx error for an aiohttp one (``None`` for anything else), so callers handle
     one family of errors whichever client they hold."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Before its own branch: aiohttp 3.13 has no os_error on this one.
+        return httpx.ConnectError(_detail(exc.certificate_error))
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, _Refused):
             return AddressRefused(str(exc.os_error))
@@ -134,6 +138,19 @@ def _as_httpx_error(exc: BaseException) -> httpx.TransportError | None:
     return None
 
 
+def _decoder(encoding: str) -> Any:
+    """A zlib decompressor for a ``Content-Encoding`` (``None`` when there is none);
+    :class:`httpx.DecodingError` for one the client did not offer."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return None
+    if name in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if name == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise httpx.DecodingError(f"unsupported content encoding {name[:40]!r}")
+
+
 class Answer:
     """A response read off an aiohttp connection, with the part of :class:`httpx.Response`
     that :func:`~flask_domainguard.status.http.fetch_json` uses."""
@@ -145,8 +162,8 @@ class Answer:
         self.status_code = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body, decompressed, in pieces of at most 64 KiB."""
+    async def raw_bytes(self) -> AsyncIterator[bytes]:
+        """The body as sent (still compressed), in pieces of at most 64 KiB."""
         try:
             async for chunk in self._response.content.iter_chunked(_CHUNK):
                 yield chunk
@@ -155,6 +172,30 @@ class Answer:
             if mapped is None:
                 raise
             raise mapped from exc
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, decompressed, in pieces of at most 64 KiB.
+
+        Decompressed here rather than by aiohttp, whose output per input chunk is bounded
+        only from 3.14 (3.13 hands over 64 MB at once for a gzip bomb): the caller's byte
+        cap then sees every 64 KiB.
+        """
+        decoder = _decoder(self.headers.get("content-encoding", ""))
+        async for chunk in self.raw_bytes():
+            if decoder is None:
+                yield chunk
+                continue
+            data = chunk
+            while True:
+                try:
+                    piece = decoder.decompress(data, _CHUNK)
+                except zlib.error as exc:
+                    raise httpx.DecodingError(f"bad compressed body: {_detail(exc)}") from exc
+                data = decoder.unconsumed_tail
+                if piece:
+                    yield piece
+                elif not data:
+                    break
 
     async def aclose(self) -> None:
         """Give the connection back, kept alive only after a complete body (a part read
@@ -170,7 +211,7 @@ class _Stream(httpx.AsyncByteStream):
         self._answer = answer
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._answer.aiter_bytes():
+        async for chunk in self._answer.raw_bytes():  # httpx decodes
             yield chunk
 
     async def aclose(self) -> None:
@@ -216,6 +257,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,
                 # The caller bounds the whole exchange (fetch_json); no second clock here.
                 timeout=aiohttp.ClientTimeout(total=None),
+                # Only what Answer decodes (aiohttp would offer br with Brotli installed).
+                headers={"Accept-Encoding": "gzip, deflate"},
             )
         return session
 
@@ -227,7 +270,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         guard: PeerGuard | None,
         *,
         data: bytes | None = None,
-        decompress: bool = True,
     ) -> aiohttp.ClientResponse:
         session = self._session(guard)
         try:
@@ -237,7 +279,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                auto_decompress=decompress,
+                # Never aiohttp's: Answer decodes in bounded pieces, httpx decodes its own.
+                auto_decompress=False,
             )
         except Exception as exc:
             mapped = _as_httpx_error(exc)
@@ -257,14 +300,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if request.url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {request.url.scheme!r}")
         body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
-        # httpx decodes Content-Encoding itself, so aiohttp hands over the bytes as sent.
+        # httpx decodes Content-Encoding itself: the bytes as sent, not Answer's decoding.
         response = await self._open(
             request.method,
             request.url,
             request.headers.multi_items(),
             request.extensions.get(PEER_CHECK),
             data=body or None,
-            decompress=False,
         )
         return httpx.Response(
             response.status,

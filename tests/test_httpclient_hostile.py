@@ -15,6 +15,7 @@ import ipaddress
 import ssl
 import time
 import tracemalloc
+import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -208,10 +209,29 @@ def test_a_gzip_bomb_is_cut_at_the_cap() -> None:
         await h.send(writer, head + bomb)
 
     obs, _, _, peak = look_up(gz)
-    # The cap stops it, or (aiohttp 3.13) the decompressor's own limit: a failed lookup
-    # with bounded memory either way.
-    assert_failed(obs)
-    assert peak < 32 << 20, peak
+    assert_failed(obs, "larger than")
+    assert peak < 16 << 20, peak
+
+
+def test_a_gzip_answer_is_read_and_an_unoffered_encoding_refused() -> None:
+    """Compression the client offered (gzip, deflate) is decoded; any other fails closed."""
+    body = b'{"domain": "victim.com", "status": "active", "zone": "com", "tags": ""}'
+
+    def answer(encoding: str, data: bytes) -> Any:
+        async def send(h: Hostile, writer: asyncio.StreamWriter) -> None:
+            head = f"Content-Encoding: {encoding}\r\nContent-Length: {len(data)}\r\n\r\n"
+            await h.send(writer, HEAD + head.encode() + data)
+
+        return send
+
+    obs, _, _, _ = look_up(answer("gzip", gzip.compress(body)))
+    assert obs.registered is True and obs.error is None, obs
+    obs, _, _, _ = look_up(answer("deflate", zlib.compress(body)))
+    assert obs.registered is True and obs.error is None, obs
+    obs, _, _, _ = look_up(answer("br", body))
+    assert_failed(obs, "content encoding")
+    obs, _, _, _ = look_up(answer("gzip", b"not gzip at all"))
+    assert_failed(obs, "compressed")
 
 
 def test_a_huge_head_is_refused() -> None:
