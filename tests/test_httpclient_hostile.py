@@ -381,6 +381,10 @@ def test_an_ip_literal_is_checked_on_the_connection_before_a_byte_is_sent(
 
     with pytest.raises(AddressRefused, match="loopback"):
         asyncio.run(go())
+    deadline = time.monotonic() + 5
+    while tcp_server.connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server accepts on its own thread
+    time.sleep(0.5)  # and reads each connection until it closes (or 0.3 s of silence)
     assert tcp_server.connections == 1 and tcp_server.received == 0
 
 
