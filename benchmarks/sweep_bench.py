@@ -9,6 +9,12 @@ subprocess and prints one JSON line per sweep::
 
     python benchmarks/sweep_bench.py --addresses 1000000 --domains 100000
 
+In the same invocation a bare aiohttp loop (no database, no policy: the bare-client limit)
+fetches and JSON-parses the same domains' answers from the same server with the same
+concurrency, in a process of its own; its line comes first, and each sweep's line adds
+``ratio_vs_bare`` (the sweep's seconds per lookup over the bare loop's; 1.0 is the limit).
+``--no-bare`` skips it.
+
 ``--second-run`` sweeps again with every domain made due and DOMAINGUARD_CONFIRM_AFTER = 0,
 so the unsafe domains found by the first run are confirmed and their addresses unverified
 (the first run only records ``unsafe_since``: the confirmation rule). ``--profile FILE``
@@ -169,8 +175,49 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], int]:
     return server, int(line.split()[1])
 
 
-def run_sweep(config: dict[str, Any], profile: str | None) -> tuple[dict[str, Any], float, float]:
-    """Run the sweep command; its JSON report, wall seconds and peak RSS in MB."""
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """Peak resident memory of a live process in MB (``VmHWM``), or ``None`` once gone.
+
+    Not ``ru_maxrss``: a child started by fork and exec inherits its parent's high-water mark
+    at the fork, so ``ru_maxrss`` reports this script's own size (the seeded data) instead.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class PeakWatcher:
+    """Samples a child's ``VmHWM`` every 0.1 s until it exits (the mark only grows)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            value = vm_hwm_mb(self.pid)
+            if value is not None:
+                self.peak = max(self.peak, value)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_sweep(
+    config: dict[str, Any], profile: str | None
+) -> tuple[dict[str, Any], float, float, float]:
+    """Run the sweep command; its JSON report, wall seconds, peak RSS in MB and CPU
+    seconds."""
     env = dict(os.environ, SWEEP_BENCH_CONFIG=json.dumps(config), PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "flask"]
     if profile:
@@ -192,15 +239,100 @@ def run_sweep(config: dict[str, Any], profile: str | None) -> tuple[dict[str, An
     command += ["--app", "benchmarks.sweep_bench:create_app", "domainguard", "sweep", "--json"]
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    watcher = PeakWatcher(proc.pid)
     assert proc.stdout is not None
     out = proc.stdout.read()
+    peak = watcher.stop()  # stdout closed: the report is written, the process is ending
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"sweep exited with {proc.returncode}: {out[-2000:]}")
-    # ru_maxrss is in kilobytes on Linux.
-    return json.loads(out), wall, usage.ru_maxrss / 1024
+    return json.loads(out), wall, peak, usage.ru_utime + usage.ru_stime
+
+
+def bare_urls(backend: str, port: int, names: list[str]) -> list[str]:
+    """The URLs the sweep's backend asks for ``names``."""
+    if backend == "fastly":
+        return [f"http://127.0.0.1:{port}/status?domain={name}" for name in names]
+    return [f"http://127.0.0.1:{port}/domain/{name}" for name in names]
+
+
+async def bare_loop(urls: list[str], concurrency: int, headers: dict[str, str]) -> int:
+    """GET every URL with ``concurrency`` in flight and parse its JSON; answers parsed."""
+    import asyncio
+
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    parsed = 0
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        queue = iter(urls)
+
+        async def worker() -> None:
+            nonlocal parsed
+            for url in queue:
+                async with session.get(url) as answer:
+                    json.loads(await answer.read())
+                    parsed += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return parsed
+
+
+def run_bare(args: argparse.Namespace, port: int, names: list[str]) -> dict[str, Any]:
+    """The bare loop in a process of its own (so its CPU and peak memory are its own)."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--bare-port",
+        str(port),
+        "--backend",
+        args.backend,
+        "--concurrency",
+        str(args.concurrency),
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate("\n".join(names))
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"bare loop exited with {proc.returncode}: {out[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    result["process_wall_s"] = round(wall, 2)
+    return result
+
+
+def main_bare(args: argparse.Namespace) -> None:
+    """``--bare-port``: the bare loop over the domain names on stdin; one JSON line."""
+    import asyncio
+    import resource
+
+    names = sys.stdin.read().split()
+    urls = bare_urls(args.backend, args.bare_port, names)
+    headers = {"Fastly-Key": "bench-key"} if args.backend == "fastly" else {}
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    parsed = asyncio.run(bare_loop(urls, args.concurrency, headers))
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # The loop's own CPU: not the interpreter's start or this module's imports.
+    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    print(
+        json.dumps(
+            {
+                "run": "bare aiohttp loop",
+                "lookups": parsed,
+                "wall_s": round(wall, 2),
+                "lookups_per_s": round(parsed / wall, 1) if wall else None,
+                "cpu_ms_per_lookup": round(1000 * cpu / max(parsed, 1), 3),
+                "peak_rss_mb": round(vm_hwm_mb() or 0.0, 1),
+                "concurrency": args.concurrency,
+                "backend": args.backend,
+            }
+        ),
+        flush=True,
+    )
 
 
 def requests_seen(port: int) -> int:
@@ -524,6 +656,8 @@ def main() -> None:
         "--workers", help="comma-separated worker counts, e.g. 1,2: on PostgreSQL (see above)"
     )
     parser.add_argument("--backend", choices=("fastly", "rdap"), default="fastly")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare aiohttp loop")
+    parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dns-evidence",
         choices=("off", "fallback", "always"),
@@ -539,6 +673,9 @@ def main() -> None:
         help="chunks each Celery worker runs at once (prefork pool when more than 1)",
     )
     args = parser.parse_args()
+    if args.bare_port:
+        main_bare(args)
+        return
     if args.workers:
         main_workers(args)
         return
@@ -564,8 +701,12 @@ def main() -> None:
             dns_server = start_dns_server()
             config["DOMAINGUARD_DNS_RESOLVERS"] = [dns_server.address]
         started = time.perf_counter()
-        seed(config, args.addresses, args.domains, args.trusted_share)
+        names = seed(config, args.addresses, args.domains, args.trusted_share)
         seeded = time.perf_counter() - started
+        bare: dict[str, Any] | None = None
+        if not args.no_bare:
+            bare = run_bare(args, port, names)
+            print(json.dumps(bare), flush=True)
         runs = [("first", config)]
         if args.second_run:
             runs.append(("second", {**config, "DOMAINGUARD_CONFIRM_AFTER": 0}))
@@ -574,7 +715,15 @@ def main() -> None:
                 make_all_due(run_config)
             before = requests_seen(port)
             dns_before = sum(dns_server.queries.values()) if dns_server else 0
-            report, wall, rss = run_sweep(run_config, args.profile if label == "first" else None)
+            report, wall, rss, cpu = run_sweep(
+                run_config, args.profile if label == "first" else None
+            )
+            per_lookup = wall / max(report["checked"], 1)
+            ratio = (
+                per_lookup / (bare["wall_s"] / max(bare["lookups"], 1))
+                if bare and bare["wall_s"]
+                else None
+            )
             dns_queries = sum(dns_server.queries.values()) - dns_before if dns_server else 0
             print(
                 json.dumps(
@@ -588,6 +737,8 @@ def main() -> None:
                         "server_requests": requests_seen(port) - before,
                         "wall_s": round(wall, 2),
                         "lookups_per_s": round(report["checked"] / wall, 1) if wall else None,
+                        "ratio_vs_bare": round(ratio, 2) if ratio else None,
+                        "cpu_ms_per_lookup": round(1000 * cpu / max(report["checked"], 1), 3),
                         "peak_rss_mb": round(rss, 1),
                         "unverified": report["unverified"],
                         "unsafe_first_seen": report["unsafe_first_seen"],

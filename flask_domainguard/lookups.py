@@ -33,10 +33,11 @@ from dataclasses import dataclass
 import httpx
 
 from .dnsevidence import observe_with_dns
-from .fasthttp import FastTransport
+from .httpclient import AiohttpClient
 from .status.base import StatusBackend, backend_covers
 from .status.dnslookup import DnsLookup
 from .status.observation import DnsObservation, Observation
+from .timeutil import within
 
 __all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
 
@@ -123,16 +124,17 @@ class TokenBucket:
 def make_client(max_connections: int) -> httpx.AsyncClient:
     """One HTTP client for a whole sweep, holding at most ``max_connections`` connections.
 
-    It uses :class:`~flask_domainguard.fasthttp.FastTransport` (measured: 0.35 ms of CPU per
-    lookup instead of 0.8-3 ms with httpx's own transport). With proxy variables in the
-    environment httpx's own transport is used, since only it applies them.
+    It is an :class:`~flask_domainguard.httpclient.AiohttpClient` (aiohttp's C parser,
+    measured: about a third of the CPU per lookup of httpx's own transport). With proxy
+    variables in the environment httpx's own transport is used, since the peer-address
+    checks of :mod:`~flask_domainguard.netguard` know how httpx applies them.
     """
     if any(key in ("http", "https", "all") for key in urllib.request.getproxies()):
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         return httpx.AsyncClient(limits=limits)
-    return httpx.AsyncClient(transport=FastTransport(max_connections))
+    return AiohttpClient(max_connections)
 
 
 def _retryable(obs: Observation) -> bool:
@@ -216,7 +218,7 @@ class Lookups:
             try:
                 # The backend enforces the timeout itself; this outer bound only catches a
                 # backend (a host's own class) that does not.
-                return await asyncio.wait_for(
+                return await within(
                     self.backend.observe(domain, client=self._client, timeout=timeout),
                     timeout + 1.0,
                 )

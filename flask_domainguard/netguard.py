@@ -10,12 +10,13 @@ private addresses from such URLs, over plain ``http`` too; public addresses alwa
 ``https``.
 
 The address checked is the one connected to, not the name: :class:`PeerGuard` travels with
-the request (request extensions) and the transports call it with the socket's peer address
-(:class:`~flask_domainguard.fasthttp.FastTransport` before connecting, httpx's own transport
-right after the TCP connect, before TLS or any request byte), so a name that resolves to a
-private address, or re-resolves to one (DNS rebinding), is refused. The address ranges are
-spelled out here rather than taken from :mod:`ipaddress`'s ``is_global``, whose answers
-change between Python versions.
+the request (request extensions), and each transport checks the address it connects to
+(:class:`~flask_domainguard.httpclient.AiohttpTransport` drops refused addresses when the
+name is resolved, before connecting, and checks each connection's peer again; httpx's own
+transport right after the TCP connect, before TLS or any request byte), so a name that
+resolves to a private address, or re-resolves to one (DNS rebinding), is refused. The
+address ranges are spelled out here rather than taken from :mod:`ipaddress`'s
+``is_global``, whose answers change between Python versions.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 #: Request extension holding the :class:`PeerGuard` of a network-derived URL (read by
-#: :class:`~flask_domainguard.fasthttp.FastTransport`).
+#: :class:`~flask_domainguard.httpclient.AiohttpTransport`).
 PEER_CHECK = "domainguard.peer_check"
 
 _V4 = [
@@ -152,7 +153,8 @@ class PeerGuard:
         self._proxied = proxied
 
     def extensions(self) -> dict[str, Any]:
-        """Request extensions: :data:`PEER_CHECK` for FastTransport, ``trace`` for httpcore."""
+        """Request extensions: :data:`PEER_CHECK` for the sweep's transport, ``trace`` for
+        httpcore."""
         return {PEER_CHECK: self, "trace": self.trace}
 
     def check(self, address: str) -> str | None:

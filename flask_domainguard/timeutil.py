@@ -1,8 +1,14 @@
-"""The one clock of the package: aware UTC datetimes everywhere."""
+"""The one clock of the package: aware UTC datetimes everywhere, and one bound on awaits."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Awaitable
 from datetime import datetime, timezone
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -15,3 +21,16 @@ def as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await ``awaitable`` for at most ``seconds``; :class:`asyncio.TimeoutError` after.
+
+    :func:`asyncio.wait_for` before Python 3.12 runs the awaitable in a task of its own, and
+    the sweep bounds every lookup twice (about 20 µs of CPU each); :func:`asyncio.timeout`
+    (3.11+) bounds it in the caller's task.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)

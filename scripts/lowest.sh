@@ -26,6 +26,6 @@ export VIRTUAL_ENV="$WORK/venv"
 "$UV" pip freeze --exclude-editable >"$WORK/runtime.txt"
 "$UV" pip install --quiet --constraint "$WORK/runtime.txt" --group test
 echo "lowest: $("$WORK/venv/bin/python" -V) with"
-"$UV" pip freeze | grep -iE '^(flask|werkzeug|jinja2|itsdangerous|click|blinker|sqlalchemy|wtforms|httpx|certifi|sniffio|publicsuffixlist|idna|segno|pyotp|cryptography|typing-extensions|flask-login|flask-sqlalchemy|flask-mail|flask-wtf)==' | sed 's/^/  /'
+"$UV" pip freeze | grep -iE '^(flask|werkzeug|jinja2|itsdangerous|click|blinker|sqlalchemy|wtforms|httpx|aiohttp|certifi|sniffio|publicsuffixlist|idna|segno|pyotp|cryptography|typing-extensions|flask-login|flask-sqlalchemy|flask-mail|flask-wtf)==' | sed 's/^/  /'
 
 "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow and not browser" "$@"

@@ -24,7 +24,7 @@ import pytest
 import respx
 from flask.testing import FlaskCliRunner
 
-from flask_domainguard.fasthttp import FastTransport
+from flask_domainguard.httpclient import AiohttpClient
 from flask_domainguard.netguard import address_refusal, non_public_kind, url_refusal
 from flask_domainguard.status.http import fetch_json
 from flask_domainguard.status.observation import Observation
@@ -155,13 +155,13 @@ def fetch(url: str, **kwargs: Any) -> Any:
 
 def fetch_fast(url: str, **kwargs: Any) -> Any:
     async def go() -> Any:
-        async with httpx.AsyncClient(transport=FastTransport(4)) as client:
+        async with AiohttpClient(4) as client:
             return await fetch_json(client, url, headers={}, max_bytes=100_000, timeout=3, **kwargs)
 
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("get", [fetch, fetch_fast], ids=["httpx", "fasthttp"])
+@pytest.mark.parametrize("get", [fetch, fetch_fast], ids=["httpx", "aiohttp"])
 def test_a_redirect_from_a_trusted_server_to_another_local_port_is_not_followed(
     rdap_registry: RdapServer, second_server: RdapServer, get: Any
 ) -> None:
@@ -289,7 +289,7 @@ def test_a_kept_alive_connection_is_checked_again_for_a_network_derived_url(
     url = f"{rdap_registry.base}domain/a.example"
 
     async def go() -> tuple[Any, Any]:
-        async with httpx.AsyncClient(transport=FastTransport(1)) as client:
+        async with AiohttpClient(1) as client:
             first = await fetch_json(client, url, headers={}, max_bytes=100_000, timeout=3)
             second = await fetch_json(
                 client, url, headers={}, max_bytes=100_000, timeout=3, trusted=False
@@ -388,7 +388,7 @@ def test_sweep_fails_closed_on_a_redirect_and_changes_nothing(
     rdap_registry: RdapServer,
     second_server: RdapServer,
 ) -> None:
-    """The sweep's own transport (fasthttp) refuses the hop; the address stays verified."""
+    """The sweep's own client (aiohttp) refuses the hop; the address stays verified."""
     second_server.docs["victim.example"] = domain_doc("victim.example", *HEALTHY)
     rdap_registry.redirects["victim.example"] = f"{second_server.base}domain/victim.example"
     row = add(guard, make_user(), "ann@victim.example")

@@ -12,16 +12,17 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from ..httpclient import AiohttpClient
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
-from ..timeutil import utcnow
+from ..timeutil import utcnow, within
 
 __all__ = ["MAX_REDIRECTS", "MAX_RETRY_AFTER", "FetchResult", "fetch_json", "parse_retry_after"]
 
@@ -67,6 +68,21 @@ class FetchResult:
     def host(self) -> str:
         """The host that gave the final answer."""
         return self.hosts[-1] if self.hosts else _netloc(self.url)
+
+
+class _Response(Protocol):
+    """What is read of an answer: an :class:`httpx.Response`, or the sweep client's
+    :class:`~flask_domainguard.httpclient.Answer`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _netloc(url: httpx.URL) -> str:
@@ -154,7 +170,7 @@ async def fetch_json(
     start = httpx.URL(url)
     secret_list = [s for s in secrets if s]
     try:
-        return await asyncio.wait_for(
+        return await within(
             _fetch(
                 client,
                 start,
@@ -205,15 +221,20 @@ async def _fetch(
             guard = PeerGuard(
                 current, allow_private=allow_private, proxied=proxied(client, current)
             )
+        response: _Response
         try:
-            request = client.build_request(
-                "GET",
-                current,
-                headers=send_headers,
-                timeout=timeout,
-                extensions=guard.extensions() if guard is not None else None,
-            )
-            response = await client.send(request, stream=True, follow_redirects=False)
+            if isinstance(client, AiohttpClient):
+                # The sweep's client: straight to aiohttp, which checks the guard itself.
+                response = await client.aiohttp.get(current, send_headers, guard)
+            else:
+                request = client.build_request(
+                    "GET",
+                    current,
+                    headers=send_headers,
+                    timeout=timeout,
+                    extensions=guard.extensions() if guard is not None else None,
+                )
+                response = await client.send(request, stream=True, follow_redirects=False)
         except AddressRefused as exc:
             return _refused(current, status, hosts, str(exc))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -221,7 +242,11 @@ async def _fetch(
                 url=current, error=_redact(_describe(exc, host), secrets), hosts=tuple(hosts)
             )
         try:
-            refusal = guard.response_refusal(response) if guard is not None else None
+            refusal = (
+                guard.response_refusal(response)
+                if guard is not None and isinstance(response, httpx.Response)
+                else None
+            )
             if refusal is not None:
                 return _refused(current, status, hosts, refusal)
             location = response.headers.get("location")
@@ -278,7 +303,7 @@ def _refused(url: httpx.URL, status: int | None, hosts: list[str], why: str) -> 
 
 
 async def _read(
-    response: httpx.Response,
+    response: _Response,
     url: httpx.URL,
     max_bytes: int,
     secrets: list[str],
