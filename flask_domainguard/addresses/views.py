@@ -13,7 +13,6 @@ from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, SubmitField
 from wtforms.validators import DataRequired
@@ -22,6 +21,7 @@ from .. import tokens
 from ..blueprint import bp, csrf_body, form_errors, invalid_token, json_answer
 from ..context import current_guard
 from ..redirects import safe_next, wants_json
+from ..users import logged_in_user
 from .standing import address_state, needs_owner
 from .store import AddressError, addresses_of
 from .verification import (
@@ -46,13 +46,6 @@ class SendVerificationForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("Send a verification link")
 
 
-def _logged_in_user() -> Any:
-    if getattr(current_app, "login_manager", None) is None:
-        return None  # a host without Flask-Login has no logged-in users to offer
-    user = current_user._get_current_object()
-    return user if getattr(user, "is_authenticated", False) else None
-
-
 def _unauthorized() -> ResponseReturnValue:
     manager = getattr(current_app, "login_manager", None)
     if manager is None:
@@ -73,7 +66,7 @@ def verify_address(token: str) -> ResponseReturnValue:
     form = ConfirmAddressForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
-            outcome = confirm_verification(guard, token, user=_logged_in_user())
+            outcome = confirm_verification(guard, token, user=logged_in_user())
         except tokens.TokenError as exc:
             return invalid_token("verify", exc, json)
         except VerificationError as exc:
@@ -95,7 +88,7 @@ def verify_address(token: str) -> ResponseReturnValue:
         )
         return page
     status = 400 if request.method == "POST" else 200
-    needs_login = needs_owner(row) and _logged_in_user() is None
+    needs_login = needs_owner(row) and logged_in_user() is None
     if json:
         if status == 400:
             return json_answer(form_errors(form), 400)
@@ -119,7 +112,7 @@ def verify_address(token: str) -> ResponseReturnValue:
 @bp.route("/verify/", methods=["GET"])
 def verify_status() -> ResponseReturnValue:
     """The logged-in user's addresses, their state, and buttons to send new links."""
-    user = _logged_in_user()
+    user = logged_in_user()
     if user is None:
         return _unauthorized()
     guard = current_guard()
@@ -138,7 +131,7 @@ def verify_status() -> ResponseReturnValue:
 @bp.route("/verify/send", methods=["POST"])
 def send_verification_link() -> ResponseReturnValue:
     """Mail a new verification link for one of the logged-in user's addresses."""
-    user = _logged_in_user()
+    user = logged_in_user()
     if user is None:
         return _unauthorized()
     guard = current_guard()
