@@ -24,6 +24,8 @@ from .mail.outgoing import send_mail
 from .mail.recipients import safe_addresses
 
 if TYPE_CHECKING:
+    from blinker import NamedSignal
+
     from .context import Guard
     from .jobs import JobRun
     from .journal import Transaction
@@ -32,6 +34,42 @@ if TYPE_CHECKING:
 def _json_key(user_id: Any) -> Any:
     # Integer and string keys survive JSON as they are; UUIDs and the like as text.
     return user_id if isinstance(user_id, (int, str)) else str(user_id)
+
+
+def _queue(
+    guard: Guard,
+    tx: Transaction,
+    job_kind: str,
+    payload: dict[str, Any],
+    event: EventKind,
+    entries: list[dict[str, Any]],
+    *,
+    user_id: Any,
+    actor: str,
+    exclude_id: int | None = None,
+    signal: NamedSignal | None = None,
+) -> int | None:
+    """Queue one mail job to the user and journal ``event`` in ``tx`` once per entry (its
+    ``address`` and details), with how many safe addresses it will go to. Nothing when the
+    user has no safe address left.
+
+    :returns: the job's id, or ``None`` when nothing was queued.
+    """
+    recipients = safe_addresses(guard, user_id, exclude_id=exclude_id)
+    if not recipients:
+        return None
+    job_id = jobs.enqueue(guard, job_kind, {"user_id": _json_key(user_id), **payload})
+    for entry in entries:
+        tx.record(
+            event,
+            actor=actor,
+            user_id=user_id,
+            signal=signal,
+            **entry,
+            recipients=len(recipients),
+            job=job_id,
+        )
+    return job_id
 
 
 def queue_expiry_warning(
@@ -50,32 +88,18 @@ def queue_expiry_warning(
 
     :returns: the job's id, or ``None`` when nothing was queued.
     """
-    recipients = safe_addresses(guard, user_id)
-    if not recipients:
-        return None
-    payload = {
-        "user_id": _json_key(user_id),
-        "domain": domain,
-        "stage": stage,
-        "until": until.isoformat(),
-        "reason": reason,
-        "addresses": addresses,
-    }
-    job_id = jobs.enqueue(guard, jobs.EXPIRY_WARNING, payload)
-    for address in addresses:
-        tx.record(
-            EventKind.EXPIRY_WARNING_SENT,
-            actor="sweep",
-            user_id=user_id,
-            address=address,
-            signal=signals.expiry_warning_sent,
-            domain=domain,
-            until=until.isoformat(),
-            stage=stage,
-            recipients=len(recipients),
-            job=job_id,
-        )
-    return job_id
+    details = {"domain": domain, "until": until.isoformat(), "stage": stage}
+    return _queue(
+        guard,
+        tx,
+        jobs.EXPIRY_WARNING,
+        {**details, "reason": reason, "addresses": addresses},
+        EventKind.EXPIRY_WARNING_SENT,
+        [{"address": address, **details} for address in addresses],
+        user_id=user_id,
+        actor="sweep",
+        signal=signals.expiry_warning_sent,
+    )
 
 
 def queue_unverify_notice(
@@ -93,22 +117,17 @@ def queue_unverify_notice(
 
     :returns: the job's id, or ``None`` when nothing was queued.
     """
-    recipients = safe_addresses(guard, user_id, exclude_id=exclude_id)
-    if not recipients:
-        return None
-    payload = {"user_id": _json_key(user_id), "exclude_id": exclude_id, "items": items}
-    job_id = jobs.enqueue(guard, jobs.UNVERIFY_NOTICE, payload)
-    for item in items:
-        tx.record(
-            EventKind.UNSAFE_NOTICE_SENT,
-            actor=actor,
-            user_id=user_id,
-            address=item["address"],
-            domain=item["domain"],
-            recipients=len(recipients),
-            job=job_id,
-        )
-    return job_id
+    return _queue(
+        guard,
+        tx,
+        jobs.UNVERIFY_NOTICE,
+        {"exclude_id": exclude_id, "items": items},
+        EventKind.UNSAFE_NOTICE_SENT,
+        [{"address": item["address"], "domain": item["domain"]} for item in items],
+        user_id=user_id,
+        actor=actor,
+        exclude_id=exclude_id,
+    )
 
 
 def _deliver(
