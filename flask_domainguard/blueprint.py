@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import generate_csrf
 
 bp = Blueprint("domainguard", __name__, template_folder="templates", static_folder="static")
@@ -51,3 +52,11 @@ def form_errors(form: Any) -> dict[str, Any]:
 def csrf_body() -> dict[str, Any]:
     """The ``GET`` answer for JSON clients: the token their ``POST`` must send back."""
     return {"csrf_token": generate_csrf()}
+
+
+def invalid_token(flow: str, exc: Exception, json: bool) -> ResponseReturnValue:
+    """The ``400`` answer to a link whose token is bad, expired or spent: JSON, or the page
+    ``domainguard/<flow>/invalid.html`` (``flow``: ``verify``, ``reset``, ``undo``)."""
+    if json:
+        return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
+    return render_template(f"domainguard/{flow}/invalid.html", message=str(exc)), 400

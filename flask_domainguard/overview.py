@@ -29,6 +29,38 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _per_owner(
+    session: Any,
+    owner: sa.ColumnElement[Any],
+    when: sa.ColumnElement[Any],
+    where: sa.ColumnElement[bool],
+    keys: tuple[str, str, str],
+) -> dict[str, Any]:
+    """The rows matching ``where`` grouped by ``owner`` (a run id or lease owner): per owner,
+    how many and the latest ``when`` (under ``keys``: owner, count, time) and whether its
+    process still runs; with the total and how many a dead process holds."""
+    owner_key, count_key, when_key = keys
+    rows = [
+        {
+            owner_key: name,
+            count_key: int(count),
+            when_key: str(latest) if latest is not None else None,
+            "process": _alive_text(owner_alive(name)),
+        }
+        for name, count, latest in session.execute(
+            sa.select(owner, sa.func.count(), sa.func.max(when))
+            .where(where)
+            .group_by(owner)
+            .order_by(owner)
+        )
+    ]
+    return {
+        "total": sum(row[count_key] for row in rows),
+        "dead": sum(row[count_key] for row in rows if row["process"] == "dead"),
+        "rows": rows,
+    }
+
+
 def _run(row: Any) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -61,37 +93,20 @@ def overview(guard: Guard) -> dict[str, Any]:
         m.SweepRun,
     )
 
-    leases = []
-    for owner, count, until in session.execute(
-        sa.select(D.c.lease_owner, sa.func.count(), sa.func.max(D.c.lease_until))
-        .where(D.c.lease_until >= now)
-        .group_by(D.c.lease_owner)
-        .order_by(D.c.lease_owner)
-    ):
-        leases.append(
-            {
-                "owner": owner,
-                "domains": int(count),
-                "until": str(until) if until is not None else None,
-                "process": _alive_text(owner_alive(owner)),
-            }
-        )
-
-    planned = []
-    for run_id, count, beat in session.execute(
-        sa.select(H.c.run_id, sa.func.count(), sa.func.max(H.c.held_at))
-        .where(H.c.resolution == PLANNED)
-        .group_by(H.c.run_id)
-        .order_by(H.c.run_id)
-    ):
-        planned.append(
-            {
-                "run_id": run_id,
-                "actions": int(count),
-                "heartbeat": str(beat) if beat is not None else None,
-                "process": _alive_text(owner_alive(run_id)),
-            }
-        )
+    leases = _per_owner(
+        session,
+        D.c.lease_owner,
+        D.c.lease_until,
+        D.c.lease_until >= now,
+        ("owner", "domains", "until"),
+    )
+    planned = _per_owner(
+        session,
+        H.c.run_id,
+        H.c.held_at,
+        H.c.resolution == PLANNED,
+        ("run_id", "actions", "heartbeat"),
+    )
     held = int(
         session.scalar(
             sa.select(sa.func.count())
@@ -124,14 +139,14 @@ def overview(guard: Guard) -> dict[str, Any]:
     return {
         "jobs": job_stats(guard),
         "leases": {
-            "domains": sum(lease["domains"] for lease in leases),
-            "dead": sum(lease["domains"] for lease in leases if lease["process"] == "dead"),
-            "owners": leases,
+            "domains": leases["total"],
+            "dead": leases["dead"],
+            "owners": leases["rows"],
         },
         "planned_unverifications": {
-            "actions": sum(p["actions"] for p in planned),
-            "dead": sum(p["actions"] for p in planned if p["process"] == "dead"),
-            "runs": planned,
+            "actions": planned["total"],
+            "dead": planned["dead"],
+            "runs": planned["rows"],
         },
         "held_unverifications": held,
         "last_sweep": _run(last),

@@ -22,12 +22,11 @@ from datetime import datetime, timedelta
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, g, has_request_context, request, session
-from flask_login import current_user
+from flask import current_app, g, request, session
 
 from . import tokens
 from .timeutil import utcnow
-from .users import password_hash_of, session_epoch
+from .users import logged_in_user, password_hash_of, session_epoch
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
@@ -76,10 +75,8 @@ def rebind(guard: Guard, user: Any) -> None:
     Called after the user changed their own password (:func:`.passwords.password_changed`), so
     the session that made the change goes on while every other one ends.
     """
-    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
-        return
-    me = current_user._get_current_object()
-    if not getattr(me, "is_authenticated", False) or g.get("_domainguard_request_user"):
+    me = logged_in_user()
+    if me is None or g.get("_domainguard_request_user"):
         return
     if guard.user_id_of(me) != guard.user_id_of(user):
         return

@@ -16,7 +16,7 @@ from flask_wtf import FlaskForm
 from wtforms import SubmitField
 
 from . import tokens
-from .blueprint import bp, csrf_body, form_errors, json_answer
+from .blueprint import bp, csrf_body, form_errors, invalid_token, json_answer
 from .context import current_guard
 from .redirects import wants_json
 from .undo import lock_back, read_undo_token
@@ -28,12 +28,6 @@ class UndoForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("This wasn't me: lock my account")
 
 
-def _invalid(exc: tokens.TokenError, json: bool) -> ResponseReturnValue:
-    if json:
-        return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
-    return render_template("domainguard/undo/invalid.html", message=str(exc)), 400
-
-
 @bp.route("/undo/<token>", methods=["GET", "POST"])
 def undo_change(token: str) -> ResponseReturnValue:
     """The link in a password-changed notice: show what happened (GET), lock back (POST)."""
@@ -42,14 +36,14 @@ def undo_change(token: str) -> ResponseReturnValue:
     try:
         grant = read_undo_token(guard, token)
     except tokens.TokenError as exc:
-        return _invalid(exc, json)
+        return invalid_token("undo", exc, json)
     form = UndoForm()
     address = grant.reporter.address
     if request.method == "POST" and form.validate_on_submit():
         try:
             done = lock_back(guard, token)
         except tokens.TokenError as exc:
-            return _invalid(exc, json)
+            return invalid_token("undo", exc, json)
         if json:
             body: dict[str, Any] = {
                 "status": "locked",

@@ -13,6 +13,8 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from flask import current_app, has_request_context
+from flask_login import current_user
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,6 +25,15 @@ from .models import MYSQL_DIALECTS
 if TYPE_CHECKING:
     from .context import Guard
     from .models import UserState
+
+
+def logged_in_user() -> Any:
+    """The user logged in to this request, or ``None``: outside a request, in a host without
+    Flask-Login, or for an anonymous visitor."""
+    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
+        return None
+    user = current_user._get_current_object()
+    return user if getattr(user, "is_authenticated", False) else None
 
 
 # -- the host's password -------------------------------------------------------------------

@@ -28,7 +28,6 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app, has_request_context, request
-from flask_login import current_user
 
 from .. import jobs, signals, tokens
 from ..dnsevidence import fingerprint_of
@@ -45,6 +44,7 @@ from ..ratelimit import RateLimiter
 from ..timeutil import utcnow
 from ..twofactor.devices import twofactor_enabled
 from ..twofactor.fresh import freshness
+from ..users import logged_in_user
 from ..verdict import VerdictKind
 from .standing import REASON_TEXT, dns_moved, needs_owner
 from .store import AddressError, resolve_address, unverify
@@ -104,12 +104,8 @@ def has_fresh_second_factor(guard: Guard, user: Any) -> bool:
         return bool(checker(user))
     if not twofactor_enabled(guard, user):
         return True
-    if not has_request_context() or getattr(current_app, "login_manager", None) is None:
-        return False
-    me = current_user._get_current_object()
-    if not getattr(me, "is_authenticated", False):
-        return False
-    if guard.user_id_of(me) != guard.user_id_of(user):
+    me = logged_in_user()
+    if me is None or guard.user_id_of(me) != guard.user_id_of(user):
         return False
     return freshness()[1]
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, SubmitField
 from wtforms.validators import DataRequired
 
 from .. import tokens
-from ..blueprint import bp, csrf_body, form_errors, json_answer
+from ..blueprint import bp, csrf_body, form_errors, invalid_token, json_answer
 from ..context import current_guard
-from ..redirects import wants_json
+from ..redirects import safe_next, wants_json
+from ..users import logged_in_user
 from .standing import address_state, needs_owner
 from .store import AddressError, addresses_of
 from .verification import (
@@ -47,23 +46,6 @@ class SendVerificationForm(FlaskForm):  # type: ignore[misc]
     submit = SubmitField("Send a verification link")
 
 
-def safe_next(target: str | None, fallback: str) -> str:
-    """``target`` when it is a path on this site, else ``fallback`` (no open redirects)."""
-    if not target or "\\" in target or any(ord(c) < 32 for c in target):
-        return fallback
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return fallback
-    return target
-
-
-def _logged_in_user() -> Any:
-    if getattr(current_app, "login_manager", None) is None:
-        return None  # a host without Flask-Login has no logged-in users to offer
-    user = current_user._get_current_object()
-    return user if getattr(user, "is_authenticated", False) else None
-
-
 def _unauthorized() -> ResponseReturnValue:
     manager = getattr(current_app, "login_manager", None)
     if manager is None:
@@ -80,20 +62,13 @@ def verify_address(token: str) -> ResponseReturnValue:
     try:
         row, _ = read_verification_token(guard, token)
     except tokens.TokenError as exc:
-        if json:
-            return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
-        page = render_template("domainguard/verify/invalid.html", message=str(exc))
-        return page, 400
+        return invalid_token("verify", exc, json)
     form = ConfirmAddressForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
-            outcome = confirm_verification(guard, token, user=_logged_in_user())
+            outcome = confirm_verification(guard, token, user=logged_in_user())
         except tokens.TokenError as exc:
-            if json:
-                body = {"error": "invalid_token", "message": str(exc)}
-                return json_answer(body, 400)
-            page = render_template("domainguard/verify/invalid.html", message=str(exc))
-            return page, 400
+            return invalid_token("verify", exc, json)
         except VerificationError as exc:
             if json:
                 body = {"error": exc.code, "message": str(exc), "address": row.address}
@@ -113,7 +88,7 @@ def verify_address(token: str) -> ResponseReturnValue:
         )
         return page
     status = 400 if request.method == "POST" else 200
-    needs_login = needs_owner(row) and _logged_in_user() is None
+    needs_login = needs_owner(row) and logged_in_user() is None
     if json:
         if status == 400:
             return json_answer(form_errors(form), 400)
@@ -137,7 +112,7 @@ def verify_address(token: str) -> ResponseReturnValue:
 @bp.route("/verify/", methods=["GET"])
 def verify_status() -> ResponseReturnValue:
     """The logged-in user's addresses, their state, and buttons to send new links."""
-    user = _logged_in_user()
+    user = logged_in_user()
     if user is None:
         return _unauthorized()
     guard = current_guard()
@@ -156,13 +131,13 @@ def verify_status() -> ResponseReturnValue:
 @bp.route("/verify/send", methods=["POST"])
 def send_verification_link() -> ResponseReturnValue:
     """Mail a new verification link for one of the logged-in user's addresses."""
-    user = _logged_in_user()
+    user = logged_in_user()
     if user is None:
         return _unauthorized()
     guard = current_guard()
     json = wants_json()
     form = SendVerificationForm()
-    back = safe_next(form.next.data, url_for("domainguard.verify_status"))
+    back = safe_next(form.next.data) or url_for("domainguard.verify_status")
     if not form.validate_on_submit():
         if json:
             return json_answer(form_errors(form), 400)

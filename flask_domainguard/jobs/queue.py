@@ -267,14 +267,11 @@ def claim(
     if ids is not None:
         where.append(J.c.id.in_(list(ids)))
     pick = sa.select(J.c.id).where(*where).order_by(J.c.not_before, J.c.id).limit(limit)
-    session, dialect = db.session, _dialect(guard)
     try:
-        rows = update_returning(
-            session,
-            dialect,
-            J,
-            J.c.id,
-            [J.c.id.in_(locked_ids(session, dialect, pick)), *where],
+        rows = update_picked(
+            guard,
+            pick,
+            where,
             {
                 "lease_owner": owner,
                 "lease_until": now + guard.settings.jobs_lease,
@@ -290,6 +287,21 @@ def claim(
         raise
     jobs = [ClaimedJob(r[0], r[1], dict(r[2] or {}), int(r[3]), r[4], int(r[5])) for r in rows]
     return sorted(jobs, key=lambda job: job.id)
+
+
+def update_picked(
+    guard: Guard,
+    pick: sa.Select[Any],
+    where: list[sa.ColumnElement[bool]],
+    values: dict[str, Any],
+    columns: list[sa.Column[Any]],
+) -> list[tuple[Any, ...]]:
+    """Set ``values`` on the jobs ``pick`` selects that still match ``where``, in the current
+    transaction, passing over rows another worker holds; their ``columns``, as updated."""
+    J = _table(guard)
+    session, dialect = guard.db.session, _dialect(guard)
+    picked = J.c.id.in_(locked_ids(session, dialect, pick))
+    return update_returning(session, dialect, J, J.c.id, [picked, *where], values, columns)
 
 
 def _finish(guard: Guard, job_id: int, owner: str, state: str, error: str | None = None) -> bool:

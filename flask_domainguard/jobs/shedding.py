@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from ..journal import EventKind, transaction
-from ..sqlcompat import locked_ids, update_returning
 from ..timeutil import utcnow
-from .queue import PENDING, RESET_REQUEST, SHED, _dialect, _table
+from .queue import PENDING, RESET_REQUEST, SHED, _table, update_picked
 
 if TYPE_CHECKING:
     from ..context import Guard
@@ -74,13 +73,10 @@ def shed(guard: Guard) -> ShedReport:
         pick = sa.select(J.c.id).where(*waiting).order_by(J.c.id.desc()).limit(excess)
         EmailAddress = guard.models.EmailAddress
         with transaction(db, guard.models) as tx:
-            session, dialect = db.session, _dialect(guard)
-            rows = update_returning(
-                session,
-                dialect,
-                J,
-                J.c.id,
-                [J.c.id.in_(locked_ids(session, dialect, pick)), *waiting],
+            rows = update_picked(
+                guard,
+                pick,
+                waiting,
                 {
                     "state": SHED,
                     "done_at": now,

@@ -28,7 +28,7 @@ from flask import current_app, g, has_request_context, request
 from .. import jobs, passwords, signals
 from ..background import jobs_for
 from ..jobs import JobRun
-from ..journal import EventKind, transaction
+from ..journal import EventKind, Transaction, transaction
 from ..links import reset_link
 from ..mail.outgoing import notify_user, send_mail
 from ..mail.recipients import is_safe_recipient, safe_addresses
@@ -47,6 +47,8 @@ from .decision import (
 from .tokens import reset_token
 
 if TYPE_CHECKING:
+    from blinker import NamedSignal
+
     from ..context import Guard
     from ..models import EmailAddress
 
@@ -103,18 +105,7 @@ def _mail_reset(
         run.record_attempt(recipients=1, address=row, template=template)
     with reset_mail_scope(decision):
         send_mail(guard, [row.address], template, **values)
-    with transaction(guard.db, guard.models) as tx:
-        tx.record(
-            EventKind.RESET_SENT,
-            actor="requester",
-            address=row,
-            signal=signals.reset_sent,
-            **_job_details(run),
-        )
-        if run is not None:
-            run.mark_done()
-        # Its commit is the transaction's: the journal row, the job and this note together.
-        passwords.reset_mailed(guard, decision.user, row)
+    _journal_sent(guard, decision, run)
     return True
 
 
@@ -236,22 +227,7 @@ def process_reset_request(
                 run.record_attempt(recipients=1, address=decision.address, template="host")
             with reset_mail_scope(decision):
                 result = on_allowed(decision)
-            with transaction(guard.db, guard.models) as tx:
-                tx.record(
-                    EventKind.RESET_SENT,
-                    actor="requester",
-                    address=decision.address,
-                    signal=signals.reset_sent,
-                    via="host",
-                    **_job_details(run),
-                )
-                if run is not None:
-                    run.mark_done()
-                if decision.address is not None:
-                    # The host's reset page may forget guard.password_changed: this lets the
-                    # next login notice the change (passwords.notice_unannounced_change).
-                    # It commits the transaction: the journal row, the job and this together.
-                    passwords.reset_mailed(guard, decision.user, decision.address)
+            _journal_sent(guard, decision, run, via="host")
         return decision, result
 
     if decision.address is not None:
@@ -267,22 +243,55 @@ def process_reset_request(
     return decision, result
 
 
-def _journal_refused(
+def _journal(
+    tx: Transaction,
+    kind: EventKind,
+    signal: NamedSignal,
+    decision: ResetDecision,
+    run: JobRun | None,
+    **details: Any,
+) -> None:
+    """Journal what came of a reset request in ``tx``; its job, if any, is done with the
+    same commit (so a crash cannot journal it twice or lose it)."""
+    tx.record(
+        kind,
+        actor="requester",
+        address=decision.address,
+        signal=signal,
+        **details,
+        **_job_details(run),
+    )
+    if run is not None:
+        run.mark_done()
+
+
+def _journal_sent(
     guard: Guard, decision: ResetDecision, run: JobRun | None, **details: Any
 ) -> None:
     with transaction(guard.db, guard.models) as tx:
-        tx.record(
+        _journal(tx, EventKind.RESET_SENT, signals.reset_sent, decision, run, **details)
+        if decision.address is not None:
+            # A host's own reset page may forget guard.password_changed: this lets the next
+            # login notice the change (passwords.notice_unannounced_change). It commits the
+            # transaction: the journal row, the job and this note together.
+            passwords.reset_mailed(guard, decision.user, decision.address)
+
+
+def _journal_refused(
+    guard: Guard, decision: ResetDecision, run: JobRun | None, **details: Any
+) -> None:
+    verdict = decision.verdict.kind.value if decision.verdict else None
+    with transaction(guard.db, guard.models) as tx:
+        _journal(
+            tx,
             EventKind.RESET_REFUSED,
-            actor="requester",
-            address=decision.address,
-            signal=signals.reset_refused,
+            signals.reset_refused,
+            decision,
+            run,
             reason=decision.reason,
-            verdict=decision.verdict.kind.value if decision.verdict else None,
+            verdict=verdict,
             **details,
-            **_job_details(run),
         )
-        if run is not None:
-            run.mark_done()
 
 
 #: Host views decorated with :func:`.hostview.guarded_reset_request`, by :func:`view_key`: a

@@ -17,7 +17,7 @@ from wtforms import EmailField, PasswordField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from .. import tokens
-from ..blueprint import bp, csrf_body, form_errors, json_answer
+from ..blueprint import bp, csrf_body, form_errors, invalid_token, json_answer
 from ..context import current_guard
 from ..redirects import wants_json
 from .decision import MAX_ADDRESS_LENGTH
@@ -81,20 +81,13 @@ def reset_password(token: str) -> ResponseReturnValue:
     try:
         read_reset_token(guard, token)
     except tokens.TokenError as exc:
-        if json:
-            return json_answer({"error": "invalid_token", "message": str(exc)}, 400)
-        page = render_template("domainguard/reset/invalid.html", message=str(exc))
-        return page, 400
+        return invalid_token("reset", exc, json)
     form = NewPasswordForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
             complete_reset(guard, token, form.password.data or "")
         except tokens.TokenError as exc:
-            if json:
-                body = {"error": "invalid_token", "message": str(exc)}
-                return json_answer(body, 400)
-            page = render_template("domainguard/reset/invalid.html", message=str(exc))
-            return page, 400
+            return invalid_token("reset", exc, json)
         except ValueError as exc:  # the host's setter refused this password
             form.password.errors = [*form.password.errors, str(exc)]
         else:

@@ -32,6 +32,8 @@ from .crypto import (
 )
 
 if TYPE_CHECKING:
+    from blinker import NamedSignal
+
     from ..context import Guard
     from ..models import TOTPDevice
 
@@ -191,16 +193,36 @@ def regenerate_recovery_codes(guard: Guard, user: Any, *, actor: str = "user") -
 # -- turning it off, and key rotation -----------------------------------------------------
 
 
-def _remove_factor(guard: Guard, user_id: Any) -> bool:
+def _remove_factor(
+    guard: Guard,
+    user: Any,
+    kind: EventKind,
+    signal: NamedSignal,
+    *,
+    actor: str,
+    notice: str,
+    **details: Any,
+) -> bool:
+    """Delete the user's device and recovery codes; when 2FA was on, journal ``kind`` (with
+    ``signal`` and ``details``) in the same transaction, then mail the user ``notice``.
+
+    :returns: whether 2FA was on (nothing is journalled or mailed otherwise).
+    """
+    user_id = guard.user_id_of(user)
     TOTPDevice = guard.models.TOTPDevice
     RecoveryCode = guard.models.RecoveryCode
-    existed = confirmed_device_of(guard, user_id) is not None
-    guard.db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
-    guard.db.session.execute(
-        sa.delete(TOTPDevice)
-        .where(TOTPDevice.user_id == user_id)
-        .execution_options(synchronize_session="fetch")
-    )
+    with transaction(guard.db, guard.models) as tx:
+        existed = confirmed_device_of(guard, user_id) is not None
+        guard.db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+        guard.db.session.execute(
+            sa.delete(TOTPDevice)
+            .where(TOTPDevice.user_id == user_id)
+            .execution_options(synchronize_session="fetch")
+        )
+        if existed:
+            tx.record(kind, actor=actor, user_id=user_id, signal=signal, **details)
+    if existed:
+        notify(guard, user_id, notice)
     return existed
 
 
@@ -209,19 +231,14 @@ def disable(guard: Guard, user: Any) -> bool:
 
     :returns: whether 2FA was on.
     """
-    user_id = guard.user_id_of(user)
-    with transaction(guard.db, guard.models) as tx:
-        existed = _remove_factor(guard, user_id)
-        if existed:
-            tx.record(
-                EventKind.TWOFACTOR_DISABLED,
-                actor="user",
-                user_id=user_id,
-                signal=signals.twofactor_disabled,
-            )
-    if existed:
-        notify(guard, user_id, "twofactor_disabled")
-    return existed
+    return _remove_factor(
+        guard,
+        user,
+        EventKind.TWOFACTOR_DISABLED,
+        signals.twofactor_disabled,
+        actor="user",
+        notice="twofactor_disabled",
+    )
 
 
 def admin_reset(guard: Guard, user: Any, *, actor: str, reason: str) -> bool:
@@ -230,20 +247,15 @@ def admin_reset(guard: Guard, user: Any, *, actor: str, reason: str) -> bool:
     :param actor: the operator's name, journalled as ``admin:<actor>``.
     :returns: whether the user had 2FA (nothing is journalled otherwise).
     """
-    user_id = guard.user_id_of(user)
-    with transaction(guard.db, guard.models) as tx:
-        existed = _remove_factor(guard, user_id)
-        if existed:
-            tx.record(
-                EventKind.TWOFACTOR_ADMIN_RESET,
-                actor=f"admin:{actor}",
-                user_id=user_id,
-                signal=signals.twofactor_admin_reset,
-                reason=reason,
-            )
-    if existed:
-        notify(guard, user_id, "twofactor_admin_reset")
-    return existed
+    return _remove_factor(
+        guard,
+        user,
+        EventKind.TWOFACTOR_ADMIN_RESET,
+        signals.twofactor_admin_reset,
+        actor=f"admin:{actor}",
+        notice="twofactor_admin_reset",
+        reason=reason,
+    )
 
 
 def rotate_keys(guard: Guard, *, batch_size: int = 500) -> tuple[int, int]:

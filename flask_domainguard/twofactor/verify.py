@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .. import signals
-from ..journal import EventKind, transaction
+from ..journal import EventKind, Transaction, transaction
 from ..timeutil import utcnow
 from ..undo import notify_enrolment_after_reset
 from ..users import check_password
@@ -71,19 +71,23 @@ def _check_totp(guard: Guard, device: TOTPDevice, code: str) -> Outcome:
     return Outcome.OK
 
 
+def _journal_success(tx: Transaction, user_id: Any, method: str, purpose: str) -> None:
+    tx.record(
+        EventKind.TWOFACTOR_SUCCEEDED,
+        actor="user",
+        user_id=user_id,
+        signal=signals.twofactor_succeeded,
+        method=method,
+        purpose=purpose,
+    )
+
+
 def _totp_attempt(guard: Guard, device: TOTPDevice, code: str, purpose: str) -> Outcome:
     """Check ``code``; a success is journalled in the transaction that spends its time step."""
     with transaction(guard.db, guard.models) as tx:
         outcome = _check_totp(guard, device, code)
         if outcome is Outcome.OK:
-            tx.record(
-                EventKind.TWOFACTOR_SUCCEEDED,
-                actor="user",
-                user_id=device.user_id,
-                signal=signals.twofactor_succeeded,
-                method="totp",
-                purpose=purpose,
-            )
+            _journal_success(tx, device.user_id, "totp", purpose)
     guard.db.session.expire(device)
     return outcome
 
@@ -150,14 +154,7 @@ def use_recovery_code(
             )
             if spent.rowcount == 1:
                 remaining = remaining_recovery_codes(guard, user_id)
-                tx.record(
-                    EventKind.TWOFACTOR_SUCCEEDED,
-                    actor="user",
-                    user_id=user_id,
-                    signal=signals.twofactor_succeeded,
-                    method="recovery_code",
-                    purpose=purpose,
-                )
+                _journal_success(tx, user_id, "recovery_code", purpose)
                 tx.record(
                     EventKind.RECOVERY_CODE_USED,
                     actor="user",

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..context import Guard
 
 F = TypeVar("F", bound=Callable[..., Any])
+FormT = TypeVar("FormT")
 
 #: Flask-Login's decorator, typed: anonymous users go to the host's login view.
 login_required = cast("Callable[[F], F]", flask_login.login_required)
@@ -148,8 +149,31 @@ def _message(result: AttemptResult) -> str:
     }.get(result.outcome, "That did not work. Try again.")
 
 
-def _status(result: AttemptResult) -> int:
+def _form_with_next(form_class: type[FormT]) -> FormT:
+    """A new ``form_class``; on a GET its hidden ``next`` comes from the query string (a POST
+    sends its own back)."""
+    form: Any = form_class()
+    if request.method == "GET":
+        form.next.data = request.args.get("next")
+    return cast("FormT", form)
+
+
+def _form_status() -> int:
+    """The page's status until an attempt decides: ``400`` for a posted form that did not
+    validate (CSRF included), else ``200``."""
+    return 400 if request.method == "POST" else 200
+
+
+def _refuse(field: Any, result: AttemptResult, message: str | None = None) -> int:
+    """Say on ``field`` why the attempt failed; the status of the page shown again."""
+    field.errors.append(message or _message(result))
     return 429 if result.outcome is Outcome.LOCKED else 400
+
+
+def _code_page(template: str, form: Any, status: int, **context: Any) -> BaseResponse:
+    """A page with a code form, shown again: the code typed is never sent back."""
+    form.code.data = ""
+    return _page(template, status, form=form, **context)
 
 
 def _settings_url() -> str:
@@ -164,12 +188,10 @@ def _settings_url() -> str:
 def twofactor_verify() -> BaseResponse:
     """Second step of the login: a code from the authenticator app."""
     guard = _guard()
-    form = CodeForm()
-    if request.method == "GET":
-        form.next.data = request.args.get("next")
+    form = _form_with_next(CodeForm)
     if not is_second_factor_pending():
         return redirect_next(form.next.data)
-    status = 200
+    status = _form_status()
     if form.validate_on_submit():
         user = _user()
         result = verify.verify_totp(guard, user, form.code.data, client=_client())
@@ -179,12 +201,8 @@ def twofactor_verify() -> BaseResponse:
             if form.trust.data:
                 trust_this_device(response, guard, user)
             return response
-        form.code.errors.append(_message(result))
-        status = _status(result)
-    elif request.method == "POST":
-        status = 400
-    form.code.data = ""
-    return _page("verify.html", status, form=form)
+        status = _refuse(form.code, result)
+    return _code_page("verify.html", form, status)
 
 
 @bp.route("/2fa/recovery", methods=["GET", "POST"])
@@ -192,12 +210,10 @@ def twofactor_verify() -> BaseResponse:
 def twofactor_recovery() -> BaseResponse:
     """Second step of the login with a single-use recovery code."""
     guard = _guard()
-    form = RecoveryForm()
-    if request.method == "GET":
-        form.next.data = request.args.get("next")
+    form = _form_with_next(RecoveryForm)
     if not is_second_factor_pending():
         return redirect_next(form.next.data)
-    status = 200
+    status = _form_status()
     if form.validate_on_submit():
         result = verify.use_recovery_code(guard, _user(), form.code.data, client=_client())
         if result.ok:
@@ -209,16 +225,9 @@ def twofactor_recovery() -> BaseResponse:
                 "warning",
             )
             return redirect_next(form.next.data)
-        form.code.errors.append(
-            _message(result)
-            if result.outcome is not Outcome.WRONG
-            else "That recovery code is not right, or it was already used."
-        )
-        status = _status(result)
-    elif request.method == "POST":
-        status = 400
-    form.code.data = ""
-    return _page("recovery.html", status, form=form)
+        wrong = "That recovery code is not right, or it was already used."
+        status = _refuse(form.code, result, wrong if result.outcome is Outcome.WRONG else None)
+    return _code_page("recovery.html", form, status)
 
 
 # -- enrolment ---------------------------------------------------------------------------------
@@ -230,9 +239,7 @@ def twofactor_enroll() -> BaseResponse:
     """Set up TOTP: QR code and secret, then a first code; recovery codes are shown once."""
     guard = _guard()
     user = _user()
-    form = EnrolForm()
-    if request.method == "GET":
-        form.next.data = request.args.get("next")
+    form = _form_with_next(EnrolForm)
     if is_second_factor_pending():
         # A pending session must never replace the authenticator it has not proved.
         verify_url = url_for("domainguard.twofactor_verify", next=safe_next(form.next.data))
@@ -241,7 +248,7 @@ def twofactor_enroll() -> BaseResponse:
         return redirect_next(_settings_url())
     need = requirement(guard, user)
     enrolment = devices.start_enrolment(guard, user)
-    status = 200
+    status = _form_status()
     if form.validate_on_submit():
         result = verify.confirm_enrolment(guard, user, form.code.data, client=_client())
         if result.ok:
@@ -252,16 +259,12 @@ def twofactor_enroll() -> BaseResponse:
                 continue_url=safe_next(form.next.data) or _settings_url(),
                 enrolled=True,
             )
-        form.code.errors.append(_message(result))
-        status = _status(result)
-    elif request.method == "POST":
-        status = 400
-    form.code.data = ""
+        status = _refuse(form.code, result)
     secret = enrolment.secret
-    return _page(
+    return _code_page(
         "enroll.html",
+        form,
         status,
-        form=form,
         enrolment=enrolment,
         secret_groups=[secret[i : i + 4] for i in range(0, len(secret), 4)],
         requirement=need,
@@ -293,17 +296,14 @@ def twofactor_settings() -> BaseResponse:
 def twofactor_confirm() -> BaseResponse:
     """Re-enter the password (and a code when the last 2FA step is old) before a change."""
     guard = _guard()
-    form = ConfirmForm()
-    if request.method == "GET":
-        form.next.data = request.args.get("next")
+    form = _form_with_next(ConfirmForm)
     _, second_fresh = freshness()
     need_code = not second_fresh
-    status = 200
+    status = _form_status()
     if form.validate_on_submit():
         code = (form.code.data or "").strip() or None
         if need_code and code is None:
             form.code.errors.append("Enter the code from your authenticator app.")
-            status = 400
         else:
             result = verify.confirm_identity(
                 guard, _user(), form.password.data, code if need_code else None, client=_client()
@@ -314,12 +314,8 @@ def twofactor_confirm() -> BaseResponse:
                     complete_second_factor()
                 return redirect_next(form.next.data, _settings_url())
             on_code = need_code and result.outcome in (Outcome.WRONG, Outcome.REPLAY)
-            (form.code if on_code else form.password).errors.append(_message(result))
-            status = _status(result)
-    elif request.method == "POST":
-        status = 400
-    form.code.data = ""
-    return _page("confirm.html", status, form=form, need_code=need_code)
+            status = _refuse(form.code if on_code else form.password, result)
+    return _code_page("confirm.html", form, status, need_code=need_code)
 
 
 @bp.route("/2fa/recovery-codes", methods=["GET", "POST"])
@@ -339,7 +335,7 @@ def twofactor_regenerate() -> BaseResponse:
         )
     return _page(
         "regenerate.html",
-        400 if request.method == "POST" else 200,
+        _form_status(),
         form=form,
         remaining=devices.remaining_recovery_codes(guard, user),
     )
@@ -360,4 +356,4 @@ def twofactor_disable() -> BaseResponse:
         second_factor_removed()
         flash("Two-factor authentication is off.", "warning")
         return redirect_next(_settings_url())
-    return _page("disable.html", 400 if request.method == "POST" else 200, form=form)
+    return _page("disable.html", _form_status(), form=form)
