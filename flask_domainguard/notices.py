@@ -22,7 +22,7 @@ from flask import current_app
 from . import jobs, signals
 from .journal import EventKind
 from .mail.outgoing import send_mail
-from .mail.recipients import safe_addresses, safe_addresses_of
+from .mail.recipients import safe_addresses_of
 
 if TYPE_CHECKING:
     from .context import Guard
@@ -146,46 +146,75 @@ def queue_unverify_notices(
     return ids
 
 
-def _deliver(
-    guard: Guard,
-    run: JobRun,
-    template: str,
-    *,
-    user_id: Any,
-    exclude_id: int | None = None,
-    **context: Any,
-) -> None:
-    recipients = safe_addresses(guard, user_id, exclude_id=exclude_id)
-    if not recipients:
-        return  # every address became unsafe since: nobody left to tell
-    run.record_attempt(recipients=len(recipients), user_id=user_id, template=template)
-    send_mail(guard, recipients, template, app_name=current_app.name, **context)
+@dataclass(frozen=True)
+class _Mail:
+    """What one warning or notice job mails: the template, to whom, and its context."""
+
+    template: str
+    user_id: Any
+    exclude_id: int | None
+    context: dict[str, Any]
+
+
+def _mail_of(job: jobs.ClaimedJob) -> _Mail:
+    p = job.payload
+    if job.kind == jobs.EXPIRY_WARNING:
+        context = {
+            "domain": p["domain"],
+            "stage": p["stage"],
+            "until": datetime.fromisoformat(p["until"]),
+            "reason": p["reason"],
+            "addresses": list(p["addresses"]),
+        }
+        return _Mail("domain_expiring", p["user_id"], None, context)
+    return _Mail("address_unverified", p["user_id"], int(p["exclude_id"]), {"items": p["items"]})
+
+
+def _deliver(guard: Guard, runs: list[JobRun], safe: dict[Any, list[tuple[int, str]]]) -> None:
+    """Journal the attempts in one commit, then mail each run's user over one connection.
+    ``safe`` maps each user (by JSON key) to their safe ``(address id, address)`` pairs."""
+    todo = []
+    for run in runs:
+        mail = _mail_of(run.job)
+        pairs = safe.get(_json_key(mail.user_id), [])
+        recipients = [address for address_id, address in pairs if address_id != mail.exclude_id]
+        if recipients:  # none: every address became unsafe since, nobody left to tell
+            todo.append((run, mail, recipients))
+    jobs.record_attempts(
+        guard,
+        [
+            (run, {"recipients": len(to), "user_id": mail.user_id, "template": mail.template})
+            for run, mail, to in todo
+        ],
+    )
+    if not todo:
+        return
+    with current_app.extensions["mail"].connect() as connection:
+        for _, mail, to in todo:
+            send_mail(
+                guard,
+                to,
+                mail.template,
+                connection=connection,
+                app_name=current_app.name,
+                **mail.context,
+            )
 
 
 @jobs.register(jobs.EXPIRY_WARNING)
-def _run_expiry_warning(guard: Guard, run: JobRun) -> None:
-    p = run.job.payload
-    _deliver(
-        guard,
-        run,
-        "domain_expiring",
-        user_id=p["user_id"],
-        domain=p["domain"],
-        stage=p["stage"],
-        until=datetime.fromisoformat(p["until"]),
-        reason=p["reason"],
-        addresses=list(p["addresses"]),
-    )
-
-
 @jobs.register(jobs.UNVERIFY_NOTICE)
-def _run_unverify_notice(guard: Guard, run: JobRun) -> None:
-    p = run.job.payload
-    _deliver(
-        guard,
-        run,
-        "address_unverified",
-        user_id=p["user_id"],
-        exclude_id=int(p["exclude_id"]),
-        items=list(p["items"]),
-    )
+def _run_one(guard: Guard, run: JobRun) -> None:
+    user_id = run.job.payload["user_id"]
+    # One user asked, so every row is theirs (whatever type the key came back as).
+    safe = [(i, a) for pairs in safe_addresses_of(guard, [user_id]).values() for i, a in pairs]
+    _deliver(guard, [run], {_json_key(user_id): safe})
+
+
+@jobs.register_batch(jobs.EXPIRY_WARNING)
+@jobs.register_batch(jobs.UNVERIFY_NOTICE)
+def _run_many(guard: Guard, runs: list[JobRun]) -> None:
+    """A claim's warnings and notices: one recipient query, one attempt commit, one SMTP
+    connection."""
+    users = [run.job.payload["user_id"] for run in runs]
+    safe = {_json_key(k): v for k, v in safe_addresses_of(guard, users).items()}
+    _deliver(guard, runs, safe)

@@ -228,6 +228,8 @@ class SMTPSink:
 
         self.messages: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        #: One entry per SMTP connection that delivered mail (aiosmtpd's session objects).
+        self.sessions: list[Any] = []
         #: Seconds each message takes to be accepted (a slow mail server).
         self.delay = 0.0
         self.port = _free_port()
@@ -239,6 +241,8 @@ class SMTPSink:
 
             await asyncio.sleep(self.delay)
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        if not any(session is seen for seen in self.sessions):
+            self.sessions.append(session)
         self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
         return "250 OK"
 

@@ -257,6 +257,80 @@ def test_a_crash_between_sending_and_marking_sends_again_never_zero(
     assert len(events(guard, EventKind.EXPIRY_WARNING_SENT)) == 1  # decided once
 
 
+def test_a_claim_of_warnings_goes_out_over_one_connection_and_a_bad_job_fails_alone(
+    shop: Any, app: Flask, guard: Any, smtp_sink: SMTPSink, make_user: Any
+) -> None:
+    """Warnings run together (one recipient query, one attempt commit, one SMTP session);
+    a job that cannot run makes the batch fall back to one job at a time, so only it fails."""
+    from flask_domainguard.notices import queue_expiry_warning
+
+    owners = [shop]
+    for n in range(2):
+        user = make_user()
+        add(guard, user, f"owner{n}@safe-shop.com", primary=True)
+        owners.append(user)
+    with transaction(guard.db, guard.models) as tx:
+        for user in owners:
+            queue_expiry_warning(
+                guard,
+                tx,
+                user_id=user.id,
+                domain="safe-shop.com",
+                stage="expiring_soon",
+                until=utcnow() + timedelta(days=9),
+                reason="expires in 9 days",
+                addresses=[],
+            )
+    commits: list[object] = []
+    count = commits.append
+    sa.event.listen(sa.orm.Session, "after_commit", count)
+    try:
+        report = drain(guard, "test-worker", batch=10)
+    finally:
+        sa.event.remove(sa.orm.Session, "after_commit", count)
+    assert report.done == 3 and report.failed == 0
+    assert sorted(smtp_sink.recipients()) == sorted(
+        [SAFE, "owner@gmail.com", "owner0@safe-shop.com", "owner1@safe-shop.com"]
+    )
+    assert len(smtp_sink.sessions) == 1
+    attempts = events(guard, EventKind.MAIL_ATTEMPT)
+    assert len(attempts) == 3
+    # Purge, the claim, the three attempts, the three jobs done, the empty claim that ends
+    # the drain: one job at a time takes two commits per job instead (nine here).
+    assert len(commits) <= 5, len(commits)
+
+    smtp_sink.envelopes.clear()
+    with transaction(guard.db, guard.models) as tx:
+        queue_expiry_warning(
+            guard,
+            tx,
+            user_id=owners[1].id,
+            domain="safe-shop.com",
+            stage="expired",
+            until=utcnow(),
+            reason="expired",
+            addresses=[],
+        )
+        bad = queue_expiry_warning(
+            guard,
+            tx,
+            user_id=owners[2].id,
+            domain="safe-shop.com",
+            stage="expired",
+            until=utcnow(),
+            reason="expired",
+            addresses=[],
+        )
+    guard.db.session.execute(
+        sa.update(guard.models.Job).where(guard.models.Job.id == bad).values(payload={"x": 1})
+    )
+    guard.db.session.commit()
+    report = drain(guard, "test-worker", batch=10)
+    assert (report.done, report.failed) == (1, 1)
+    assert smtp_sink.recipients() == ["owner0@safe-shop.com"]
+    assert {j.id: j.state for j in rows(guard)}[bad] == "pending"  # retried later, alone
+
+
 def test_a_verification_mail_survives_a_mail_server_outage(
     shop: Any, app: Flask, guard: Any, smtp_sink: SMTPSink, mail_down: Any
 ) -> None:

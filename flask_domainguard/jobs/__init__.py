@@ -50,6 +50,7 @@ from .queue import (
     SHED,
     UNVERIFY_NOTICE,
     VERIFICATION_MAIL,
+    BatchHandler,
     ClaimedJob,
     Handler,
     JobRun,
@@ -58,9 +59,12 @@ from .queue import (
     enqueue,
     enqueue_many,
     handler_for,
+    record_attempts,
     register,
+    register_batch,
     retry_delay,
     run_claimed,
+    run_claimed_together,
 )
 from .shedding import ShedReport, shed
 from .stats import job_stats
@@ -75,6 +79,7 @@ __all__ = [
     "SHED",
     "UNVERIFY_NOTICE",
     "VERIFICATION_MAIL",
+    "BatchHandler",
     "ClaimedJob",
     "DrainReport",
     "Handler",
@@ -92,9 +97,12 @@ __all__ = [
     "housekeeping",
     "job_stats",
     "purge",
+    "record_attempts",
     "register",
+    "register_batch",
     "retry_delay",
     "retry_failed",
     "run_claimed",
+    "run_claimed_together",
     "shed",
 ]

@@ -12,7 +12,16 @@ import sqlalchemy as sa
 
 from ..owners import new_run_id
 from ..timeutil import utcnow
-from .queue import FAILED, PENDING, PURGE_INTERVAL, SHED_INTERVAL, _table, claim, run_claimed
+from .queue import (
+    FAILED,
+    PENDING,
+    PURGE_INTERVAL,
+    SHED_INTERVAL,
+    ClaimedJob,
+    _table,
+    claim,
+    run_claimed_together,
+)
 from .shedding import shed
 
 if TYPE_CHECKING:
@@ -108,14 +117,17 @@ def drain(
         jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list)
         if not jobs:
             break
+        by_kind: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
-            ok = run_claimed(guard, job, owner)
-            ran += 1
-            if ok:
-                report.done += 1
-                report.by_kind[job.kind] = report.by_kind.get(job.kind, 0) + 1
-            else:
-                report.failed += 1
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, group in by_kind.items():
+            for ok in run_claimed_together(guard, group, owner):
+                ran += 1
+                if ok:
+                    report.done += 1
+                    report.by_kind[kind] = report.by_kind.get(kind, 0) + 1
+                else:
+                    report.failed += 1
     return report
 
 

@@ -79,19 +79,10 @@ class JobRun:
         self, *, recipients: int, user_id: Any = None, address: Any = None, **details: Any
     ) -> None:
         """Journal (and commit) a delivery attempt, just before the mail is handed to SMTP."""
-        with transaction(self.guard.db, self.guard.models) as tx:
-            tx.record(
-                EventKind.MAIL_ATTEMPT,
-                actor="worker",
-                user_id=user_id,
-                address=address,
-                job=self.job.id,
-                job_kind=self.job.kind,
-                attempt=self.job.attempts,
-                recipients=recipients,
-                **details,
-            )
-        self.attempted = True
+        record_attempts(
+            self.guard,
+            [(self, {"recipients": recipients, "user_id": user_id, "address": address, **details})],
+        )
 
     def mark_done(self) -> None:
         """Mark the job done in the current transaction (committed with the caller's)."""
@@ -99,8 +90,32 @@ class JobRun:
         self.marked_done = True
 
 
+def record_attempts(guard: Guard, attempts: list[tuple[JobRun, dict[str, Any]]]) -> None:
+    """Journal (and commit) the delivery attempts of several runs in one transaction, just
+    before their mail is handed to SMTP; each ``details`` holds ``recipients`` and may hold
+    ``user_id``, ``address`` and more."""
+    if not attempts:
+        return
+    with transaction(guard.db, guard.models) as tx:
+        for run, details in attempts:
+            tx.record(
+                EventKind.MAIL_ATTEMPT,
+                actor="worker",
+                job=run.job.id,
+                job_kind=run.job.kind,
+                attempt=run.job.attempts,
+                **details,
+            )
+    for run, _ in attempts:
+        run.attempted = True
+
+
 Handler = Callable[["Guard", JobRun], None]
+#: ``handler(guard, runs)``: runs several claimed jobs of one kind together (one recipient
+#: query, one attempt commit, one SMTP connection); it raises to have each job run alone.
+BatchHandler = Callable[["Guard", list[JobRun]], None]
 _HANDLERS: dict[str, Handler] = {}
+_BATCH_HANDLERS: dict[str, BatchHandler] = {}
 
 
 def register(kind: str) -> Callable[[Handler], Handler]:
@@ -108,6 +123,17 @@ def register(kind: str) -> Callable[[Handler], Handler]:
 
     def decorate(fn: Handler) -> Handler:
         _HANDLERS[kind] = fn
+        return fn
+
+    return decorate
+
+
+def register_batch(kind: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Register a function that runs several jobs of ``kind`` at once, beside the one-job
+    handler of :func:`register` (which a failed batch falls back to)."""
+
+    def decorate(fn: BatchHandler) -> BatchHandler:
+        _BATCH_HANDLERS[kind] = fn
         return fn
 
     return decorate
@@ -389,3 +415,48 @@ def run_claimed(guard: Guard, job: ClaimedJob, owner: str) -> bool:
             log.exception("could not record the failure of job %d", job.id)
         return False
     return True
+
+
+def run_claimed_together(guard: Guard, jobs: list[ClaimedJob], owner: str) -> list[bool]:
+    """Run claimed jobs of one kind; together when the kind has a batch handler.
+
+    A batch commits its attempts once and marks every job done in one statement. If it
+    raises, each job runs alone (:func:`run_claimed`), so a bad job fails by itself; a mail
+    the batch had already handed to SMTP is then sent again: at least once, never nothing.
+    """
+    batch = _BATCH_HANDLERS.get(jobs[0].kind) if len(jobs) > 1 else None
+    if batch is None:
+        return [run_claimed(guard, job, owner) for job in jobs]
+    runs = [JobRun(guard, job, owner) for job in jobs]
+    try:
+        batch(guard, runs)
+        _finish_many(guard, [run.job.id for run in runs if not run.marked_done], owner)
+        guard.db.session.commit()
+    except Exception as exc:
+        guard.db.session.rollback()
+        log.warning(
+            "a batch of %d %s jobs failed (%s); running them one by one",
+            len(jobs),
+            jobs[0].kind,
+            type(exc).__name__,
+        )
+        return [run_claimed(guard, job, owner) for job in jobs]
+    return [True] * len(jobs)
+
+
+def _finish_many(guard: Guard, job_ids: list[int], owner: str) -> None:
+    if not job_ids:
+        return
+    J = _table(guard)
+    guard.db.session.execute(
+        sa.update(J)
+        .where(J.c.id.in_(job_ids), J.c.lease_owner == owner, J.c.state == PENDING)
+        .values(
+            state=DONE,
+            done_at=utcnow(),
+            lease_owner=None,
+            lease_until=None,
+            last_error=None,
+            dedupe_key=None,
+        )
+    )

@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app, render_template
-from flask_mail import Message
+from flask_mail import Connection, Message
 from jinja2 import TemplateNotFound
 
 from .recipients import safe_addresses
@@ -18,8 +18,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def send_mail(guard: Guard, recipients: list[str], template: str, **context: Any) -> None:
-    """Render ``domainguard/mail/<template>.txt`` (and ``.html`` when present) and send it.
+def send_mail(
+    guard: Guard,
+    recipients: list[str],
+    template: str,
+    *,
+    connection: Connection | None = None,
+    **context: Any,
+) -> None:
+    """Render ``domainguard/mail/<template>.txt`` (and ``.html`` when present) and send it,
+    over ``connection`` when given (several mails, one SMTP session), else a new one.
 
     The subject is the first line of the text template, after ``Subject:``.
     """
@@ -38,7 +46,10 @@ def send_mail(guard: Guard, recipients: list[str], template: str, **context: Any
         html=html,
         sender=sender,
     )
-    current_app.extensions["mail"].send(message)
+    if connection is not None:
+        connection.send(message)
+    else:
+        current_app.extensions["mail"].send(message)
     # Addresses are personal data and tokens are secrets: log the template and a count only.
     log.info("sent %s mail to %d recipient(s)", template, len(recipients))
 
