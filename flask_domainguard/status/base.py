@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+from collections.abc import Coroutine
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import idna
@@ -27,6 +28,7 @@ __all__ = [
     "backend_covers",
     "observe_sync",
     "parse_datetime",
+    "run_sync",
     "to_alabel",
     "user_agent",
 ]
@@ -35,6 +37,8 @@ __all__ = [
 #: 1985, and :class:`datetime` cannot hold years past 9999 (registry test data has 294247).
 MIN_YEAR = 1985
 MAX_YEAR = 9999
+
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -101,12 +105,21 @@ def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = No
         async with httpx.AsyncClient() as client:
             return await backend.observe(domain, client=client, timeout=timeout)
 
+    return run_sync(run())
+
+
+def run_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to its end from synchronous code (a view, the CLI) and return its result.
+
+    :func:`asyncio.run` is not allowed in a thread that already runs an event loop, so there
+    the coroutine runs on a new loop in a helper thread instead.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run())
+        return asyncio.run(coroutine)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, run()).result()
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class LoopClient:
