@@ -231,8 +231,7 @@ class _StatusApiBackend:
         self.timeout = timeout if timeout is not None else settings.http_timeout
         self.max_response_bytes = max_response_bytes or settings.max_response_bytes
         self.allow_private = settings.status_allow_private
-        self._client = client
-        self._owned_client = LoopClient()
+        self._clients = LoopClient(client)
         self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
         self._server_for: str | None = None
         self._server_key = ""
@@ -259,14 +258,7 @@ class _StatusApiBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
-        await self._owned_client.aclose()
-
-    def _http(self, client: httpx.AsyncClient | None) -> httpx.AsyncClient:
-        if client is not None:
-            return client
-        if self._client is not None:
-            return self._client
-        return self._owned_client.get()
+        await self._clients.aclose()
 
     def _request(self, domain: str) -> tuple[str, dict[str, str]]:
         raise NotImplementedError
@@ -285,7 +277,7 @@ class _StatusApiBackend:
         try:
             url, secret_headers = self._request(asked)
             result = await fetch_json(
-                self._http(client),
+                self._clients.get(client),
                 url,
                 headers=self._headers,
                 secret_headers=secret_headers,
