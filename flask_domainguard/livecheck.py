@@ -12,7 +12,6 @@ reset needs no confirmation.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from .domainstate import (
     record,
     verdict_for,
 )
+from .status.base import run_sync
 from .status.observation import Observation
 from .timeutil import utcnow
 from .verdict import Policy, Verdict, VerdictKind, is_conclusive, judge
@@ -120,13 +120,7 @@ def lookup(guard: Guard, name: str, *, timeout: float) -> Observation:
         return await observe_with_dns(name, status(), backend=backend, lookup=dns, mode=mode)
 
     try:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run())
-        # asyncio.run is not allowed in a thread that already runs a loop.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, run()).result()
+        return run_sync(run())
     except Exception as exc:
         return Observation.failed(name, f"lookup failed ({type(exc).__name__})", source=source)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+from collections.abc import Coroutine
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import idna
@@ -27,6 +28,7 @@ __all__ = [
     "backend_covers",
     "observe_sync",
     "parse_datetime",
+    "run_sync",
     "to_alabel",
     "user_agent",
 ]
@@ -35,6 +37,8 @@ __all__ = [
 #: 1985, and :class:`datetime` cannot hold years past 9999 (registry test data has 294247).
 MIN_YEAR = 1985
 MAX_YEAR = 9999
+
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -101,28 +105,47 @@ def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = No
         async with httpx.AsyncClient() as client:
             return await backend.observe(domain, client=client, timeout=timeout)
 
+    return run_sync(run())
+
+
+def run_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to its end from synchronous code (a view, the CLI) and return its result.
+
+    :func:`asyncio.run` is not allowed in a thread that already runs an event loop, so there
+    the coroutine runs on a new loop in a helper thread instead.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run())
+        return asyncio.run(coroutine)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, run()).result()
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class LoopClient:
-    """The HTTP client a backend creates for itself when the caller passes none.
+    """The HTTP client a backend's lookups go through.
 
-    An :class:`httpx.AsyncClient` belongs to the event loop it first ran on, and a backend
-    lives as long as the app while :func:`observe_sync` runs a new loop per call; so a client
-    is kept per loop and replaced when the loop changes.
+    That is the client the caller passes to a lookup, else the one given to the backend at
+    construction, else one the backend creates for itself. An :class:`httpx.AsyncClient`
+    belongs to the event loop it first ran on, and a backend lives as long as the app while
+    :func:`observe_sync` runs a new loop per call; so the backend's own client is kept per
+    loop and replaced when the loop changes.
+
+    :param injected: the client given at construction; never closed here (its owner does).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, injected: httpx.AsyncClient | None = None) -> None:
+        self._injected = injected
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
 
-    def get(self) -> httpx.AsyncClient:
-        """The client for the running loop, created on first use."""
+    def get(self, client: httpx.AsyncClient | None = None) -> httpx.AsyncClient:
+        """``client`` if given, else the injected client, else the own client for the running
+        loop, created on first use."""
+        if client is not None:
+            return client
+        if self._injected is not None:
+            return self._injected
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # The previous loop is gone or busy elsewhere; its client cannot be closed from here.
@@ -131,7 +154,7 @@ class LoopClient:
         return self._client
 
     async def aclose(self) -> None:
-        """Close the client if it belongs to the running loop, and forget it either way."""
+        """Close the own client if it belongs to the running loop, and forget it either way."""
         client, loop = self._client, self._loop
         self._client = self._loop = None
         if client is not None and loop is asyncio.get_running_loop():

@@ -20,7 +20,6 @@ All three queries run at once and together take at most ``timeout`` seconds.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Iterable
 
@@ -31,7 +30,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from .base import not_a_domain, to_alabel
+from .base import not_a_domain, run_sync, to_alabel
 from .observation import DnsFingerprint, DnsObservation
 
 __all__ = ["MAX_RECORDS", "DnsLookup"]
@@ -104,12 +103,7 @@ class DnsLookup:
 
     def observe_sync(self, domain: str) -> DnsObservation:
         """:meth:`observe` from synchronous code (a view, the CLI)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.observe(domain))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self.observe(domain)).result()
+        return run_sync(self.observe(domain))
 
     async def _observe(self, resolver: dns.asyncresolver.Resolver, name: str) -> DnsObservation:
         qname = dns.name.from_text(name)

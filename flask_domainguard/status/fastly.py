@@ -27,10 +27,11 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 import httpx
+from typing_extensions import Unpack
 
 from ..config import ConfigError, Settings, load_settings
 from .base import LoopClient, not_a_domain, to_alabel, user_agent
@@ -40,6 +41,7 @@ from .observation import Observation
 __all__ = [
     "REGISTERED_FLAGS",
     "RESTRICTED_FLAGS",
+    "ApiBackendOptions",
     "DomainrBackend",
     "FastlyBackend",
     "classify_flags",
@@ -210,29 +212,49 @@ class _QueryKeyFilter(logging.Filter):
 _KEY_FILTER = _QueryKeyFilter()
 
 
+class ApiBackendOptions(TypedDict, total=False):
+    """The keyword options both status API backends take beside their key.
+
+    :param url: the API endpoint (default: the backend's ``DOMAINGUARD_*_URL`` setting).
+    :param client: an HTTP client every lookup uses unless it is passed one (never closed here).
+    :param timeout: seconds one lookup may take (default ``DOMAINGUARD_HTTP_TIMEOUT``).
+    :param max_response_bytes: the largest answer read (default
+        ``DOMAINGUARD_MAX_RESPONSE_BYTES``).
+    """
+
+    url: str | None
+    client: httpx.AsyncClient | None
+    timeout: float | None
+    max_response_bytes: int | None
+
+
 class _StatusApiBackend:
     """Shared HTTP handling of the Fastly and Domainr backends."""
 
     name = "fastly"
     key_setting = ""
+    #: What a missing key stops construction with, after "The '<name>' status backend ".
+    key_missing = ""
 
     def __init__(
         self,
-        *,
-        key: str,
-        url: str,
         settings: Settings,
-        client: httpx.AsyncClient | None,
-        timeout: float | None,
-        max_response_bytes: int | None,
+        *,
+        key: str | None,
+        default_url: str,
+        url: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
+        if not key:
+            raise ConfigError(f"The '{self.name}' status backend {self.key_missing}")
         self._key = key
-        self.url = url
+        self.url = url or default_url
         self.timeout = timeout if timeout is not None else settings.http_timeout
         self.max_response_bytes = max_response_bytes or settings.max_response_bytes
         self.allow_private = settings.status_allow_private
-        self._client = client
-        self._owned_client = LoopClient()
+        self._clients = LoopClient(client)
         self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
         self._server_for: str | None = None
         self._server_key = ""
@@ -259,14 +281,7 @@ class _StatusApiBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
-        await self._owned_client.aclose()
-
-    def _http(self, client: httpx.AsyncClient | None) -> httpx.AsyncClient:
-        if client is not None:
-            return client
-        if self._client is not None:
-            return self._client
-        return self._owned_client.get()
+        await self._clients.aclose()
 
     def _request(self, domain: str) -> tuple[str, dict[str, str]]:
         raise NotImplementedError
@@ -285,7 +300,7 @@ class _StatusApiBackend:
         try:
             url, secret_headers = self._request(asked)
             result = await fetch_json(
-                self._http(client),
+                self._clients.get(client),
                 url,
                 headers=self._headers,
                 secret_headers=secret_headers,
@@ -342,32 +357,21 @@ class FastlyBackend(_StatusApiBackend):
 
     name = "fastly"
     key_setting = "DOMAINGUARD_FASTLY_API_KEY"
+    key_missing = (
+        "needs an API token: set DOMAINGUARD_FASTLY_API_KEY "
+        "(a Fastly token allowed to read domain status)."
+    )
 
     def __init__(
         self,
         settings: Settings | None = None,
         *,
         api_key: str | None = None,
-        url: str | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: float | None = None,
-        max_response_bytes: int | None = None,
+        **options: Unpack[ApiBackendOptions],
     ) -> None:
         base = settings if settings is not None else load_settings({})
         key = api_key or base.fastly_api_key
-        if not key:
-            raise ConfigError(
-                "The 'fastly' status backend needs an API token: set DOMAINGUARD_FASTLY_API_KEY "
-                "(a Fastly token allowed to read domain status)."
-            )
-        super().__init__(
-            key=key,
-            url=url or base.fastly_url,
-            settings=base,
-            client=client,
-            timeout=timeout,
-            max_response_bytes=max_response_bytes,
-        )
+        super().__init__(base, key=key, default_url=base.fastly_url, **options)
 
     def _request(self, domain: str) -> tuple[str, dict[str, str]]:
         return self._with_params({"domain": domain}), {"Fastly-Key": self._key}
@@ -382,32 +386,21 @@ class DomainrBackend(_StatusApiBackend):
 
     name = "domainr"
     key_setting = "DOMAINGUARD_DOMAINR_CLIENT_ID"
+    key_missing = (
+        "needs a client id: set DOMAINGUARD_DOMAINR_CLIENT_ID "
+        "(or use the 'fastly' backend, Domainr's successor)."
+    )
 
     def __init__(
         self,
         settings: Settings | None = None,
         *,
         client_id: str | None = None,
-        url: str | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: float | None = None,
-        max_response_bytes: int | None = None,
+        **options: Unpack[ApiBackendOptions],
     ) -> None:
         base = settings if settings is not None else load_settings({})
         key = client_id or base.domainr_client_id
-        if not key:
-            raise ConfigError(
-                "The 'domainr' status backend needs a client id: set "
-                "DOMAINGUARD_DOMAINR_CLIENT_ID (or use the 'fastly' backend, Domainr's successor)."
-            )
-        super().__init__(
-            key=key,
-            url=url or base.domainr_url,
-            settings=base,
-            client=client,
-            timeout=timeout,
-            max_response_bytes=max_response_bytes,
-        )
+        super().__init__(base, key=key, default_url=base.domainr_url, **options)
         httpx_logger = logging.getLogger("httpx")
         if _KEY_FILTER not in httpx_logger.filters:
             httpx_logger.addFilter(_KEY_FILTER)

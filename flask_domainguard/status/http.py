@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -315,17 +315,14 @@ async def _read(
     retry_after = (
         parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
     )
+    # What every outcome of this answer shares; each return below adds its own fields.
+    answer = FetchResult(
+        url=url, status=status, retry_after=retry_after, content_type=content_type, hosts=hosts
+    )
     too_big = f"answer of {host} is larger than {max_bytes} bytes; not read"
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > max_bytes:
-        return FetchResult(
-            url=url,
-            status=status,
-            error=too_big,
-            retry_after=retry_after,
-            content_type=content_type,
-            hosts=hosts,
-        )
+        return replace(answer, error=too_big)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -333,53 +330,17 @@ async def _read(
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > max_bytes:
-                return FetchResult(
-                    url=url,
-                    status=status,
-                    error=too_big,
-                    retry_after=retry_after,
-                    content_type=content_type,
-                    hosts=hosts,
-                )
+                return replace(answer, error=too_big)
             chunks.append(chunk)
     except httpx.HTTPError as exc:
-        return FetchResult(
-            url=url,
-            status=status,
-            error=_redact(_describe(exc, host), secrets),
-            retry_after=retry_after,
-            content_type=content_type,
-            hosts=hosts,
-        )
+        return replace(answer, error=_redact(_describe(exc, host), secrets))
     body = b"".join(chunks)
     if not body.strip():
-        return FetchResult(
-            url=url,
-            status=status,
-            empty=True,
-            retry_after=retry_after,
-            content_type=content_type,
-            hosts=hosts,
-        )
+        return replace(answer, empty=True)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers bad JSON, bad encodings and huge integers; RecursionError a
         # hostile, deeply nested document.
-        return FetchResult(
-            url=url,
-            status=status,
-            body_error=f"not JSON ({content_type or 'no content type'})",
-            retry_after=retry_after,
-            content_type=content_type,
-            hosts=hosts,
-        )
-    return FetchResult(
-        url=url,
-        status=status,
-        data=data,
-        is_json=True,
-        retry_after=retry_after,
-        content_type=content_type,
-        hosts=hosts,
-    )
+        return replace(answer, body_error=f"not JSON ({content_type or 'no content type'})")
+    return replace(answer, data=data, is_json=True)

@@ -370,8 +370,7 @@ class RdapBackend:
             else:
                 self._overrides[key] = url
 
-        self._client = client
-        self._owned_client = LoopClient()
+        self._clients = LoopClient(client)
         self._headers = {"Accept": RDAP_ACCEPT, "User-Agent": user_agent()}
         self._bootstrap: _Bootstrap | None = None
         self._file_tried = False
@@ -396,7 +395,7 @@ class RdapBackend:
         if asked is None:
             return not_a_domain(domain, source=SOURCE)
         try:
-            return await self._observe(asked, self._http(client), timeout or self.timeout)
+            return await self._observe(asked, self._clients.get(client), timeout or self.timeout)
         except Exception:
             # A bug here must cost one lookup, not the sweep that runs thousands.
             logger.exception("RDAP lookup of %s failed unexpectedly", asked)
@@ -416,7 +415,7 @@ class RdapBackend:
     async def ensure_bootstrap(self, *, client: httpx.AsyncClient | None = None) -> bool:
         """Load (or refresh, when older than the TTL) the bootstrap; ``True`` when one is
         available, maybe stale."""
-        await self._services(self._http(client))
+        await self._services(self._clients.get(client))
         return self._bootstrap is not None
 
     def covers(self, domain: str) -> bool | None:
@@ -440,16 +439,9 @@ class RdapBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
-        await self._owned_client.aclose()
+        await self._clients.aclose()
 
     # -- lookup ----------------------------------------------------------------------------
-
-    def _http(self, client: httpx.AsyncClient | None) -> httpx.AsyncClient:
-        if client is not None:
-            return client
-        if self._client is not None:
-            return self._client
-        return self._owned_client.get()
 
     async def _observe(self, asked: str, http: httpx.AsyncClient, timeout: float) -> Observation:
         await self._services(http)
