@@ -331,10 +331,19 @@ def update_picked(
 
 
 def _finish(guard: Guard, job_id: int, owner: str, state: str, error: str | None = None) -> bool:
+    return _finish_many(guard, [job_id], owner, state, error) == 1
+
+
+def _finish_many(
+    guard: Guard, job_ids: list[int], owner: str, state: str = DONE, error: str | None = None
+) -> int:
+    """End the given jobs this owner still holds; how many it ended."""
+    if not job_ids:
+        return 0
     J = _table(guard)
     result = guard.db.session.execute(
         sa.update(J)
-        .where(J.c.id == job_id, J.c.lease_owner == owner, J.c.state == PENDING)
+        .where(J.c.id.in_(job_ids), J.c.lease_owner == owner, J.c.state == PENDING)
         .values(
             state=state,
             done_at=utcnow(),
@@ -344,7 +353,7 @@ def _finish(guard: Guard, job_id: int, owner: str, state: str, error: str | None
             dedupe_key=None,
         )
     )
-    return bool(result.rowcount == 1)
+    return int(result.rowcount)
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -442,21 +451,3 @@ def run_claimed_together(guard: Guard, jobs: list[ClaimedJob], owner: str) -> li
         )
         return [run_claimed(guard, job, owner) for job in jobs]
     return [True] * len(jobs)
-
-
-def _finish_many(guard: Guard, job_ids: list[int], owner: str) -> None:
-    if not job_ids:
-        return
-    J = _table(guard)
-    guard.db.session.execute(
-        sa.update(J)
-        .where(J.c.id.in_(job_ids), J.c.lease_owner == owner, J.c.state == PENDING)
-        .values(
-            state=DONE,
-            done_at=utcnow(),
-            lease_owner=None,
-            lease_until=None,
-            last_error=None,
-            dedupe_key=None,
-        )
-    )
