@@ -1,0 +1,101 @@
+"""The third attack review, after the restructuring into packages (issue 15): the lapsed
+domain's new owner, and a status server's hostile redirects, against the moved code paths:
+the sweep's batched reads and writes (``sweep/store.py``, ``sweep/apply.py``), the batched
+recipient query (``mail/recipients.safe_addresses_of``) and the aiohttp client
+(``httpclient.py``).
+
+Each test is an attack that must fail; mail goes through a real SMTP server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from flask import Flask
+from freezegun import freeze_time
+
+from flask_domainguard.models import UnverifyReason
+from flask_domainguard.timeutil import utcnow
+from tests.conftest import SMTPSink
+from tests.guard_helpers import OK, RELEASED, add, write_status
+from tests.sweep_support import make_due
+
+UTC = timezone.utc
+PROVED = datetime(2015, 3, 1, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def sweep(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["domainguard", "sweep"])
+    assert result.exit_code == 0, result.output
+
+
+def bodies_to(sink: SMTPSink, address: str) -> list[str]:
+    """The text of every message delivered to ``address``."""
+    return [
+        str(message.get_payload())
+        for message, (_, rcpts) in zip(sink.messages, sink.envelopes, strict=True)
+        if address in rcpts
+    ]
+
+
+# -- the sweep's batches ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mail_guard",
+    [
+        pytest.param("all", marks=pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="all")),
+        # Without the Flask-Mail safety net, the recipient rule alone stands in the way.
+        pytest.param("off", marks=pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="off")),
+    ],
+)
+def test_one_batch_of_many_users_tells_each_owner_at_their_own_safe_addresses_only(
+    smtp_app: Flask, guard: Any, make_user: Any, smtp_sink: SMTPSink, mail_guard: str
+) -> None:
+    """One sweep batch holds several accounts' addresses. ``bought.com`` was registered anew
+    after Ana proved her address on it; ``gone.com`` was released. ``sold-now.com``, where Bob
+    keeps his backup, changes hands between the two sweeps, and its buyer verifies an address
+    of their own there (their own account, in the same batch). The batched recipient query
+    must judge each address against its own proof and its own domain's facts, and group rows
+    by their own user: Bob's notice reaches neither his backup (first seen unsafe, not yet
+    unverified) nor the buyer's mailbox."""
+    now = utcnow()
+    status = {
+        "bought.com": {**OK, "registered_at": iso(now - timedelta(days=3))},
+        "gone.com": RELEASED,
+        "fine-shop.com": OK,
+        "sold-now.com": OK,
+    }
+    write_status(smtp_app, status)
+    with freeze_time(now - timedelta(hours=8)) as clock:
+        ana, bob, buyer = make_user(), make_user(), make_user()
+        add(guard, ana, "ana@bought.com", verified_at=PROVED, primary=True)
+        add(guard, ana, "ana@fine-shop.com", verified_at=PROVED)
+        add(guard, bob, "bob@gone.com", verified_at=PROVED, primary=True)
+        add(guard, bob, "bob.backup@sold-now.com", verified_at=PROVED)
+        add(guard, buyer, "me@gone.com", verified=False)  # the buyer's try at Bob's domain
+        sweep(smtp_app)
+        assert smtp_sink.envelopes == [], "a first unsafe sighting acts on nothing"
+        clock.tick(timedelta(hours=7))
+        status["sold-now.com"] = {**OK, "registered_at": iso(utcnow() - timedelta(hours=1))}
+        write_status(smtp_app, status)
+        add(guard, buyer, "me@sold-now.com")  # proved after the sale: safe for the buyer
+        make_due(guard)  # sold-now.com's recheck falls in this run
+        sweep(smtp_app)
+    for address, reason in [
+        ("ana@bought.com", UnverifyReason.DOMAIN_REREGISTERED),
+        ("bob@gone.com", UnverifyReason.DOMAIN_RELEASED),
+    ]:
+        row = guard.find_address(address)
+        assert row.verified_at is None and row.unverify_reason is reason, address
+    assert guard.find_address("bob.backup@sold-now.com").verified_at is not None
+    assert guard.find_address("me@sold-now.com").verified_at is not None
+    # Ana hears of it at her safe address; Bob has none left; the buyer hears nothing.
+    assert smtp_sink.recipients() == ["ana@fine-shop.com"]
+    assert "ana@bought.com" in bodies_to(smtp_sink, "ana@fine-shop.com")[0]
