@@ -9,6 +9,9 @@ Each test is an attack that must fail; mail goes through a real SMTP server on 1
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,6 +24,8 @@ from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink
 from tests.guard_helpers import OK, RELEASED, add, write_status
 from tests.sweep_support import make_due
+from tests.test_httpclient_hostile import Hostile, look_up
+from tests.test_netguard import CountingTcpServer
 
 UTC = timezone.utc
 PROVED = datetime(2015, 3, 1, tzinfo=UTC)
@@ -99,3 +104,53 @@ def test_one_batch_of_many_users_tells_each_owner_at_their_own_safe_addresses_on
     # Ana hears of it at her safe address; Bob has none left; the buyer hears nothing.
     assert smtp_sink.recipients() == ["ana@fine-shop.com"]
     assert "ana@bought.com" in bodies_to(smtp_sink, "ana@fine-shop.com")[0]
+
+
+# -- the sweep's HTTP client ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[CountingTcpServer]:
+    server = CountingTcpServer()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        # IPv4 spellings that httpx reads as names and a C resolver as 127.0.0.1.
+        "2130706433",
+        "0x7f000001",
+        "0x7f.0.0.1",
+        "017700000001",
+        "127.1",
+        "127.0.0.1.",
+        "LOCALHOST",
+        # IPv6 literals that carry a loopback IPv4 address (mapped, SIIT, compatible, NAT64,
+        # 6to4) or are loopback themselves.
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::ffff:0:7f00:1]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::1]",
+        "[0:0:0:0:0:0:0:1]",
+    ],
+)
+def test_no_spelling_of_loopback_in_a_redirect_reaches_a_local_service(
+    host: str, tcp_server: CountingTcpServer
+) -> None:
+    """A status server redirects the sweep's client (aiohttp under httpx) to a local service,
+    spelling its address so that the URL check (httpx's parser) and the connection
+    (yarl, aiohttp, the C resolver) might read it differently. Nothing connects."""
+
+    async def away(h: Hostile, writer: asyncio.StreamWriter) -> None:
+        location = f"https://{host}:{tcp_server.port}/rdap"
+        head = f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        await h.send(writer, head.encode())
+
+    obs, hostile, _, _ = look_up(away)
+    assert obs.registered is None and obs.error, obs
+    assert hostile.requests == 1, "the redirect is the last thing the client asked for"
+    time.sleep(0.3)  # a connection would have been accepted by now (the server polls 0.1 s)
+    assert tcp_server.connections == 0, obs.error
