@@ -22,7 +22,7 @@ from freezegun import freeze_time
 from flask_domainguard.models import UnverifyReason
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink
-from tests.guard_helpers import OK, RELEASED, add, write_status
+from tests.guard_helpers import OK, RELEASED, add, set_domain, write_status
 from tests.sweep_support import make_due
 from tests.test_httpclient_hostile import Hostile, look_up
 from tests.test_netguard import CountingTcpServer
@@ -104,6 +104,37 @@ def test_one_batch_of_many_users_tells_each_owner_at_their_own_safe_addresses_on
     # Ana hears of it at her safe address; Bob has none left; the buyer hears nothing.
     assert smtp_sink.recipients() == ["ana@fine-shop.com"]
     assert "ana@bought.com" in bodies_to(smtp_sink, "ana@fine-shop.com")[0]
+
+
+@pytest.mark.settings(DOMAINGUARD_MAIL_GUARD="off")
+def test_no_undo_link_reaches_a_bought_domain_when_the_safety_net_is_off(
+    smtp_app: Flask, guard: Any, make_user: Any, smtp_sink: SMTPSink
+) -> None:
+    """With ``DOMAINGUARD_MAIL_GUARD = "off"`` the Flask-Mail hook is not installed at all, so
+    the "this wasn't me" notices after a password change rest on the recipient rule alone.
+    The buyer of ``bought.com`` holds the mailbox of the owner's old address there (the last
+    check found the domain registered anew after its proof, not yet confirmed): a link that
+    locks the account would be theirs to use."""
+    now = utcnow()
+    set_domain(guard, "fresh-shop.com", checked_at=now - timedelta(hours=1))
+    set_domain(
+        guard,
+        "bought.com",
+        checked_at=now - timedelta(hours=1),
+        verdict="reregistered",
+        registered_at=now - timedelta(days=3),
+    )
+    owner = make_user()
+    add(guard, owner, "me@fresh-shop.com", verified_at=PROVED, primary=True)
+    add(guard, owner, "old@bought.com", verified_at=PROVED)
+    add(guard, owner, "me@gmail.com", verified_at=PROVED)
+    owner.set_password("a new password")
+    guard.db.session.commit()
+    with smtp_app.test_request_context():
+        guard.password_changed(owner, actor="user")
+    assert sorted(smtp_sink.recipients()) == ["me@fresh-shop.com", "me@gmail.com"]
+    for address in ("me@fresh-shop.com", "me@gmail.com"):
+        assert "/domainguard/undo/" in bodies_to(smtp_sink, address)[0]
 
 
 # -- the sweep's HTTP client ----------------------------------------------------------------------
