@@ -10,7 +10,11 @@ Each test is an attack that must fail; mail goes through a real SMTP server on 1
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -135,6 +139,93 @@ def test_no_undo_link_reaches_a_bought_domain_when_the_safety_net_is_off(
     assert sorted(smtp_sink.recipients()) == ["me@fresh-shop.com", "me@gmail.com"]
     for address in ("me@fresh-shop.com", "me@gmail.com"):
         assert "/domainguard/undo/" in bodies_to(smtp_sink, address)[0]
+
+
+class BombServer:
+    """An HTTP server on 127.0.0.1, in a thread, answering every request with a gzip bomb:
+    ``size`` bytes of zeros in a small gzip body (a status server turned hostile)."""
+
+    def __init__(self, size: int) -> None:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+        self.body = packer.compress(b"\0" * size) + packer.flush()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.requests = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while b"\r\n\r\n" not in (head := conn.recv(65536)):
+                        if not head:
+                            break
+                    self.requests += 1
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Encoding: gzip\r\nConnection: close\r\n"
+                        + f"Content-Length: {len(self.body)}\r\n\r\n".encode()
+                        + self.body
+                    )
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def bomb_server() -> Iterator[BombServer]:
+    server = BombServer(200 << 20)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def bombed_app(
+    app_config: dict[str, Any], bomb_server: BombServer, request: pytest.FixtureRequest
+) -> Flask:
+    app_config.update(
+        DOMAINGUARD_STATUS_BACKEND="fastly",
+        DOMAINGUARD_FASTLY_URL=f"http://127.0.0.1:{bomb_server.port}/status",
+        DOMAINGUARD_FASTLY_API_KEY="hostile-test-key",
+        DOMAINGUARD_HTTP_TIMEOUT=5.0,
+    )
+    app: Flask = request.getfixturevalue("app")
+    return app
+
+
+def test_a_gzip_bomb_answering_a_resets_live_check_stays_small_in_memory(
+    bombed_app: Flask, guard: Any, make_user: Any, bomb_server: BombServer
+) -> None:
+    """Anyone may ask for a reset of a stored address, and each request without recent
+    evidence looks its domain up live, through httpx's own client (the sweep uses aiohttp).
+    A hostile status server answers with 200 MB of zeros in 200 KB of gzip. The answer is
+    refused at DOMAINGUARD_MAX_RESPONSE_BYTES, and the decompression is bounded too: the
+    live check must not hold the bomb's pieces in memory, or a few requests a second take
+    the web workers' memory."""
+    add(guard, make_user(), "owner@victim-shop.com", verified_at=PROVED)
+    tracemalloc.start()
+    try:
+        decision = guard.reset_decision("owner@victim-shop.com")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not decision.allowed and decision.reason == "no_evidence", decision
+    assert bomb_server.requests >= 1
+    assert peak < 16 << 20, f"{peak / 1e6:.0f} MB"
 
 
 # -- the sweep's HTTP client ----------------------------------------------------------------------

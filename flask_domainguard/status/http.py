@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..httpclient import AiohttpClient
+from ..httpclient import ACCEPT_ENCODING, AiohttpClient, decoded
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
 from ..timeutil import utcnow, within
 
@@ -210,7 +210,9 @@ async def _fetch(
         host = _netloc(current)
         hosts.append(host)
         same_origin = current.scheme == start.scheme and current.netloc == start.netloc
-        send_headers = dict(headers)
+        # Only what _read decodes in bounded pieces (httpx would offer br or zstd when their
+        # packages are installed).
+        send_headers = {"Accept-Encoding": ACCEPT_ENCODING, **headers}
         if same_origin:
             send_headers.update(secret_headers)
         guard: PeerGuard | None = None
@@ -328,9 +330,15 @@ async def _read(
         )
     chunks: list[bytes] = []
     size = 0
+    # Decompressed bytes in bounded pieces, so a gzip bomb is cut off at the cap before it
+    # fills memory: httpx's own decoding (aiter_bytes) inflates each read whole.
+    pieces = (
+        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
+        if isinstance(response, httpx.Response)
+        else response.aiter_bytes()
+    )
     try:
-        # aiter_bytes yields decompressed bytes, so a gzip bomb is cut off as well.
-        async for chunk in response.aiter_bytes():
+        async for chunk in pieces:
             size += len(chunk)
             if size > max_bytes:
                 return FetchResult(
