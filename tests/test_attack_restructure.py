@@ -18,12 +18,16 @@ import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from flask import Flask
 from freezegun import freeze_time
 
+from flask_domainguard.lookups import make_client
 from flask_domainguard.models import UnverifyReason
+from flask_domainguard.status.fastly import DomainrBackend
+from flask_domainguard.status.observation import Observation
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink
 from tests.guard_helpers import OK, RELEASED, add, set_domain, write_status
@@ -276,3 +280,36 @@ def test_no_spelling_of_loopback_in_a_redirect_reaches_a_local_service(
     assert hostile.requests == 1, "the redirect is the last thing the client asked for"
     time.sleep(0.3)  # a connection would have been accepted by now (the server polls 0.1 s)
     assert tcp_server.connections == 0, obs.error
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_a_malformed_answer_does_not_write_the_api_key_into_the_error(answer: bytes) -> None:
+    """The legacy Domainr API takes its key in the query string. aiohttp's parser errors quote
+    the request's URL, and with it the key, percent-encoded; the error text is stored
+    (``Domain.last_error``), logged and shown by ``check`` and ``report``. A status server
+    that answers malformed framing must not get the key written there, in any spelling."""
+    key = "s3cr3t+key/with=chars"
+    hostile = Hostile(lambda h, writer: h.send(writer, answer))
+
+    async def go() -> Observation:
+        server = await asyncio.start_server(hostile._serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend = DomainrBackend(
+            client_id=key, url=f"http://127.0.0.1:{port}/v2/status", timeout=2.0
+        )
+        try:
+            async with make_client(2) as client:
+                return await backend.observe("victim.com", client=client)
+        finally:
+            server.close()
+
+    obs = asyncio.run(go())
+    assert obs.registered is None and obs.error, obs
+    for spelling in (key, quote_plus(key), quote(key, safe=""), quote(key)):
+        assert spelling not in obs.error, obs.error

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -115,9 +116,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without ``secrets``, in any spelling a URL gives them: error texts may quote
+    the request's URL (aiohttp's parser errors do), where a key in the query string is
+    percent-encoded."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            for spelling in {secret, quote_plus(secret), quote(secret, safe=""), quote(secret)}:
+                text = text.replace(spelling, "***")
     return text
 
 
