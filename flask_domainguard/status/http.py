@@ -215,9 +215,11 @@ async def _fetch(
         host = _netloc(current)
         hosts.append(host)
         same_origin = current.scheme == start.scheme and current.netloc == start.netloc
-        # Only what _read decodes in bounded pieces (httpx would offer br or zstd when their
-        # packages are installed).
-        send_headers = {"Accept-Encoding": ACCEPT_ENCODING, **headers}
+        send_headers = dict(headers)
+        if not any(name.lower() == "accept-encoding" for name in send_headers):
+            # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
+            # their packages are installed).
+            send_headers["Accept-Encoding"] = ACCEPT_ENCODING
         if same_origin:
             send_headers.update(secret_headers)
         guard: PeerGuard | None = None
