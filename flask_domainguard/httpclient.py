@@ -42,10 +42,13 @@ from yarl import URL
 
 from .netguard import PEER_CHECK, AddressRefused, PeerGuard, address_refusal
 
-__all__ = ["AiohttpClient", "AiohttpTransport", "Answer"]
+__all__ = ["ACCEPT_ENCODING", "AiohttpClient", "AiohttpTransport", "Answer", "decoded"]
 
 #: Bytes handed over per read of a body.
 _CHUNK = 64 * 1024
+
+#: The encodings :func:`decoded` reads, offered in every request's ``Accept-Encoding``.
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 class _Refused(OSError):
@@ -151,6 +154,33 @@ def _decoder(encoding: str) -> Any:
     raise httpx.DecodingError(f"unsupported content encoding {name[:40]!r}")
 
 
+async def decoded(raw: AsyncIterator[bytes], encoding: str) -> AsyncIterator[bytes]:
+    """``raw`` (a body as sent, in ``encoding``) decompressed, in pieces of at most 64 KiB.
+
+    Decompressed here rather than by aiohttp or httpx, whose output per input chunk is
+    unbounded (aiohttp 3.13 hands over 64 MB at once for a gzip bomb; httpx decodes each
+    64 KiB read whole): the caller's byte cap then sees every 64 KiB.
+
+    :raises httpx.DecodingError: an encoding not in :data:`ACCEPT_ENCODING`, or a corrupt body.
+    """
+    decoder = _decoder(encoding)
+    async for chunk in raw:
+        if decoder is None:
+            yield chunk
+            continue
+        data = chunk
+        while True:
+            try:
+                piece = decoder.decompress(data, _CHUNK)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"bad compressed body: {_detail(exc)}") from exc
+            data = decoder.unconsumed_tail
+            if piece:
+                yield piece
+            elif not data:
+                break
+
+
 class Answer:
     """A response read off an aiohttp connection, with the part of :class:`httpx.Response`
     that :func:`~flask_domainguard.status.http.fetch_json` uses."""
@@ -173,29 +203,9 @@ class Answer:
                 raise
             raise mapped from exc
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body, decompressed, in pieces of at most 64 KiB.
-
-        Decompressed here rather than by aiohttp, whose output per input chunk is bounded
-        only from 3.14 (3.13 hands over 64 MB at once for a gzip bomb): the caller's byte
-        cap then sees every 64 KiB.
-        """
-        decoder = _decoder(self.headers.get("content-encoding", ""))
-        async for chunk in self.raw_bytes():
-            if decoder is None:
-                yield chunk
-                continue
-            data = chunk
-            while True:
-                try:
-                    piece = decoder.decompress(data, _CHUNK)
-                except zlib.error as exc:
-                    raise httpx.DecodingError(f"bad compressed body: {_detail(exc)}") from exc
-                data = decoder.unconsumed_tail
-                if piece:
-                    yield piece
-                elif not data:
-                    break
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, decompressed in bounded pieces (:func:`decoded`)."""
+        return decoded(self.raw_bytes(), self.headers.get("content-encoding", ""))
 
     async def aclose(self) -> None:
         """Give the connection back, kept alive only after a complete body (a part read
@@ -258,7 +268,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 # The caller bounds the whole exchange (fetch_json); no second clock here.
                 timeout=aiohttp.ClientTimeout(total=None),
                 # Only what Answer decodes (aiohttp would offer br with Brotli installed).
-                headers={"Accept-Encoding": "gzip, deflate"},
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
         return session
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, replace
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import httpx
 
-from ..httpclient import AiohttpClient
+from ..httpclient import ACCEPT_ENCODING, AiohttpClient, decoded
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
 from ..timeutil import utcnow, within
 
@@ -115,9 +116,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without ``secrets``, in any spelling a URL gives them: error texts may quote
+    the request's URL (aiohttp's parser errors do), where a key in the query string is
+    percent-encoded."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            for spelling in {secret, quote_plus(secret), quote(secret, safe=""), quote(secret)}:
+                text = text.replace(spelling, "***")
     return text
 
 
@@ -211,6 +216,10 @@ async def _fetch(
         hosts.append(host)
         same_origin = current.scheme == start.scheme and current.netloc == start.netloc
         send_headers = dict(headers)
+        if not any(name.lower() == "accept-encoding" for name in send_headers):
+            # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
+            # their packages are installed).
+            send_headers["Accept-Encoding"] = ACCEPT_ENCODING
         if same_origin:
             send_headers.update(secret_headers)
         guard: PeerGuard | None = None
@@ -325,9 +334,15 @@ async def _read(
         return replace(answer, error=too_big)
     chunks: list[bytes] = []
     size = 0
+    # Decompressed bytes in bounded pieces, so a gzip bomb is cut off at the cap before it
+    # fills memory: httpx's own decoding (aiter_bytes) inflates each read whole.
+    pieces = (
+        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
+        if isinstance(response, httpx.Response)
+        else response.aiter_bytes()
+    )
     try:
-        # aiter_bytes yields decompressed bytes, so a gzip bomb is cut off as well.
-        async for chunk in response.aiter_bytes():
+        async for chunk in pieces:
             size += len(chunk)
             if size > max_bytes:
                 return replace(answer, error=too_big)
