@@ -433,7 +433,7 @@ def test_idle_workers_stay_for_a_retry_and_then_run_it(
     from flask_domainguard import background
 
     monkeypatch.setattr(background, "IDLE_EXIT", 0.3)
-    monkeypatch.setattr(jobs.queue, "retry_delay", lambda attempts: timedelta(seconds=1.5))
+    monkeypatch.setattr(jobs.running, "retry_delay", lambda attempts: timedelta(seconds=1.5))
     ask(app, SAFE)  # the mail server is down: the first run fails
     deadline = time.monotonic() + 10
 

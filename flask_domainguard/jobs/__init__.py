@@ -64,10 +64,8 @@ from .queue import (
     record_attempts,
     register,
     register_batch,
-    retry_delay,
-    run_claimed,
-    run_claimed_together,
 )
+from .running import retry_delay, run_claimed, run_claimed_together
 from .shedding import ShedReport, shed
 from .stats import job_stats
 

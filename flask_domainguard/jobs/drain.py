@@ -20,8 +20,8 @@ from .queue import (
     ClaimedJob,
     _table,
     claim,
-    run_claimed_together,
 )
+from .running import run_claimed_together
 from .shedding import shed
 
 if TYPE_CHECKING:
