@@ -23,6 +23,7 @@ from . import jobs, signals
 from .journal import EventKind
 from .mail.outgoing import send_mail
 from .mail.recipients import safe_addresses_of
+from .mail.safetynet import recipients_loaded
 
 if TYPE_CHECKING:
     from .context import Guard
@@ -189,7 +190,11 @@ def _deliver(guard: Guard, runs: list[JobRun], safe: dict[Any, list[tuple[int, s
     )
     if not todo:
         return
-    with current_app.extensions["mail"].connect() as connection:
+    addresses = [address for _, _, to in todo for address in to]
+    with (
+        recipients_loaded(guard, addresses),
+        current_app.extensions["mail"].connect() as connection,
+    ):
         for _, mail, to in todo:
             send_mail(
                 guard,

@@ -12,7 +12,11 @@ import pytest
 from flask import Flask
 from flask_mail import Mail, Message
 
-from flask_domainguard.mail.safetynet import in_reset_scope, install_mail_guard
+from flask_domainguard.mail.safetynet import (
+    in_reset_scope,
+    install_mail_guard,
+    recipients_loaded,
+)
 from flask_domainguard.reset.decision import ResetDecision
 from flask_domainguard.timeutil import utcnow
 from tests.conftest import SMTPSink, use_smtp
@@ -58,6 +62,20 @@ def test_all_mode_drops_unsafe_recipients_of_any_mail(smtp_app: Flask, smtp_sink
     assert [sorted(rcpts) for _, rcpts in smtp_sink.envelopes] == [
         sorted([SAFE, OUTSIDER, UNVERIFIED]),
         [SAFE],
+    ]
+
+
+def test_recipients_loaded_in_one_query_are_judged_by_the_same_rule(
+    smtp_app: Flask, guard: Any, smtp_sink: SMTPSink
+) -> None:
+    """A batch of notices loads its recipients' rows at once; the net still refuses the
+    address on the unsafe domain (and the loaded rows serve only the mail in the block)."""
+    everyone = [SAFE, GONE, OUTSIDER, UNVERIFIED]
+    with recipients_loaded(guard, everyone):
+        send(smtp_app, recipients=everyone)
+    send(smtp_app, recipients=[GONE])
+    assert [sorted(rcpts) for _, rcpts in smtp_sink.envelopes] == [
+        sorted([SAFE, OUTSIDER, UNVERIFIED])
     ]
 
 

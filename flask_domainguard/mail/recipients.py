@@ -188,3 +188,30 @@ def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[t
         if may_receive(guard, row, Purpose.NOTICE, state=state):
             safe.setdefault(row.user_id, []).append((row.id, row.address))
     return safe
+
+
+def stored_recipients(
+    guard: Guard, addresses: Iterable[str]
+) -> dict[str, tuple[EmailAddress, DomainState]]:
+    """The stored rows of ``addresses`` (normalized) and their domains' states, in one query;
+    addresses nobody stored are left out."""
+    wanted = list(dict.fromkeys(addresses))
+    if not wanted:
+        return {}
+    Address = guard.models.EmailAddress
+    Domain = guard.models.Domain
+    # The Domain's columns under their own names, so each result row reads as a Domain row.
+    columns = [getattr(Domain, column) for column in STATE_COLUMNS]
+    rows = guard.db.session.execute(
+        sa.select(Address, *columns)
+        .join(Domain, Domain.name == Address.registrable, isouter=True)
+        .where(Address.address.in_(wanted))
+    )
+    found: dict[str, tuple[EmailAddress, DomainState]] = {}
+    for row in rows:
+        stored = row[0]
+        state = (
+            DomainState.of(row) if row.name is not None else DomainState(name=stored.registrable)
+        )
+        found[stored.address] = (stored, state)
+    return found

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from email.utils import parseaddr
@@ -56,10 +56,11 @@ from flask_mail import sanitize_address
 from ..addresses.store import find_address
 from ..context import registered_state
 from ..emails import InvalidAddress, parse_address
-from .recipients import Purpose, may_receive
+from .recipients import Purpose, may_receive, stored_recipients
 
 if TYPE_CHECKING:
     from ..context import Guard
+    from ..domainstate import DomainState
     from ..models import EmailAddress
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ _reset_scope: ContextVar[frozenset[int] | None] = ContextVar(
 # The address ids whose verification link is being sent (see verification_mail_scope).
 _verification_scope: ContextVar[frozenset[int]] = ContextVar(
     "domainguard_verification_mail_scope", default=frozenset()
+)
+# Rows the net judges instead of loading them one recipient at a time (recipients_loaded).
+_loaded: ContextVar[dict[str, tuple[Any, DomainState]] | None] = ContextVar(
+    "domainguard_loaded_recipients", default=None
 )
 _install_lock = threading.Lock()
 
@@ -116,6 +121,19 @@ def verification_mail_scope(row: EmailAddress) -> Iterator[None]:
         yield
     finally:
         _verification_scope.reset(token)
+
+
+@contextmanager
+def recipients_loaded(guard: Guard, addresses: Iterable[str]) -> Iterator[None]:
+    """Load the stored rows and domain states of ``addresses`` in one query for the mail sent
+    in this block (a claim's notices): the net still judges each recipient by the same rule,
+    on rows read just now, without two queries per recipient. Reset mail is not served from
+    it (the reset rule reads evidence the rows alone do not hold)."""
+    token = _loaded.set(stored_recipients(guard, addresses))
+    try:
+        yield
+    finally:
+        _loaded.reset(token)
 
 
 def in_reset_scope() -> bool:
@@ -165,6 +183,11 @@ def recipient_allowed(guard: Guard, recipient: Any, *, strict: bool) -> bool:
     if _delivered_domain(recipient) != parsed.domain:
         log.warning("withheld mail from a recipient that Flask-Mail would send to another domain")
         return False
+    loaded = None if strict else (_loaded.get() or {}).get(parsed.normalized)
+    if loaded is not None:
+        row, state = loaded
+        verifying = row.id in _verification_scope.get()
+        return may_receive(guard, row, Purpose.ANY, verifying=verifying, state=state)
     with guard.db.session.no_autoflush:  # never flush the host's half-made changes from here
         row = find_address(guard, parsed.normalized)
         if strict:
