@@ -191,12 +191,24 @@ def vm_hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the sweep's lookup process)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 class PeakWatcher:
-    """Samples a child's ``VmHWM`` every 0.1 s until it exits (the mark only grows)."""
+    """Samples a child's ``VmHWM`` every 0.1 s until it exits (the mark only grows), plus
+    that of its own children (a lookup process): their sum is the peak reported, which
+    counts pages they share after the fork twice (an upper bound)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0.0
+        self._children: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -205,7 +217,11 @@ class PeakWatcher:
         while not self._stop.wait(0.1):
             value = vm_hwm_mb(self.pid)
             if value is not None:
-                self.peak = max(self.peak, value)
+                for child in children_of(self.pid):
+                    self._children[child] = max(
+                        self._children.get(child, 0.0), vm_hwm_mb(child) or 0.0
+                    )
+                self.peak = max(self.peak, value + sum(self._children.values()))
 
     def stop(self) -> float:
         self._stop.set()
@@ -740,6 +756,7 @@ def main() -> None:
                         "ratio_vs_bare": round(ratio, 2) if ratio else None,
                         "cpu_ms_per_lookup": round(1000 * cpu / max(report["checked"], 1), 3),
                         "peak_rss_mb": round(rss, 1),
+                        "lookups_in": report.get("lookups_in"),
                         "unverified": report["unverified"],
                         "unsafe_first_seen": report["unsafe_first_seen"],
                         "errors": report["errors"],

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import random
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -39,7 +41,15 @@ from .status.dnslookup import DnsLookup
 from .status.observation import DnsObservation, Observation
 from .timeutil import within
 
-__all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
+__all__ = [
+    "Finished",
+    "LookupLimits",
+    "LookupThread",
+    "Lookups",
+    "TokenBucket",
+    "make_client",
+    "take_finished",
+]
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +281,50 @@ class Lookups:
     async def observe_many(self, domains: Iterable[str]) -> dict[str, Observation]:
         """Look every domain up at once (within the limits); results by domain."""
         names = list(dict.fromkeys(domains))
+        results: dict[str, Observation] = {}
+        await self.observe_each(names, results.__setitem__)
+        return {name: results[name] for name in names}
+
+    async def observe_each(
+        self, domains: Iterable[str], deliver: Callable[[str, Observation], object]
+    ) -> None:
+        """Look every domain up at once (within the limits), handing each observation to
+        ``deliver`` as soon as it is in."""
+        names = list(dict.fromkeys(domains))
         self.pending += len(names)
 
-        async def one(name: str) -> Observation:
+        async def one(name: str) -> None:
             try:
-                return await self.observe(name)
+                deliver(name, await self.observe(name))
             finally:
                 self.pending -= 1
 
-        results = await asyncio.gather(*(one(name) for name in names))
-        return dict(zip(names, results, strict=True))
+        await asyncio.gather(*(one(name) for name in names))
+
+
+#: What a lookup worker has finished: ``(domain, observation)``, or ``(None, error)`` once the
+#: worker itself failed.
+Finished = queue.SimpleQueue[tuple[str | None, Any]]
+
+
+def take_finished(finished: Finished, timeout: float) -> list[tuple[str, Observation]]:
+    """The observations in ``finished``: waits up to ``timeout`` seconds for the first, then
+    takes whatever else is there. Raises the worker's failure, if it reported one."""
+    try:
+        items = [finished.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            items.append(finished.get_nowait())
+        except queue.Empty:
+            break
+    taken: list[tuple[str, Observation]] = []
+    for name, value in items:
+        if name is None:
+            raise value
+        taken.append((name, value))
+    return taken
 
 
 class _BoundedDns:
@@ -324,6 +368,7 @@ class LookupThread:
         self._thread = threading.Thread(target=self._run, name="domainguard-lookups", daemon=True)
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+        self._finished: Finished = queue.SimpleQueue()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -370,6 +415,26 @@ class LookupThread:
         return asyncio.run_coroutine_threadsafe(
             self._lookups.observe_many(list(domains)), self._loop
         )
+
+    def stream(self, domains: Iterable[str]) -> None:
+        """Start looking ``domains`` up; :meth:`take` hands their observations over as they
+        come in."""
+        if self._lookups is None:
+            raise RuntimeError("call start() first")
+        future = asyncio.run_coroutine_threadsafe(
+            self._lookups.observe_each(domains, lambda *item: self._finished.put(item)),
+            self._loop,
+        )
+        future.add_done_callback(self._report_failure)
+
+    def _report_failure(self, future: concurrent.futures.Future[None]) -> None:
+        # Lookups never raise; this is a bug or a stopped loop, and it must stop the sweep.
+        if not future.cancelled() and future.exception() is not None:
+            self._finished.put((None, future.exception()))
+
+    def take(self, timeout: float) -> list[tuple[str, Observation]]:
+        """Streamed observations that are in (see :func:`take_finished`)."""
+        return take_finished(self._finished, timeout)
 
     def close(self) -> None:
         """Close the HTTP client and stop the loop (waits for lookups in flight)."""
