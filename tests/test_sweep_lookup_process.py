@@ -231,3 +231,28 @@ def test_forking_is_safe_only_without_other_threads() -> None:
 def test_a_sweep_object_refuses_an_unknown_lookups_mode(guard: Any) -> None:
     with pytest.raises(ValueError, match="lookups must be"):
         Sweep(guard, lookups="fibers")
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+@pytest.mark.settings(
+    DOMAINGUARD_SWEEP_LEASE=1,
+    DOMAINGUARD_SWEEP_BATCH_SIZE=2,
+    DOMAINGUARD_SWEEP_CONCURRENCY=2,
+    DOMAINGUARD_SWEEP_PER_SERVER=2,
+    DOMAINGUARD_HTTP_TIMEOUT=6,
+)
+def test_a_domain_claimed_again_while_its_lookup_runs_is_looked_up_and_applied_once(
+    guard: Any, status_server: StatusServer, where: str
+) -> None:
+    # a-slow.com is claimed first and answers after 2.5 s; meanwhile its 1 s lease runs out
+    # and the run, still claiming the quick ones one slot at a time, claims it again.
+    status_server.slow = 2.5
+    status_server.delay = 0.06
+    status_server.answers["a-slow.com"] = "timeout"
+    seed(guard, {"a-slow.com": 1})
+    seed(guard, {f"q{i:02d}.com": 1 for i in range(30)})
+    progress: list[int] = []
+    report = Sweep(guard, retry_base=0.01, lookups=where).run(on_progress=progress.append)
+    assert report.checked == 31 and sum(progress) == 31
+    assert status_server.hits["a-slow.com"] == 1, "one lookup, however often it was claimed"
+    assert leases_and_checks(guard).count((None, None)) == 0

@@ -304,8 +304,14 @@ class Sweep:
                     if claims:
                         if remaining is not None:
                             remaining -= len(claims)
-                        claimed.update((c.name, c) for c in claims)
-                        self._lookups().stream(c.name for c in claims)
+                        # A domain claimed again (its lease ran out while it waited) keeps
+                        # its one lookup and its first claim, whose time is before that
+                        # lookup (a live check since then must still win over it).
+                        fresh = [c for c in claims if c.name not in claimed]
+                        claimed.update((c.name, c) for c in fresh)
+                        if not fresh:
+                            break  # only those: wait for their answers before claiming more
+                        self._lookups().stream(c.name for c in fresh)
                 if not claimed:
                     break
                 # A short wait, so that claiming resumes as soon as lookups free up.
@@ -313,7 +319,9 @@ class Sweep:
                     if not ready:
                         ready_since = time.monotonic()
                     ready.append((claimed[name], observation))
-                if ready and (
+                # Everything due to be applied goes before the next claim: a backlog would only
+                # age the leases of the domains waiting in it.
+                while ready and (
                     len(ready) >= batch_size
                     or len(ready) == len(claimed)
                     or time.monotonic() - ready_since >= APPLY_WITHIN
