@@ -19,6 +19,9 @@ comes back as a failed lookup ("cannot tell"), never as an answer.
 
 :func:`choose_worker` decides between the thread and the process
 (``DOMAINGUARD_SWEEP_LOOKUPS``).
+
+Long because the parent's and the child's halves of one pipe protocol belong side by side:
+what one sends, the other reads.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from ..domainstate import (
 from ..jobs import EXPIRY_WARNING, UNVERIFY_NOTICE
 from ..jobs import drain as drain_jobs
 from ..lookupprocess import LookupProcess, choose_worker
-from ..lookups import LookupLimits, LookupThread
+from ..lookups import LookupLimits
+from ..lookupthread import LookupThread
 from ..owners import new_run_id, owner_alive
 from ..status.observation import Observation
 from ..timeutil import as_utc, utcnow
