@@ -120,6 +120,7 @@ def test_invalid_targets(runner: FlaskCliRunner, statuses: Path) -> None:
 def test_check_target_from_a_running_event_loop(guard: Any, statuses: Path) -> None:
     """An async host (a coroutine calling the sync API) gets the verdict: ``asyncio.run``
     alone refuses to start inside a running loop."""
+
     async def host_coroutine() -> Any:
         return check_target(guard, "www.gone.com")
 
