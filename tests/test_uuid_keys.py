@@ -10,6 +10,7 @@ Runs on SQLite and, with ``--db postgresql``, on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -267,3 +268,22 @@ def test_keys_read_back_from_json_take_the_key_columns_type(host: Host) -> None:
     assert host.guard.get_user(user_key(host.guard, text)) is user
     with pytest.raises(ValueError, match=r"user key|badly formed|invalid literal"):
         user_key(host.guard, "not-a-key")
+
+
+def test_the_command_line_finds_a_user_by_key(host: Host) -> None:
+    guard = host.guard
+    alice = host.user("alice")
+    guard.add_address(alice, f"alice@{SAFE}", verified=True, primary=True)
+    enrolment = devices.start_enrolment(guard, alice)
+    verify.confirm_enrolment(guard, alice, code_at(enrolment.secret), client=None)
+    runner = host.app.test_cli_runner()
+    reset = ["domainguard", "2fa-reset", "--reason", "ticket 1", "--json"]
+    result = runner.invoke(args=[*reset, str(alice.id)])
+    assert result.exit_code == 0, result.output
+    assert str(json.loads(result.output)["user_id"]) == str(alice.id)
+    assert not guard.twofactor_enabled(alice)
+    assert host.mails()[-1] == (
+        "Two-factor authentication was reset on your keyhost account",
+        [f"alice@{SAFE}"],
+    )
+    assert runner.invoke(args=[*reset, "not-a-key"]).exit_code == 1
