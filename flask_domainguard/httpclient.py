@@ -205,7 +205,10 @@ class Answer:
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body, decompressed in bounded pieces (:func:`decoded`)."""
-        return decoded(self.raw_bytes(), self.headers.get("content-encoding", ""))
+        encoding = self.headers.get("content-encoding")
+        if encoding is None:  # the usual answer: no decoder to pass every piece through
+            return self.raw_bytes()
+        return decoded(self.raw_bytes(), encoding)
 
     async def aclose(self) -> None:
         """Give the connection back, kept alive only after a complete body (a part read

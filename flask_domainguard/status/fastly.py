@@ -34,7 +34,7 @@ import httpx
 from typing_extensions import Unpack
 
 from ..config import ConfigError, Settings, load_settings
-from .base import LoopClient, not_a_domain, to_alabel, user_agent
+from .base import LoopClient, keeps_its_timeout, not_a_domain, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
 
@@ -127,6 +127,11 @@ def parse_fastly_status(doc: Mapping[str, Any], domain: str | None = None) -> Ob
     """
     wanted = to_alabel(domain) if isinstance(domain, str) else None
     fallback = wanted or (domain.strip().lower() if isinstance(domain, str) else "")
+    return _parse_safely(doc, wanted, fallback)
+
+
+def _parse_safely(doc: Mapping[str, Any], wanted: str | None, fallback: str) -> Observation:
+    """:func:`_parse`, never raising; ``wanted`` is an A-label already (or ``None``)."""
     try:
         return _parse(doc, wanted, fallback)
     except Exception as exc:  # the contract is "never raises"
@@ -172,14 +177,15 @@ def _parse(doc: Mapping[str, Any], wanted: str | None, fallback: str) -> Observa
     name = holder.get("domain")
     if name is not None and not isinstance(name, str):
         return Observation.failed(fallback, "domain is not text", source=source)
-    answered = to_alabel(name) if name else None
+    # The usual answer names the domain exactly as asked: an A-label already.
+    answered = wanted if name == wanted else to_alabel(name) if name else None
     if name and answered is None:
         return Observation.failed(fallback, f"{_short(name, 60)!r} is not a domain", source=source)
     if wanted is not None and answered is not None and answered != wanted:
         return Observation.failed(
             wanted, f"the answer is about {answered}, not {wanted}", source=source
         )
-    flags = [flag for flag in re.split(r"\s+", flags_text.strip().lower()) if flag]
+    flags = flags_text.lower().split()  # any Unicode whitespace, as re's \s
     registered, error = classify_flags(flags)
     return Observation(
         domain=wanted or answered or fallback,
@@ -286,6 +292,7 @@ class _StatusApiBackend:
     def _request(self, domain: str) -> tuple[str, dict[str, str]]:
         raise NotImplementedError
 
+    @keeps_its_timeout  # every await is fetch_json's, which ends within the timeout
     async def observe(
         self,
         domain: str,
@@ -348,8 +355,8 @@ class _StatusApiBackend:
         if body is None:
             what = result.body_error or ("empty" if result.empty else "JSON but not an object")
             return failed(f"answer of {host} is {what}")
-        obs = parse_fastly_status(body, asked)
-        return replace(obs, source=self.name, domain=asked)
+        obs = _parse_safely(body, asked, asked)  # about ``asked`` (an A-label) or failed
+        return obs if obs.source == self.name else replace(obs, source=self.name)
 
 
 class FastlyBackend(_StatusApiBackend):

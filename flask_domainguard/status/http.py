@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -211,17 +211,18 @@ async def _fetch(
     current = start
     hosts: list[str] = []
     status: int | None = None  # of the redirect that led here
+    # Built once per fetch, not per hop: the secret headers go to the first origin only.
+    other_origin = dict(headers)
+    if not any(name.lower() == "accept-encoding" for name in other_origin):
+        # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
+        # their packages are installed).
+        other_origin["Accept-Encoding"] = ACCEPT_ENCODING
+    first_origin = {**other_origin, **secret_headers} if secret_headers else other_origin
     for _hop in range(max_redirects + 1):
         host = _netloc(current)
         hosts.append(host)
         same_origin = current.scheme == start.scheme and current.netloc == start.netloc
-        send_headers = dict(headers)
-        if not any(name.lower() == "accept-encoding" for name in send_headers):
-            # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
-            # their packages are installed).
-            send_headers["Accept-Encoding"] = ACCEPT_ENCODING
-        if same_origin:
-            send_headers.update(secret_headers)
+        send_headers = first_origin if same_origin else other_origin
         guard: PeerGuard | None = None
         if not (trusted and same_origin):
             refusal = url_refusal(current, allow_private=allow_private)
@@ -324,14 +325,22 @@ async def _read(
     retry_after = (
         parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
     )
-    # What every outcome of this answer shares; each return below adds its own fields.
-    answer = FetchResult(
-        url=url, status=status, retry_after=retry_after, content_type=content_type, hosts=hosts
-    )
+
+    def result(**outcome: Any) -> FetchResult:
+        # Every outcome of this answer shares these fields; each adds its own.
+        return FetchResult(
+            url=url,
+            status=status,
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+            **outcome,
+        )
+
     too_big = f"answer of {host} is larger than {max_bytes} bytes; not read"
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > max_bytes:
-        return replace(answer, error=too_big)
+        return result(error=too_big)
     chunks: list[bytes] = []
     size = 0
     # Decompressed bytes in bounded pieces, so a gzip bomb is cut off at the cap before it
@@ -345,17 +354,17 @@ async def _read(
         async for chunk in pieces:
             size += len(chunk)
             if size > max_bytes:
-                return replace(answer, error=too_big)
+                return result(error=too_big)
             chunks.append(chunk)
     except httpx.HTTPError as exc:
-        return replace(answer, error=_redact(_describe(exc, host), secrets))
-    body = b"".join(chunks)
+        return result(error=_redact(_describe(exc, host), secrets))
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not body.strip():
-        return replace(answer, empty=True)
+        return result(empty=True)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers bad JSON, bad encodings and huge integers; RecursionError a
         # hostile, deeply nested document.
-        return replace(answer, body_error=f"not JSON ({content_type or 'no content type'})")
-    return replace(answer, data=data, is_json=True)
+        return result(body_error=f"not JSON ({content_type or 'no content type'})")
+    return result(data=data, is_json=True)
