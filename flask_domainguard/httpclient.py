@@ -278,7 +278,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _open(
         self,
         method: str,
-        url: httpx.URL,
+        url: httpx.URL | str,
         headers: Any,
         guard: PeerGuard | None,
         *,
@@ -288,7 +288,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             response = await session.request(
                 method,
-                URL(str(url), encoded=True),
+                # Text of an httpx.URL (or a Target's): encoded already, so not again.
+                URL(url if isinstance(url, str) else str(url), encoded=True),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -303,10 +304,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return response
 
     async def get(
-        self, url: httpx.URL, headers: Mapping[str, str], guard: PeerGuard | None = None
+        self, url: httpx.URL | str, headers: Mapping[str, str], guard: PeerGuard | None = None
     ) -> Answer:
         """GET ``url`` without redirects; raises :class:`httpx.TransportError` subclasses
-        (:class:`~flask_domainguard.netguard.AddressRefused` for a refused address)."""
+        (:class:`~flask_domainguard.netguard.AddressRefused` for a refused address).
+
+        :param url: as text, an encoded URL (``str`` of an :class:`httpx.URL`, or the text of a
+            :class:`~flask_domainguard.status.http.Target`): it is sent as it is.
+        """
         return Answer(await self._open("GET", url, headers, guard))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
