@@ -205,10 +205,37 @@ class Answer:
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body, decompressed in bounded pieces (:func:`decoded`)."""
-        encoding = self.headers.get("content-encoding")
-        if encoding is None:  # the usual answer: no decoder to pass every piece through
-            return self.raw_bytes()
-        return decoded(self.raw_bytes(), encoding)
+        return decoded(self.raw_bytes(), self.headers.get("content-encoding", ""))
+
+    async def read_capped(self, limit: int) -> bytes | None:
+        """The body, decompressed, or ``None`` as soon as it is longer than ``limit`` bytes
+        (reading stops there: the rest is never read). Raises as :meth:`raw_bytes` does.
+
+        The usual answer, not compressed, is read without the generators of
+        :meth:`aiter_bytes` (each costs the event loop's bookkeeping of async generators).
+        """
+        chunks: list[bytes] = []
+        size = 0
+        if "content-encoding" in self.headers:
+            async for piece in self.aiter_bytes():
+                size += len(piece)
+                if size > limit:
+                    return None
+                chunks.append(piece)
+            return b"".join(chunks)
+        content = self._response.content
+        try:
+            while chunk := await content.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def aclose(self) -> None:
         """Give the connection back, kept alive only after a complete body (a part read

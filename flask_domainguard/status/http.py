@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 
-from ..httpclient import ACCEPT_ENCODING, AiohttpClient, decoded
+from ..httpclient import ACCEPT_ENCODING, AiohttpClient, Answer, decoded
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
 from ..timeutil import utcnow, within
 
@@ -438,24 +438,12 @@ async def _read(
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > max_bytes:
         return result(error=too_big)
-    chunks: list[bytes] = []
-    size = 0
-    # Decompressed bytes in bounded pieces, so a gzip bomb is cut off at the cap before it
-    # fills memory: httpx's own decoding (aiter_bytes) inflates each read whole.
-    pieces = (
-        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
-        if isinstance(response, httpx.Response)
-        else response.aiter_bytes()
-    )
     try:
-        async for chunk in pieces:
-            size += len(chunk)
-            if size > max_bytes:
-                return result(error=too_big)
-            chunks.append(chunk)
+        body = await _body(response, max_bytes)
     except httpx.HTTPError as exc:
         return result(error=_redact(_describe(exc, host), secrets))
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if body is None:
+        return result(error=too_big)
     if not body.strip():
         return result(empty=True)
     try:
@@ -465,3 +453,26 @@ async def _read(
         # hostile, deeply nested document.
         return result(body_error=f"not JSON ({content_type or 'no content type'})")
     return result(data=data, is_json=True)
+
+
+async def _body(response: _Response, max_bytes: int) -> bytes | None:
+    """The decompressed body, or ``None`` once it is longer than ``max_bytes``.
+
+    Decompressed in bounded pieces, so a gzip bomb is cut off at the cap before it fills
+    memory: httpx's own decoding (``aiter_bytes``) inflates each read whole.
+    """
+    if isinstance(response, Answer):
+        return await response.read_capped(max_bytes)
+    pieces = (
+        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
+        if isinstance(response, httpx.Response)
+        else response.aiter_bytes()
+    )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in pieces:
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
