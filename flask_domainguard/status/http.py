@@ -154,7 +154,7 @@ class Endpoint:
     :raises httpx.InvalidURL: ``url`` is not a URL.
     """
 
-    __slots__ = ("netloc", "text", "url")
+    __slots__ = ("netloc", "takes_path", "text", "url")
 
     def __init__(self, url: str | httpx.URL) -> None:
         parsed = httpx.URL(url)
@@ -163,6 +163,8 @@ class Endpoint:
         self.url = parsed
         self.text = str(parsed)
         self.netloc = _netloc(parsed)
+        #: Whether :meth:`with_path` may add to it: a path ending with ``/``, no query.
+        self.takes_path = "?" not in self.text and parsed.raw_path.endswith(b"/")
 
     def with_query(self, params: Mapping[str, str]) -> Target:
         """This URL with ``params`` added to its query."""
@@ -176,7 +178,7 @@ class Endpoint:
         :raises ValueError: a segment is empty, ``.`` or ``..``, or the URL has a query or a
             path not ending with ``/``.
         """
-        if self.url.query or "?" in self.text or not self.url.raw_path.endswith(b"/"):
+        if not self.takes_path:
             raise ValueError("segments are added only to a path ending with '/'")
         if any(segment in ("", ".", "..") for segment in segments):
             raise ValueError("an empty, '.' or '..' path segment")
