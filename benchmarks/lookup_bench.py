@@ -8,6 +8,7 @@ JSON line per run with the CPU milliseconds per lookup (this process only; the s
 is another)::
 
     python benchmarks/lookup_bench.py --domains 20000
+    python benchmarks/lookup_bench.py --backend rdap   # the server's RDAP face, for .com
 
 Profile with py-spy around the whole command (``--no-bare`` to see the sweep's loop alone)::
 
@@ -22,6 +23,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +36,9 @@ if str(ROOT) not in sys.path:
 from benchmarks.sweep_bench import bare_loop, bare_urls, start_server  # noqa: E402
 from flask_domainguard.config import load_settings  # noqa: E402
 from flask_domainguard.lookups import LookupLimits, Lookups  # noqa: E402
+from flask_domainguard.status.base import StatusBackend  # noqa: E402
 from flask_domainguard.status.fastly import FastlyBackend  # noqa: E402
+from flask_domainguard.status.rdap import RdapBackend  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -42,17 +46,33 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def sweep_loop(port: int, names: list[str], concurrency: int, batch_size: int) -> int:
-    """Look ``names`` up through :class:`Lookups` and a Fastly backend, ``batch_size`` at a
-    time with two batches in flight (as the sweep submits them); answers that said
-    registered or not."""
+def make_backend(name: str, port: int) -> StatusBackend:
+    """The Fastly backend, or the RDAP one with the server configured for ``.com``."""
+    if name == "rdap":
+        # An empty bootstrap file, and its URL on this machine: nothing leaves 127.0.0.1.
+        bootstrap = Path(tempfile.mkdtemp(prefix="lookup-bench-")) / "rdap-bootstrap.json"
+        bootstrap.write_text(json.dumps({"version": "1.0", "services": []}))
+        return RdapBackend(
+            load_settings({}),
+            servers={"com": f"http://127.0.0.1:{port}/"},
+            bootstrap_file=bootstrap,
+            bootstrap_url=f"http://127.0.0.1:{port}/no-bootstrap-here",
+        )
     settings = load_settings(
         {
             "DOMAINGUARD_FASTLY_URL": f"http://127.0.0.1:{port}/status",
             "DOMAINGUARD_FASTLY_API_KEY": "bench-key",
         }
     )
-    backend = FastlyBackend(settings)
+    return FastlyBackend(settings)
+
+
+async def sweep_loop(
+    backend: StatusBackend, names: list[str], concurrency: int, batch_size: int
+) -> int:
+    """Look ``names`` up through :class:`Lookups` and ``backend``, ``batch_size`` at a
+    time with two batches in flight (as the sweep submits them); answers that said
+    registered or not."""
     limits = LookupLimits(concurrency=concurrency, per_server=concurrency, retries=0)
     answered = 0
     async with Lookups(backend, limits) as lookups:
@@ -96,11 +116,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--no-bare", action="store_true", help="skip the bare aiohttp loop")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each loop")
+    parser.add_argument("--backend", choices=("fastly", "rdap"), default="fastly")
     args = parser.parse_args()
     names = [f"bench-{i:07d}.com" for i in range(args.domains)]
     server, port = start_server(args.latency)
-    urls = bare_urls("fastly", port, names)
-    headers = {"Fastly-Key": "bench-key"}
+    urls = bare_urls(args.backend, port, names)
+    headers = {"Fastly-Key": "bench-key"} if args.backend == "fastly" else {}
     try:
         for _ in range(args.rounds):
             if not args.no_bare:
@@ -110,9 +131,12 @@ def main() -> None:
                     len(names),
                 )
                 print(json.dumps(bare), flush=True)
+            backend = make_backend(args.backend, port)
             sweep = measure(
-                "Lookups + FastlyBackend",
-                lambda: asyncio.run(sweep_loop(port, names, args.concurrency, args.batch_size)),
+                f"Lookups + {type(backend).__name__}",
+                lambda: asyncio.run(
+                    sweep_loop(backend, names, args.concurrency, args.batch_size)  # noqa: B023
+                ),
                 len(names),
             )
             if not args.no_bare:
