@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import threading
@@ -197,7 +198,10 @@ class Lookups:
             await self._client.aclose()
             self._client = None
 
-    def _server(self, key: str) -> asyncio.Semaphore:
+    def _server(self, key: str) -> asyncio.Semaphore | contextlib.AbstractAsyncContextManager[None]:
+        if self.limits.per_server >= self.limits.concurrency:
+            # The global limit keeps every server within its own: one semaphore less.
+            return _NO_LIMIT
         slot = self._servers.get(key)
         if slot is None:
             slot = self._servers[key] = asyncio.Semaphore(self.limits.per_server)
@@ -285,6 +289,10 @@ class Lookups:
 
         results = await asyncio.gather(*(one(name) for name in names))
         return dict(zip(names, results, strict=True))
+
+
+#: Taken in place of a per-server semaphore that could never make a lookup wait.
+_NO_LIMIT = contextlib.nullcontext()
 
 
 class _BoundedDns:

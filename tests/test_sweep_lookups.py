@@ -93,6 +93,10 @@ def test_concurrency_and_per_server_limits() -> None:
     assert len(results) == 60 and all(r.registered for r in results.values())
     assert backend.max_in_flight == 5
     assert max(backend.max_per_server.values()) == 2
+    # A per-server limit at or above the global one is kept by the global one.
+    backend = FakeBackend(delay=0.02)
+    run(backend, LookupLimits(concurrency=5, per_server=5), [f"a{i}.com" for i in range(30)])
+    assert backend.max_in_flight == max(backend.max_per_server.values()) == 5
 
 
 def test_failures_are_retried_a_bounded_number_of_times() -> None:
