@@ -1,4 +1,4 @@
-"""Endpoints parsed once, lookups' URLs built as text (:mod:`flask_domainguard.status.http`).
+"""Endpoints parsed once, lookups' URLs built as text (:mod:`flask_domainguard.status.urls`).
 
 What a lookup adds to an endpoint comes from a domain name, so whatever it holds must stay in
 the path segment or query value it was put in: never reach the origin the request goes to, the
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from flask_domainguard.status.http import Endpoint, Target
+from flask_domainguard.status.urls import Endpoint, Target
 
 BASES = [
     "http://127.0.0.1:8080/status",

@@ -34,8 +34,9 @@ from typing_extensions import Unpack
 
 from ..config import ConfigError, Settings, load_settings
 from .base import LoopClient, keeps_its_timeout, not_a_domain, to_alabel, user_agent
-from .http import Endpoint, FetchResult, Target, fetch_json
+from .http import FetchResult, fetch_json
 from .observation import Observation
+from .urls import Endpoint, Target
 
 __all__ = [
     "REGISTERED_FLAGS",

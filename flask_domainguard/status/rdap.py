@@ -46,8 +46,9 @@ from flask import current_app, has_app_context
 from ..config import DEFAULT_RDAP_SERVERS, Settings, load_settings
 from ..timeutil import utcnow
 from .base import LoopClient, not_a_domain, parse_datetime, to_alabel, user_agent
-from .http import Endpoint, FetchResult, Target, fetch_json
+from .http import FetchResult, fetch_json
 from .observation import Observation
+from .urls import Endpoint, Target
 
 __all__ = [
     "BOOTSTRAP_CACHE_NAME",
