@@ -9,7 +9,6 @@ none); the verdict uses it only where it plays one.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from .dnsverdict import Baseline
 from .emails import InvalidAddress, parse_address, registrable_domain
 from .livecheck import live_verdict
 from .lookups import LookupLimits, Lookups
+from .status.base import run_sync
 from .status.observation import DnsObservation, Observation
 from .verdict import Verdict, VerdictKind
 
@@ -229,7 +229,7 @@ def check_target(guard: Guard, target: str, *, backend_name: str | None = None) 
         async with Lookups(backend, limits, dns=dns, dns_mode="always") as lookups:
             return await lookups.observe(domain)
 
-    obs = asyncio.run(look())
+    obs = run_sync(look())  # also from a thread whose event loop runs (an async host)
     role = dns_role(settings.dns_evidence, backend, domain)
     sighting = obs.dns
     judged = replace(obs, dns=None if role is None or sighting is None else sighting)

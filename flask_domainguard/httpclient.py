@@ -207,6 +207,36 @@ class Answer:
         """The body, decompressed in bounded pieces (:func:`decoded`)."""
         return decoded(self.raw_bytes(), self.headers.get("content-encoding", ""))
 
+    async def read_capped(self, limit: int) -> bytes | None:
+        """The body, decompressed, or ``None`` as soon as it is longer than ``limit`` bytes
+        (reading stops there: the rest is never read). Raises as :meth:`raw_bytes` does.
+
+        The usual answer, not compressed, is read without the generators of
+        :meth:`aiter_bytes` (each costs the event loop's bookkeeping of async generators).
+        """
+        chunks: list[bytes] = []
+        size = 0
+        if "content-encoding" in self.headers:
+            async for piece in self.aiter_bytes():
+                size += len(piece)
+                if size > limit:
+                    return None
+                chunks.append(piece)
+            return b"".join(chunks)
+        content = self._response.content
+        try:
+            while chunk := await content.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+        except Exception as exc:
+            mapped = _as_httpx_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def aclose(self) -> None:
         """Give the connection back, kept alive only after a complete body (a part read
         leaves the rest of a hostile answer on the socket)."""
@@ -275,7 +305,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def _open(
         self,
         method: str,
-        url: httpx.URL,
+        url: httpx.URL | str,
         headers: Any,
         guard: PeerGuard | None,
         *,
@@ -285,7 +315,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             response = await session.request(
                 method,
-                URL(str(url), encoded=True),
+                # Text of an httpx.URL (or a Target's): encoded already, so not again.
+                URL(url if isinstance(url, str) else str(url), encoded=True),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
@@ -300,10 +331,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return response
 
     async def get(
-        self, url: httpx.URL, headers: Mapping[str, str], guard: PeerGuard | None = None
+        self, url: httpx.URL | str, headers: Mapping[str, str], guard: PeerGuard | None = None
     ) -> Answer:
         """GET ``url`` without redirects; raises :class:`httpx.TransportError` subclasses
-        (:class:`~flask_domainguard.netguard.AddressRefused` for a refused address)."""
+        (:class:`~flask_domainguard.netguard.AddressRefused` for a refused address).
+
+        :param url: as text, an encoded URL (``str`` of an :class:`httpx.URL`, or the text of a
+            :class:`~flask_domainguard.status.http.Target`): it is sent as it is.
+        """
         return Answer(await self._open("GET", url, headers, guard))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

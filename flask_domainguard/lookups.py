@@ -21,6 +21,7 @@ them for the sweep beside its database work, in a thread or in a child process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import random
@@ -34,7 +35,7 @@ import httpx
 
 from .dnsevidence import observe_with_dns
 from .httpclient import AiohttpClient
-from .status.base import StatusBackend, backend_covers
+from .status.base import StatusBackend, backend_covers, bounds_itself
 from .status.dnslookup import DnsLookup
 from .status.observation import DnsObservation, Observation
 from .timeutil import within
@@ -177,6 +178,9 @@ class Lookups:
         self._servers: dict[str, asyncio.Semaphore] = {}
         self._paused_until: dict[str, float] = {}
         self._bucket = TokenBucket(limits.rate) if limits.rate > 0 else None
+        # The package's HTTP backends end within the timeout by themselves (one clock per
+        # lookup); any other backend, a host's own class among them, gets a clock here.
+        self._bounds_itself = bounds_itself(backend)
         #: Attempts made, for reports and tests.
         self.attempts = 0
         #: Domains submitted to :meth:`observe_many` whose lookups have not finished.
@@ -201,7 +205,10 @@ class Lookups:
             await self._client.aclose()
             self._client = None
 
-    def _server(self, key: str) -> asyncio.Semaphore:
+    def _server(self, key: str) -> asyncio.Semaphore | contextlib.AbstractAsyncContextManager[None]:
+        if self.limits.per_server >= self.limits.concurrency:
+            # The global limit keeps every server within its own: one semaphore less.
+            return _NO_LIMIT
         slot = self._servers.get(key)
         if slot is None:
             slot = self._servers[key] = asyncio.Semaphore(self.limits.per_server)
@@ -223,12 +230,11 @@ class Lookups:
             self.attempts += 1
             timeout = self.limits.timeout
             try:
-                # The backend enforces the timeout itself; this outer bound only catches a
-                # backend (a host's own class) that does not.
-                return await within(
-                    self.backend.observe(domain, client=self._client, timeout=timeout),
-                    timeout + 1.0,
-                )
+                lookup = self.backend.observe(domain, client=self._client, timeout=timeout)
+                if self._bounds_itself:
+                    return await lookup
+                # Backends are asked to keep the timeout; this bound catches one that does not.
+                return await within(lookup, timeout + 1.0)
             except asyncio.TimeoutError:
                 return Observation.failed(
                     domain, f"timed out after {timeout:g} s", source=self.backend.name
@@ -244,6 +250,8 @@ class Lookups:
     async def observe(self, domain: str) -> Observation:
         """Look ``domain`` up, retrying failures, with the DNS where it has a role; never
         raises."""
+        if self.dns is None or self.dns_mode == "off":
+            return await self._observe_status(domain)
         return await observe_with_dns(
             domain,
             self._observe_status(domain),
@@ -322,6 +330,10 @@ def take_finished(finished: Finished, timeout: float) -> list[tuple[str, Observa
             raise value
         taken.append((name, value))
     return taken
+
+
+#: Taken in place of a per-server semaphore that could never make a lookup wait.
+_NO_LIMIT = contextlib.nullcontext()
 
 
 class _BoundedDns:

@@ -24,6 +24,7 @@ from .journal import EventKind
 from .mail.outgoing import send_mail
 from .mail.recipients import safe_addresses_of
 from .mail.safetynet import recipients_loaded
+from .users import user_key
 
 if TYPE_CHECKING:
     from .context import Guard
@@ -157,8 +158,9 @@ class _Mail:
     context: dict[str, Any]
 
 
-def _mail_of(job: jobs.ClaimedJob) -> _Mail:
+def _mail_of(guard: Guard, job: jobs.ClaimedJob) -> _Mail:
     p = job.payload
+    user_id = user_key(guard, p["user_id"])  # a UUID key comes back from JSON as text
     if job.kind == jobs.EXPIRY_WARNING:
         context = {
             "domain": p["domain"],
@@ -167,8 +169,8 @@ def _mail_of(job: jobs.ClaimedJob) -> _Mail:
             "reason": p["reason"],
             "addresses": list(p["addresses"]),
         }
-        return _Mail("domain_expiring", p["user_id"], None, context)
-    return _Mail("address_unverified", p["user_id"], int(p["exclude_id"]), {"items": p["items"]})
+        return _Mail("domain_expiring", user_id, None, context)
+    return _Mail("address_unverified", user_id, int(p["exclude_id"]), {"items": p["items"]})
 
 
 def _deliver(guard: Guard, runs: list[JobRun], safe: dict[Any, list[tuple[int, str]]]) -> None:
@@ -176,7 +178,7 @@ def _deliver(guard: Guard, runs: list[JobRun], safe: dict[Any, list[tuple[int, s
     ``safe`` maps each user (by JSON key) to their safe ``(address id, address)`` pairs."""
     todo = []
     for run in runs:
-        mail = _mail_of(run.job)
+        mail = _mail_of(guard, run.job)
         pairs = safe.get(_json_key(mail.user_id), [])
         recipients = [address for address_id, address in pairs if address_id != mail.exclude_id]
         if recipients:  # none: every address became unsafe since, nobody left to tell
@@ -209,7 +211,7 @@ def _deliver(guard: Guard, runs: list[JobRun], safe: dict[Any, list[tuple[int, s
 @jobs.register(jobs.EXPIRY_WARNING)
 @jobs.register(jobs.UNVERIFY_NOTICE)
 def _run_one(guard: Guard, run: JobRun) -> None:
-    user_id = run.job.payload["user_id"]
+    user_id = user_key(guard, run.job.payload["user_id"])
     # One user asked, so every row is theirs (whatever type the key came back as).
     safe = [(i, a) for pairs in safe_addresses_of(guard, [user_id]).values() for i, a in pairs]
     _deliver(guard, [run], {_json_key(user_id): safe})
@@ -220,6 +222,6 @@ def _run_one(guard: Guard, run: JobRun) -> None:
 def _run_many(guard: Guard, runs: list[JobRun]) -> None:
     """A claim's warnings and notices: one recipient query, one attempt commit, one SMTP
     connection."""
-    users = [run.job.payload["user_id"] for run in runs]
+    users = [user_key(guard, run.job.payload["user_id"]) for run in runs]
     safe = {_json_key(k): v for k, v in safe_addresses_of(guard, users).items()}
     _deliver(guard, runs, safe)

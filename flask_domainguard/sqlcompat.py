@@ -3,16 +3,34 @@
 MySQL and MariaDB have no ``UPDATE ... RETURNING``; PostgreSQL may run an ``IN (SELECT ...
 LIMIT ...)`` subquery of an ``UPDATE`` again for every row it scans. The helpers here give
 every caller (the sweep's leases, the job table's claims) the same answer on each database.
+Each database also caps the parameters of one statement, which a long ``IN (...)`` list
+binds one by one: :func:`in_chunks` keeps such lists short.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .models import MYSQL_DIALECTS
+
+T = TypeVar("T")
+
+#: Most values one ``IN (...)`` list binds. Each value is a parameter, and a statement may
+#: have at most 999 on SQLite before 3.32 (and builds that keep that default), 32,766 on
+#: later ones, 65,535 through psycopg: a list not bounded by a batch size (the users of one
+#: expiring domain, say) goes in statements of this many values.
+IN_LIST_LIMIT = 500
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in slices of at most :data:`IN_LIST_LIMIT`, one per statement."""
+    size = IN_LIST_LIMIT
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def update_returning(

@@ -26,9 +26,9 @@ def as_utc(value: datetime) -> datetime:
 async def within(awaitable: Awaitable[T], seconds: float) -> T:
     """Await ``awaitable`` for at most ``seconds``; :class:`asyncio.TimeoutError` after.
 
-    :func:`asyncio.wait_for` before Python 3.12 runs the awaitable in a task of its own, and
-    the sweep bounds every lookup twice (about 20 µs of CPU each); :func:`asyncio.timeout`
-    (3.11+) bounds it in the caller's task.
+    :func:`asyncio.wait_for` before Python 3.12 runs the awaitable in a task of its own
+    (about 20 µs of CPU, and the sweep bounds every lookup); :func:`asyncio.timeout` (3.11+)
+    bounds it in the caller's task.
     """
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(seconds):

@@ -137,3 +137,28 @@ def raise_session_epoch(guard: Guard, user_id: Any) -> None:
         .values(session_epoch=UserState.session_epoch + 1)
         .execution_options(synchronize_session="fetch")
     )
+
+
+# -- keys read back ------------------------------------------------------------------------
+
+
+def user_key(guard: Guard, value: Any) -> Any:
+    """A user's primary key as the host's key column takes it, from ``value`` read back from
+    JSON or text (a job's payload, a command-line argument).
+
+    JSON keeps integers and strings; a UUID key travels as text, and SQLAlchemy's ``Uuid``
+    type binds only :class:`uuid.UUID` values on databases without a native UUID type.
+
+    :raises ValueError: when ``value`` cannot be a key of that type (``"abc"`` for an
+        integer key).
+    """
+    try:
+        python_type = guard.models.user_pk.type.python_type
+    except NotImplementedError:  # a type that does not say: the value as it came
+        return value
+    if value is None or isinstance(value, python_type):
+        return value
+    try:
+        return python_type(value)
+    except TypeError as exc:
+        raise ValueError(f"{value!r} is not a {python_type.__name__} user key") from exc

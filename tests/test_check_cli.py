@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskCliRunner
 
+from flask_domainguard.check import check_target
 from flask_domainguard.timeutil import utcnow
 from tests import hostapp
 
@@ -113,3 +115,15 @@ def test_invalid_targets(runner: FlaskCliRunner, statuses: Path) -> None:
     assert result.exit_code == 2
     result = runner.invoke(args=["domainguard", "check", "com"])
     assert result.exit_code == 2
+
+
+def test_check_target_from_a_running_event_loop(guard: Any, statuses: Path) -> None:
+    """An async host (a coroutine calling the sync API) gets the verdict: ``asyncio.run``
+    alone refuses to start inside a running loop."""
+
+    async def host_coroutine() -> Any:
+        return check_target(guard, "www.gone.com")
+
+    result = asyncio.run(host_coroutine())
+    assert result.domain == "gone.com" and result.verdict.kind.value == "released"
+    assert result.observation is not None and result.observation.registered is False

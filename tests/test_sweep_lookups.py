@@ -19,6 +19,8 @@ import pytest
 from flask_domainguard.httpclient import AiohttpClient
 from flask_domainguard.lookups import LookupLimits, Lookups, TokenBucket, make_client
 from flask_domainguard.lookupthread import LookupThread
+from flask_domainguard.status.base import bounds_itself
+from flask_domainguard.status.fastly import FastlyBackend
 from flask_domainguard.status.observation import Observation
 
 
@@ -92,6 +94,10 @@ def test_concurrency_and_per_server_limits() -> None:
     assert len(results) == 60 and all(r.registered for r in results.values())
     assert backend.max_in_flight == 5
     assert max(backend.max_per_server.values()) == 2
+    # A per-server limit at or above the global one is kept by the global one.
+    backend = FakeBackend(delay=0.02)
+    run(backend, LookupLimits(concurrency=5, per_server=5), [f"a{i}.com" for i in range(30)])
+    assert backend.max_in_flight == max(backend.max_per_server.values()) == 5
 
 
 def test_failures_are_retried_a_bounded_number_of_times() -> None:
@@ -131,6 +137,27 @@ def test_a_raising_or_hanging_backend_costs_one_lookup() -> None:
     assert "KeyError" in (results["bug.com"].error or "")
     started = time.monotonic()
     results = run(FakeBackend(delay=30), LookupLimits(retries=0, timeout=0.2), ["hang.com"])
+    assert time.monotonic() - started < 3
+    assert "timed out" in (results["hang.com"].error or "")
+
+
+def test_only_the_packages_own_observe_goes_without_the_outer_clock() -> None:
+    """Lookups puts no second clock around a backend whose ``observe`` keeps the timeout by
+    itself (the Fastly backend: fetch_json's bound); a host's subclass overriding ``observe``
+    loses the mark, and one that ignores the timeout is still cut off."""
+
+    class Hanging(FastlyBackend):
+        async def observe(
+            self, domain: str, *, client: Any = None, timeout: float | None = None
+        ) -> Observation:
+            await asyncio.sleep(30)
+            return Observation(domain=domain, registered=True)
+
+    assert bounds_itself(FastlyBackend(api_key="k"))
+    assert not bounds_itself(Hanging(api_key="k"))
+    assert not bounds_itself(FakeBackend())
+    started = time.monotonic()
+    results = run(Hanging(api_key="k"), LookupLimits(retries=0, timeout=0.2), ["hang.com"])
     assert time.monotonic() - started < 3
     assert "timed out" in (results["hang.com"].error or "")
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..context import current_guard
+from ..users import user_key
 
 
 def guard_for_app() -> Any:
@@ -67,12 +68,8 @@ def user_from_argument(guard: Any, text: str) -> Any:
         row = guard.find_address(text)
         return None if row is None else guard.get_user(row.user_id)
     try:
-        python_type = guard.models.user_pk.type.python_type
-    except NotImplementedError:  # pragma: no cover - exotic key types
-        python_type = str
-    try:
-        key = python_type(text)
-    except (TypeError, ValueError):
+        key = user_key(guard, text)
+    except ValueError:
         return None
     return guard.get_user(key)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..owners import new_run_id
+from ..sqlcompat import in_chunks
 from ..timeutil import utcnow
 from .queue import (
     FAILED,
@@ -135,10 +136,13 @@ def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
     """Run the given jobs right away in this thread (a sweep's warnings after its commit, a
     verification mail): whatever fails here stays in the table for the workers."""
     id_list = list(ids)
-    if not id_list:
-        return DrainReport()
+    report, owner = DrainReport(), new_run_id()
     # Small claims: a worker that dies leaves few jobs waiting for their leases to expire.
-    return drain(guard, new_run_id(), ids=id_list, batch=10)
+    # Each claim names the ids it may take: a chunk of them at a time, as a sweep may queue
+    # a job for each of the many users of one domain.
+    for chunk in in_chunks(id_list):
+        drain(guard, owner, ids=chunk, batch=10, report=report)
+    return report
 
 
 def retry_failed(guard: Guard) -> int:

@@ -36,6 +36,7 @@ from ..dnsevidence import EVIDENCE, role_for
 from ..dnsverdict import BASELINE_COLUMNS, Baseline
 from ..domainstate import STATE_COLUMNS, DomainState, load_state, policy_of, verdict_for
 from ..models import DOMAIN_REASONS
+from ..sqlcompat import in_chunks
 from ..timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[t
     # The Domain's columns under their own names (none clashes with the address columns),
     # so each result row reads as a Domain row too.
     columns = [getattr(Domain, column) for column in STATE_COLUMNS]
-    rows = guard.db.session.execute(
+    query = (
         sa.select(
             EmailAddress.id,
             EmailAddress.user_id,
@@ -179,14 +180,19 @@ def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[t
             *columns,
         )
         .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
-        .where(EmailAddress.user_id.in_(wanted), EmailAddress.verified_at.is_not(None))
+        .where(EmailAddress.verified_at.is_not(None))
         .order_by(EmailAddress.user_id, EmailAddress.primary.desc(), EmailAddress.id)
     )
     safe: dict[Any, list[tuple[int, str]]] = {}
-    for row in rows:
-        state = DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
-        if may_receive(guard, row, Purpose.NOTICE, state=state):
-            safe.setdefault(row.user_id, []).append((row.id, row.address))
+    # The users of one expiring domain are unbounded: a statement per chunk of them (each
+    # user's rows stay in one statement, in order).
+    for chunk in in_chunks(wanted):
+        for row in guard.db.session.execute(query.where(EmailAddress.user_id.in_(chunk))):
+            state = (
+                DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
+            )
+            if may_receive(guard, row, Purpose.NOTICE, state=state):
+                safe.setdefault(row.user_id, []).append((row.id, row.address))
     return safe
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -26,6 +26,8 @@ __all__ = [
     "LoopClient",
     "StatusBackend",
     "backend_covers",
+    "bounds_itself",
+    "keeps_its_timeout",
     "observe_sync",
     "parse_datetime",
     "run_sync",
@@ -91,6 +93,29 @@ def backend_covers(backend: StatusBackend, domain: str) -> bool | None:
     except Exception:
         return None
     return answer if isinstance(answer, bool) else None
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+#: The attribute :func:`keeps_its_timeout` sets on an ``observe`` method.
+_KEEPS_TIMEOUT = "_domainguard_keeps_timeout"
+
+
+def keeps_its_timeout(observe: _Method) -> _Method:
+    """Mark a backend's ``observe`` as ending within its ``timeout`` argument by itself
+    (every await inside one bound), so :class:`~flask_domainguard.lookups.Lookups` need not
+    put a second clock around it: a timer per lookup is measurable CPU in a sweep.
+
+    The mark sits on the function, not the class: a subclass that overrides ``observe``
+    (a host's own code) loses it and is bounded by ``Lookups`` again.
+    """
+    setattr(observe, _KEEPS_TIMEOUT, True)
+    return observe
+
+
+def bounds_itself(backend: StatusBackend) -> bool:
+    """Whether ``backend.observe`` is marked by :func:`keeps_its_timeout`."""
+    return getattr(getattr(backend, "observe", None), _KEEPS_TIMEOUT, False) is True
 
 
 def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = None) -> Observation:

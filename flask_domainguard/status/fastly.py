@@ -28,15 +28,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypedDict
-from urllib.parse import urlencode
 
 import httpx
 from typing_extensions import Unpack
 
 from ..config import ConfigError, Settings, load_settings
-from .base import LoopClient, not_a_domain, to_alabel, user_agent
+from .base import LoopClient, keeps_its_timeout, not_a_domain, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
+from .urls import Endpoint, Target
 
 __all__ = [
     "REGISTERED_FLAGS",
@@ -127,6 +127,11 @@ def parse_fastly_status(doc: Mapping[str, Any], domain: str | None = None) -> Ob
     """
     wanted = to_alabel(domain) if isinstance(domain, str) else None
     fallback = wanted or (domain.strip().lower() if isinstance(domain, str) else "")
+    return _parse_safely(doc, wanted, fallback)
+
+
+def _parse_safely(doc: Mapping[str, Any], wanted: str | None, fallback: str) -> Observation:
+    """:func:`_parse`, never raising; ``wanted`` is an A-label already (or ``None``)."""
     try:
         return _parse(doc, wanted, fallback)
     except Exception as exc:  # the contract is "never raises"
@@ -172,14 +177,15 @@ def _parse(doc: Mapping[str, Any], wanted: str | None, fallback: str) -> Observa
     name = holder.get("domain")
     if name is not None and not isinstance(name, str):
         return Observation.failed(fallback, "domain is not text", source=source)
-    answered = to_alabel(name) if name else None
+    # The usual answer names the domain exactly as asked: an A-label already.
+    answered = wanted if name == wanted else to_alabel(name) if name else None
     if name and answered is None:
         return Observation.failed(fallback, f"{_short(name, 60)!r} is not a domain", source=source)
     if wanted is not None and answered is not None and answered != wanted:
         return Observation.failed(
             wanted, f"the answer is about {answered}, not {wanted}", source=source
         )
-    flags = [flag for flag in re.split(r"\s+", flags_text.strip().lower()) if flag]
+    flags = flags_text.lower().split()  # any Unicode whitespace, as re's \s
     registered, error = classify_flags(flags)
     return Observation(
         domain=wanted or answered or fallback,
@@ -256,8 +262,8 @@ class _StatusApiBackend:
         self.allow_private = settings.status_allow_private
         self._clients = LoopClient(client)
         self._headers = {"Accept": "application/json", "User-Agent": user_agent()}
-        self._server_for: str | None = None
-        self._server_key = ""
+        self._endpoint_for: str | None = None
+        self._endpoint: Endpoint
 
     def __repr__(self) -> str:  # never show the key
         return f"<{type(self).__name__} {self.url}>"
@@ -268,24 +274,28 @@ class _StatusApiBackend:
 
     def server_key(self, domain: str) -> str:
         """Every lookup goes to the one API host."""
-        if self._server_for != self.url:  # parsed once per URL: this runs for every lookup
-            self._server_key = httpx.URL(self.url).netloc.decode("ascii", "replace")
-            self._server_for = self.url
-        return self._server_key
+        return self._parsed_url().netloc
 
-    def _with_params(self, params: dict[str, str]) -> str:
-        """:attr:`url` with ``params`` added to its query. Built as text: parsing an
-        :class:`httpx.URL` costs about 15 µs, and fetch_json parses the result once anyway."""
-        separator = "&" if "?" in self.url else "?"
-        return f"{self.url}{separator}{urlencode(params)}"
+    def _parsed_url(self) -> Endpoint:
+        """:attr:`url`, parsed once per value: every lookup reads it, and parsing costs more
+        than the rest of a lookup's own work."""
+        if self._endpoint_for != self.url:
+            self._endpoint = Endpoint(self.url)
+            self._endpoint_for = self.url
+        return self._endpoint
+
+    def _with_params(self, params: dict[str, str]) -> Target:
+        """:attr:`url` with ``params`` added to its query."""
+        return self._parsed_url().with_query(params)
 
     async def aclose(self) -> None:
         """Close the HTTP client the backend created itself (never an injected one)."""
         await self._clients.aclose()
 
-    def _request(self, domain: str) -> tuple[str, dict[str, str]]:
+    def _request(self, domain: str) -> tuple[Target, dict[str, str]]:
         raise NotImplementedError
 
+    @keeps_its_timeout  # every await is fetch_json's, which ends within the timeout
     async def observe(
         self,
         domain: str,
@@ -348,8 +358,8 @@ class _StatusApiBackend:
         if body is None:
             what = result.body_error or ("empty" if result.empty else "JSON but not an object")
             return failed(f"answer of {host} is {what}")
-        obs = parse_fastly_status(body, asked)
-        return replace(obs, source=self.name, domain=asked)
+        obs = _parse_safely(body, asked, asked)  # about ``asked`` (an A-label) or failed
+        return obs if obs.source == self.name else replace(obs, source=self.name)
 
 
 class FastlyBackend(_StatusApiBackend):
@@ -373,7 +383,7 @@ class FastlyBackend(_StatusApiBackend):
         key = api_key or base.fastly_api_key
         super().__init__(base, key=key, default_url=base.fastly_url, **options)
 
-    def _request(self, domain: str) -> tuple[str, dict[str, str]]:
+    def _request(self, domain: str) -> tuple[Target, dict[str, str]]:
         return self._with_params({"domain": domain}), {"Fastly-Key": self._key}
 
 
@@ -405,5 +415,5 @@ class DomainrBackend(_StatusApiBackend):
         if _KEY_FILTER not in httpx_logger.filters:
             httpx_logger.addFilter(_KEY_FILTER)
 
-    def _request(self, domain: str) -> tuple[str, dict[str, str]]:
+    def _request(self, domain: str) -> tuple[Target, dict[str, str]]:
         return self._with_params({"client_id": self._key, "domain": domain}), {}

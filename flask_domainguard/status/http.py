@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -21,9 +21,10 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
-from ..httpclient import ACCEPT_ENCODING, AiohttpClient, decoded
+from ..httpclient import ACCEPT_ENCODING, AiohttpClient, Answer, decoded
 from ..netguard import AddressRefused, PeerGuard, proxied, url_refusal
 from ..timeutil import utcnow, within
+from .urls import Target
 
 __all__ = ["MAX_REDIRECTS", "MAX_RETRY_AFTER", "FetchResult", "fetch_json", "parse_retry_after"]
 
@@ -41,8 +42,8 @@ MAX_RETRY_AFTER = 86400.0
 class FetchResult:
     """What one GET returned.
 
-    :param url: the URL finally answered (after redirects). It may carry a query-string key
-        (Domainr), so it is never put into errors or logs.
+    :param target: the URL finally answered (after redirects), also as :attr:`url`. It may
+        carry a query-string key (Domainr), so it is never put into errors or logs.
     :param status: HTTP status code, ``None`` when no HTTP answer was read.
     :param error: why nothing usable came back (timeout, connection, TLS, redirects, size),
         already free of secrets; ``None`` otherwise.
@@ -54,7 +55,7 @@ class FetchResult:
     :param hosts: the hosts contacted, first to last (``host`` or ``host:port``).
     """
 
-    url: httpx.URL
+    target: Target
     status: int | None = None
     error: str | None = None
     data: Any = None
@@ -66,9 +67,14 @@ class FetchResult:
     hosts: tuple[str, ...] = ()
 
     @property
+    def url(self) -> httpx.URL:
+        """The URL finally answered (after redirects)."""
+        return self.target.url
+
+    @property
     def host(self) -> str:
         """The host that gave the final answer."""
-        return self.hosts[-1] if self.hosts else _netloc(self.url)
+        return self.hosts[-1] if self.hosts else self.target.netloc
 
 
 class _Response(Protocol):
@@ -84,10 +90,6 @@ class _Response(Protocol):
     def aiter_bytes(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
-
-
-def _netloc(url: httpx.URL) -> str:
-    return url.netloc.decode("ascii", "replace")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -141,7 +143,7 @@ def _describe(exc: BaseException, host: str) -> str:
 
 async def fetch_json(
     client: httpx.AsyncClient,
-    url: str | httpx.URL,
+    url: str | httpx.URL | Target,
     *,
     headers: Mapping[str, str],
     max_bytes: int,
@@ -163,6 +165,7 @@ async def fetch_json(
     (:mod:`flask_domainguard.netguard`); a refused one is a failed fetch with ``error`` set,
     and nothing is sent to it.
 
+    :param url: a :class:`Target` from an :class:`Endpoint` saves parsing it per fetch.
     :param headers: sent with every request.
     :param secret_headers: sent only to the origin of ``url``.
     :param secrets: strings to blank out of any error text (keys in query strings).
@@ -172,7 +175,7 @@ async def fetch_json(
     :param allow_private: network-derived URLs may reach private addresses, over plain http
         too (``DOMAINGUARD_STATUS_ALLOW_PRIVATE``).
     """
-    start = httpx.URL(url)
+    start = url if isinstance(url, Target) else Target.of(httpx.URL(url))
     secret_list = [s for s in secrets if s]
     try:
         return await within(
@@ -191,13 +194,13 @@ async def fetch_json(
             timeout,
         )
     except asyncio.TimeoutError:
-        error = f"timed out after {timeout:g} s waiting for {_netloc(start)}"
-        return FetchResult(url=start, error=error, hosts=())
+        error = f"timed out after {timeout:g} s waiting for {start.netloc}"
+        return FetchResult(target=start, error=error, hosts=())
 
 
 async def _fetch(
     client: httpx.AsyncClient,
-    start: httpx.URL,
+    start: Target,
     *,
     headers: Mapping[str, str],
     secret_headers: Mapping[str, str],
@@ -211,34 +214,35 @@ async def _fetch(
     current = start
     hosts: list[str] = []
     status: int | None = None  # of the redirect that led here
+    # Built once per fetch, not per hop: the secret headers go to the first origin only.
+    other_origin = dict(headers)
+    if not any(name.lower() == "accept-encoding" for name in other_origin):
+        # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
+        # their packages are installed).
+        other_origin["Accept-Encoding"] = ACCEPT_ENCODING
+    first_origin = {**other_origin, **secret_headers} if secret_headers else other_origin
     for _hop in range(max_redirects + 1):
-        host = _netloc(current)
+        host = current.netloc
         hosts.append(host)
         same_origin = current.scheme == start.scheme and current.netloc == start.netloc
-        send_headers = dict(headers)
-        if not any(name.lower() == "accept-encoding" for name in send_headers):
-            # Only what _read decodes in bounded pieces (httpx would offer br or zstd when
-            # their packages are installed).
-            send_headers["Accept-Encoding"] = ACCEPT_ENCODING
-        if same_origin:
-            send_headers.update(secret_headers)
+        send_headers = first_origin if same_origin else other_origin
         guard: PeerGuard | None = None
         if not (trusted and same_origin):
-            refusal = url_refusal(current, allow_private=allow_private)
+            # The checks read the origin only (scheme, host, port).
+            origin = current.origin
+            refusal = url_refusal(origin, allow_private=allow_private)
             if refusal is not None:
                 return _refused(current, status, hosts, refusal)
-            guard = PeerGuard(
-                current, allow_private=allow_private, proxied=proxied(client, current)
-            )
+            guard = PeerGuard(origin, allow_private=allow_private, proxied=proxied(client, origin))
         response: _Response
         try:
             if isinstance(client, AiohttpClient):
                 # The sweep's client: straight to aiohttp, which checks the guard itself.
-                response = await client.aiohttp.get(current, send_headers, guard)
+                response = await client.aiohttp.get(current.text, send_headers, guard)
             else:
                 request = client.build_request(
                     "GET",
-                    current,
+                    current.url,
                     headers=send_headers,
                     timeout=timeout,
                     extensions=guard.extensions() if guard is not None else None,
@@ -248,7 +252,7 @@ async def _fetch(
             return _refused(current, status, hosts, str(exc))
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return FetchResult(
-                url=current, error=_redact(_describe(exc, host), secrets), hosts=tuple(hosts)
+                target=current, error=_redact(_describe(exc, host), secrets), hosts=tuple(hosts)
             )
         try:
             refusal = (
@@ -261,17 +265,17 @@ async def _fetch(
             location = response.headers.get("location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 try:
-                    target = current.join(location)
+                    target = current.url.join(location)
                 except (httpx.InvalidURL, ValueError):
                     return FetchResult(
-                        url=current,
+                        target=current,
                         status=response.status_code,
                         error=f"{host} redirected to an invalid URL",
                         hosts=tuple(hosts),
                     )
                 if target.scheme not in ("http", "https"):
                     return FetchResult(
-                        url=current,
+                        target=current,
                         status=response.status_code,
                         error=f"{host} redirected to a non-HTTP URL",
                         hosts=tuple(hosts),
@@ -279,32 +283,32 @@ async def _fetch(
                 if current.scheme == "https" and target.scheme == "http":
                     # A downgrade would let anyone on the path forge the answer.
                     return FetchResult(
-                        url=current,
+                        target=current,
                         status=response.status_code,
                         error=f"{host} redirected from https to plain http; not followed",
                         hosts=tuple(hosts),
                     )
-                current = target
+                current = Target.of(target)
                 status = response.status_code
                 continue
             return await _read(response, current, max_bytes, secrets, tuple(hosts))
         finally:
             await response.aclose()
     return FetchResult(
-        url=current,
+        target=current,
         error=f"more than {max_redirects} redirects, starting at {hosts[0]}",
         hosts=tuple(hosts),
     )
 
 
-def _refused(url: httpx.URL, status: int | None, hosts: list[str], why: str) -> FetchResult:
+def _refused(url: Target, status: int | None, hosts: list[str], why: str) -> FetchResult:
     """A network-derived URL that may not be contacted: a failed fetch, never an answer."""
     if len(hosts) > 1:
         error = f"{hosts[-2]} redirected to {hosts[-1]}, not followed: {why}"
     else:
         error = f"{hosts[-1]} not contacted: {why}"
     return FetchResult(
-        url=url,
+        target=url,
         status=status,
         error=error + " (a URL from the network must be https to a public address)",
         hosts=tuple(hosts),
@@ -313,7 +317,7 @@ def _refused(url: httpx.URL, status: int | None, hosts: list[str], why: str) -> 
 
 async def _read(
     response: _Response,
-    url: httpx.URL,
+    url: Target,
     max_bytes: int,
     secrets: list[str],
     hosts: tuple[str, ...],
@@ -324,38 +328,57 @@ async def _read(
     retry_after = (
         parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
     )
-    # What every outcome of this answer shares; each return below adds its own fields.
-    answer = FetchResult(
-        url=url, status=status, retry_after=retry_after, content_type=content_type, hosts=hosts
-    )
+
+    def result(**outcome: Any) -> FetchResult:
+        # Every outcome of this answer shares these fields; each adds its own.
+        return FetchResult(
+            target=url,
+            status=status,
+            retry_after=retry_after,
+            content_type=content_type,
+            hosts=hosts,
+            **outcome,
+        )
+
     too_big = f"answer of {host} is larger than {max_bytes} bytes; not read"
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > max_bytes:
-        return replace(answer, error=too_big)
-    chunks: list[bytes] = []
-    size = 0
-    # Decompressed bytes in bounded pieces, so a gzip bomb is cut off at the cap before it
-    # fills memory: httpx's own decoding (aiter_bytes) inflates each read whole.
-    pieces = (
-        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
-        if isinstance(response, httpx.Response)
-        else response.aiter_bytes()
-    )
+        return result(error=too_big)
     try:
-        async for chunk in pieces:
-            size += len(chunk)
-            if size > max_bytes:
-                return replace(answer, error=too_big)
-            chunks.append(chunk)
+        body = await _body(response, max_bytes)
     except httpx.HTTPError as exc:
-        return replace(answer, error=_redact(_describe(exc, host), secrets))
-    body = b"".join(chunks)
+        return result(error=_redact(_describe(exc, host), secrets))
+    if body is None:
+        return result(error=too_big)
     if not body.strip():
-        return replace(answer, empty=True)
+        return result(empty=True)
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers bad JSON, bad encodings and huge integers; RecursionError a
         # hostile, deeply nested document.
-        return replace(answer, body_error=f"not JSON ({content_type or 'no content type'})")
-    return replace(answer, data=data, is_json=True)
+        return result(body_error=f"not JSON ({content_type or 'no content type'})")
+    return result(data=data, is_json=True)
+
+
+async def _body(response: _Response, max_bytes: int) -> bytes | None:
+    """The decompressed body, or ``None`` once it is longer than ``max_bytes``.
+
+    Decompressed in bounded pieces, so a gzip bomb is cut off at the cap before it fills
+    memory: httpx's own decoding (``aiter_bytes``) inflates each read whole.
+    """
+    if isinstance(response, Answer):
+        return await response.read_capped(max_bytes)
+    pieces = (
+        decoded(response.aiter_raw(), response.headers.get("content-encoding", ""))
+        if isinstance(response, httpx.Response)
+        else response.aiter_bytes()
+    )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in pieces:
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

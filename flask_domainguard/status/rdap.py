@@ -48,6 +48,7 @@ from ..timeutil import utcnow
 from .base import LoopClient, not_a_domain, parse_datetime, to_alabel, user_agent
 from .http import FetchResult, fetch_json
 from .observation import Observation
+from .urls import Endpoint, Target
 
 __all__ = [
     "BOOTSTRAP_CACHE_NAME",
@@ -372,6 +373,8 @@ class RdapBackend:
 
         self._clients = LoopClient(client)
         self._headers = {"Accept": RDAP_ACCEPT, "User-Agent": user_agent()}
+        #: Base URLs parsed once (a sweep looks up thousands of domains per server).
+        self._endpoints: dict[str, Endpoint | None] = {}
         self._bootstrap: _Bootstrap | None = None
         self._file_tried = False
         self._retry_at: datetime | None = None
@@ -455,7 +458,7 @@ class RdapBackend:
         base, configured = found
         result = await fetch_json(
             http,
-            f"{base}domain/{asked}",
+            self._domain_url(base, asked),
             headers=self._headers,
             max_bytes=self.max_response_bytes,
             timeout=timeout,
@@ -467,6 +470,22 @@ class RdapBackend:
             "RDAP %s via %s: registered=%s error=%s", asked, result.host, obs.registered, obs.error
         )
         return obs
+
+    def _domain_url(self, base: str, asked: str) -> Target | str:
+        """``{base}domain/{asked}``, from the base parsed once; as text (parsed by fetch_json)
+        when the base is no URL a path can be added to."""
+        if base not in self._endpoints:
+            if len(self._endpoints) >= _MAX_ENDPOINTS:  # bases come from the network
+                self._endpoints.clear()
+            try:
+                endpoint: Endpoint | None = Endpoint(base)
+            except (httpx.InvalidURL, ValueError):  # parsed as text by fetch_json, as before
+                endpoint = None
+            self._endpoints[base] = endpoint if endpoint and endpoint.takes_path else None
+        endpoint = self._endpoints[base]
+        if endpoint is None:
+            return f"{base}domain/{asked}"
+        return endpoint.with_path("domain", asked)
 
     def _base(self, domain: str) -> tuple[str, bool] | None:
         """The base URL for ``domain`` and whether it is configured (trusted) rather than
@@ -624,6 +643,10 @@ class RdapBackend:
 
 
 # -- reading an answer ---------------------------------------------------------------------
+
+
+#: Parsed base URLs kept by one backend: more than the servers of any bootstrap file.
+_MAX_ENDPOINTS = 4096
 
 
 def interpret_answer(asked: str, base: str, result: FetchResult) -> Observation:

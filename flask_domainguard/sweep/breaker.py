@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from .. import signals
 from ..journal import EventKind, transaction
 from ..models import UnverifyReason
-from ..sqlcompat import locked_ids, update_returning
+from ..sqlcompat import in_chunks, locked_ids, update_returning
 from ..timeutil import utcnow
 from .notices import Notice, deliver, lock_addresses, queue_notices, unverify_for
 from .report import SweepReport
@@ -86,10 +86,12 @@ def _hold_all(store: SweepStore, report: SweepReport, count: int) -> None:
             {"resolution": None},
             [H.c.id, H.c.address_id, H.c.domain, H.c.reason],
         )
+        # All of the run's planned actions (many, when the breaker trips): chunked lookups.
         by_id = {
             a.id: a
+            for chunk in in_chunks([r[1] for r in rows])
             for a in store.session.scalars(
-                sa.select(EmailAddress).where(EmailAddress.id.in_([r[1] for r in rows]))
+                sa.select(EmailAddress).where(EmailAddress.id.in_(chunk))
             )
         }
         for held_id, address_id, domain, reason in rows:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from ..dnsverdict import BASELINE_COLUMNS, Baseline
 from ..domainstate import STATE_COLUMNS, DomainState, first_seen_update
 from ..models import MYSQL_DIALECTS, UnverifyReason
-from ..sqlcompat import update_returning
+from ..sqlcompat import in_chunks, update_returning
 from ..timeutil import as_utc, utcnow
 from ..verdict import Verdict, VerdictKind
 
@@ -403,15 +403,18 @@ class SweepStore:
         if not planned:
             return 0
         ids = [row.id for row, _ in planned]
-        pending = set(
-            session.scalars(
+        # Every address of a batch's unsafe domains: unbounded, hence a statement per chunk.
+        pending = {
+            address_id
+            for chunk in in_chunks(ids)
+            for address_id in session.scalars(
                 sa.select(H.c.address_id).where(
-                    H.c.address_id.in_(ids),
+                    H.c.address_id.in_(chunk),
                     H.c.resolved_at.is_(None),
                     sa.or_(H.c.resolution.is_(None), H.c.resolution == PLANNED),
                 )
             )
-        )
+        }
         rows = [
             {
                 "address_id": row.id,
