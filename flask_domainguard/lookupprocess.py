@@ -248,7 +248,8 @@ class LookupProcess:
                 message = conn.recv()
                 heard = time.monotonic()
             except (EOFError, OSError):
-                code = self._process.exitcode if self._process is not None else None
+                self._process.join(timeout=5.0)  # for its exit code
+                code = self._process.exitcode
                 self._fail(f"the lookup process ended unexpectedly (exit code {code})")
                 return
             if message[0] == "results":
