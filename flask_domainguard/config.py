@@ -566,6 +566,14 @@ OPTIONS: dict[str, Option] = {
         _non_negative_float,
         "Global lookups per second during a sweep; 0 means no limit beyond concurrency.",
     ),
+    "DOMAINGUARD_SWEEP_LOOKUPS": _opt(
+        "sweep_lookups",
+        "auto",
+        _choice("auto", "thread", "process"),
+        "Where a sweep runs its lookups: 'thread' (beside the database work, sharing one "
+        "interpreter), 'process' (a forked child on a core of its own, Linux only) or 'auto' "
+        "(the process for 2000 due domains or more, with two cores and no other thread running).",
+    ),
     "DOMAINGUARD_SWEEP_RETRIES": _opt(
         "sweep_retries",
         3,
@@ -823,6 +831,7 @@ class Settings:
     max_unverify: int
     recheck_after: timedelta
     sweep_concurrency: int
+    sweep_lookups: str
     sweep_per_server: int
     sweep_rate: float
     sweep_retries: int

@@ -14,22 +14,22 @@ A lookup never raises: whatever goes wrong comes back as a failed
 :class:`~flask_domainguard.status.observation.Observation`, which the policy reads as
 "cannot tell" and never acts on.
 
-:class:`LookupThread` runs an event loop in a background thread so that the sweep's
-database work (synchronous, in the Flask app context) overlaps with the lookups in flight.
+:mod:`~flask_domainguard.lookupthread` and :mod:`~flask_domainguard.lookupprocess` run
+them for the sweep beside its database work, in a thread or in a child process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
+import queue
 import random
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -40,7 +40,14 @@ from .status.dnslookup import DnsLookup
 from .status.observation import DnsObservation, Observation
 from .timeutil import within
 
-__all__ = ["LookupLimits", "LookupThread", "Lookups", "TokenBucket", "make_client"]
+__all__ = [
+    "Finished",
+    "LookupLimits",
+    "Lookups",
+    "TokenBucket",
+    "make_client",
+    "take_finished",
+]
 
 log = logging.getLogger(__name__)
 
@@ -279,16 +286,50 @@ class Lookups:
     async def observe_many(self, domains: Iterable[str]) -> dict[str, Observation]:
         """Look every domain up at once (within the limits); results by domain."""
         names = list(dict.fromkeys(domains))
+        results: dict[str, Observation] = {}
+        await self.observe_each(names, results.__setitem__)
+        return {name: results[name] for name in names}
+
+    async def observe_each(
+        self, domains: Iterable[str], deliver: Callable[[str, Observation], object]
+    ) -> None:
+        """Look every domain up at once (within the limits), handing each observation to
+        ``deliver`` as soon as it is in."""
+        names = list(dict.fromkeys(domains))
         self.pending += len(names)
 
-        async def one(name: str) -> Observation:
+        async def one(name: str) -> None:
             try:
-                return await self.observe(name)
+                deliver(name, await self.observe(name))
             finally:
                 self.pending -= 1
 
-        results = await asyncio.gather(*(one(name) for name in names))
-        return dict(zip(names, results, strict=True))
+        await asyncio.gather(*(one(name) for name in names))
+
+
+#: What a lookup worker has finished: ``(domain, observation)``, or ``(None, error)`` once the
+#: worker itself failed.
+Finished = queue.SimpleQueue[tuple[str | None, Any]]
+
+
+def take_finished(finished: Finished, timeout: float) -> list[tuple[str, Observation]]:
+    """The observations in ``finished``: waits up to ``timeout`` seconds for the first, then
+    takes whatever else is there. Raises the worker's failure, if it reported one."""
+    try:
+        items = [finished.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            items.append(finished.get_nowait())
+        except queue.Empty:
+            break
+    taken: list[tuple[str, Observation]] = []
+    for name, value in items:
+        if name is None:
+            raise value
+        taken.append((name, value))
+    return taken
 
 
 #: Taken in place of a per-server semaphore that could never make a lookup wait.
@@ -309,88 +350,3 @@ class _BoundedDns:
             self._slots = asyncio.Semaphore(self._limit)
         async with self._slots:
             return await self._lookup.observe(domain)
-
-
-class LookupThread:
-    """An event loop in a daemon thread running one :class:`Lookups` for a whole sweep.
-
-    ``submit(domains)`` returns a :class:`concurrent.futures.Future` of the observations, so
-    the caller can claim and apply other batches while these lookups run.
-    """
-
-    def __init__(
-        self,
-        backend: StatusBackend,
-        limits: LookupLimits,
-        *,
-        dns: DnsLookup | None = None,
-        dns_mode: str = "off",
-    ) -> None:
-        self._backend = backend
-        self._limits = limits
-        self._dns = dns
-        self._dns_mode = dns_mode
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._lookups: Lookups | None = None
-        self._thread = threading.Thread(target=self._run, name="domainguard-lookups", daemon=True)
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            async with Lookups(
-                self._backend, self._limits, dns=self._dns, dns_mode=self._dns_mode
-            ) as lookups:
-                self._lookups = lookups
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as exc:  # reported to the caller by start()
-            self._error = exc
-            self._ready.set()
-
-    def start(self) -> LookupThread:
-        """Start the loop and its HTTP client."""
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise RuntimeError(f"could not start the lookups: {self._error}") from self._error
-        return self
-
-    @property
-    def pending(self) -> int:
-        """Domains submitted whose lookups have not finished (read from any thread)."""
-        return self._lookups.pending if self._lookups is not None else 0
-
-    @property
-    def attempts(self) -> int:
-        """Lookup attempts made so far (retries included)."""
-        return self._lookups.attempts if self._lookups is not None else 0
-
-    def submit(self, domains: Iterable[str]) -> concurrent.futures.Future[dict[str, Observation]]:
-        """Start looking ``domains`` up; the future holds their observations."""
-        if self._lookups is None:
-            raise RuntimeError("call start() first")
-        return asyncio.run_coroutine_threadsafe(
-            self._lookups.observe_many(list(domains)), self._loop
-        )
-
-    def close(self) -> None:
-        """Close the HTTP client and stop the loop (waits for lookups in flight)."""
-        if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join()
-
-    def __enter__(self) -> LookupThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

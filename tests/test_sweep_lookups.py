@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from flask_domainguard.httpclient import AiohttpClient
-from flask_domainguard.lookups import LookupLimits, Lookups, LookupThread, TokenBucket, make_client
+from flask_domainguard.lookups import LookupLimits, Lookups, TokenBucket, make_client
+from flask_domainguard.lookupthread import LookupThread
 from flask_domainguard.status.base import bounds_itself
 from flask_domainguard.status.fastly import FastlyBackend
 from flask_domainguard.status.observation import Observation

@@ -29,7 +29,6 @@ starts over. A failed lookup changes nothing but the schedule (backoff, capped a
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +41,9 @@ from ..domainstate import (
 )
 from ..jobs import EXPIRY_WARNING, UNVERIFY_NOTICE
 from ..jobs import drain as drain_jobs
-from ..lookups import LookupLimits, LookupThread
+from ..lookupprocess import LookupProcess, choose_worker
+from ..lookups import LookupLimits
+from ..lookupthread import LookupThread
 from ..owners import new_run_id, owner_alive
 from ..status.observation import Observation
 from ..timeutil import as_utc, utcnow
@@ -56,12 +57,16 @@ if TYPE_CHECKING:
     from ..context import Guard
     from ..status.base import StatusBackend
 
-__all__ = ["MAX_BATCHES_IN_FLIGHT", "Sweep"]
+__all__ = ["APPLY_WITHIN", "MAX_BATCHES_IN_FLIGHT", "Sweep"]
 
 log = logging.getLogger(__name__)
 
-#: Batches whose lookups may be unfinished at once (each holds its domains' leases).
+#: Batches' worth of claimed domains that may be unapplied at once (each holds its lease).
 MAX_BATCHES_IN_FLIGHT = 16
+
+#: Seconds a finished lookup waits for others to fill its batch before it is applied anyway:
+#: a few slow retries must not hold back the observations that are in.
+APPLY_WITHIN = 0.5
 
 
 class Sweep:
@@ -82,6 +87,9 @@ class Sweep:
     :param dry_run: look up and report, write nothing (no leases either).
     :param concurrency: lookups in flight at once (``DOMAINGUARD_SWEEP_CONCURRENCY``).
     :param retry_base: first retry delay in seconds within the run.
+    :param lookups: where the lookups run: ``"thread"``, ``"process"`` (a forked child, see
+        :mod:`flask_domainguard.lookupprocess`) or ``"auto"``
+        (``DOMAINGUARD_SWEEP_LOOKUPS`` by default).
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class Sweep:
         dry_run: bool = False,
         concurrency: int | None = None,
         retry_base: float = 0.5,
+        lookups: str | None = None,
     ) -> None:
         self.guard = guard
         self.settings = settings = guard.settings
@@ -126,7 +135,12 @@ class Sweep:
         )
         self.record = RunRecord(guard, self.run_id, dry_run=dry_run)
         self._applier = BatchApplier(self.store, self.report, self.backend)
-        self._thread: LookupThread | None = None
+        self._thread: LookupThread | LookupProcess | None = None
+        #: ``"thread"``, ``"process"`` or ``"auto"``, which :meth:`run` settles by the number
+        #: of domains due before its first claim (a bare :meth:`lookup_batch` uses a thread).
+        self.lookups = lookups or settings.sweep_lookups
+        if self.lookups not in ("auto", "thread", "process"):
+            raise ValueError(f"lookups must be 'auto', 'thread' or 'process', not {lookups!r}")
 
     # -- 1. what is due (the SQL is in .store) -----------------------------------------------
 
@@ -181,9 +195,12 @@ class Sweep:
 
     # -- 2. lookups --------------------------------------------------------------------------
 
-    def _lookups(self) -> LookupThread:
+    def _lookups(self) -> LookupThread | LookupProcess:
         if self._thread is None:
-            self._thread = LookupThread(
+            in_process = self.lookups == "process"
+            worker = LookupProcess if in_process else LookupThread
+            self.report.lookups_in = "process" if in_process else "thread"
+            self._thread = worker(
                 self.backend,
                 self.limits,
                 dns=dns_lookup(self.settings),
@@ -203,8 +220,9 @@ class Sweep:
     def close(self) -> None:
         """Stop the lookup thread and its HTTP client."""
         if self._thread is not None:
-            self.report.attempts = self._thread.attempts
             self._thread.close()
+            # After closing: a lookup process reports its last count as it stops.
+            self.report.attempts = self._thread.attempts
             self._thread = None
 
     # -- 3. acting on the results (.apply) ----------------------------------------------------
@@ -236,10 +254,10 @@ class Sweep:
     ) -> SweepReport:
         """Claim, look up and apply batch after batch until nothing is due, then finish.
 
-        Batches are applied as their lookups complete, in any order, and new batches are
-        claimed while fewer than two batches' worth of lookups are unfinished: a batch
-        waiting for a few retries (with backoff, or a server's Retry-After) does not hold
-        up the others.
+        Observations are applied as they come in, a batch at a time (or sooner, when the
+        first of them has waited :data:`APPLY_WITHIN`), and new batches are claimed while
+        fewer than two batches' worth of lookups are unfinished: a domain waiting for a few
+        retries (with backoff, or a server's Retry-After) holds up no other.
 
         :param limit: check at most this many domains.
         :param names: check these registrable domains (due or not) instead of the due ones.
@@ -255,18 +273,23 @@ class Sweep:
             if names is not None:
                 trusted = self.settings.trusted_domains
                 report.skipped_trusted = sum(1 for name in names if name in trusted)
+        if self.lookups == "auto" and self._thread is None:
+            due = len(names) if names is not None else self.count_due()
+            self.lookups = choose_worker("auto", due if limit is None else min(due, limit))
         batch_size = self.settings.sweep_batch_size
         remaining = limit
         pending_names = list(names) if names is not None else None
-        in_flight: dict[Any, list[Claim]] = {}
-        applying: list[Claim] = []
+        # Leased to this run and not yet applied, by name: what a failure gives back.
+        claimed: dict[str, Claim] = {}
+        ready: list[tuple[Claim, Observation]] = []
+        ready_since = 0.0
         exhausted = False
         try:
             while True:
                 while (
                     not exhausted
-                    and len(in_flight) < MAX_BATCHES_IN_FLIGHT
-                    and (len(in_flight) < 2 or self._lookups().pending < 2 * batch_size)
+                    and len(claimed) < MAX_BATCHES_IN_FLIGHT * batch_size
+                    and (self._thread is None or self._thread.pending < 2 * batch_size)
                 ):
                     size = batch_size if remaining is None else min(batch_size, remaining)
                     if size <= 0:
@@ -282,26 +305,42 @@ class Sweep:
                     if claims:
                         if remaining is not None:
                             remaining -= len(claims)
-                        in_flight[self.submit_lookups(c.name for c in claims)] = claims
-                if not in_flight:
+                        # A domain claimed again (its lease ran out while it waited) keeps
+                        # its one lookup and its first claim, whose time is before that
+                        # lookup (a live check since then must still win over it).
+                        fresh = [c for c in claims if c.name not in claimed]
+                        claimed.update((c.name, c) for c in fresh)
+                        if not fresh:
+                            break  # only those: wait for their answers before claiming more
+                        self._lookups().stream(c.name for c in fresh)
+                if not claimed:
                     break
                 # A short wait, so that claiming resumes as soon as lookups free up.
-                done, _ = concurrent.futures.wait(
-                    list(in_flight), timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in done:
-                    claims = applying = in_flight.pop(future)
-                    self.apply_results(claims, future.result())
-                    applying = []
+                for name, observation in self._lookups().take(timeout=0.05):
+                    if not ready:
+                        ready_since = time.monotonic()
+                    ready.append((claimed[name], observation))
+                # Everything due to be applied goes before the next claim: a backlog would only
+                # age the leases of the domains waiting in it.
+                while ready and (
+                    len(ready) >= batch_size
+                    or len(ready) == len(claimed)
+                    or time.monotonic() - ready_since >= APPLY_WITHIN
+                ):
+                    batch, ready = ready[:batch_size], ready[batch_size:]
+                    ready_since = time.monotonic()
+                    self.apply_results([c for c, _ in batch], {c.name: o for c, o in batch})
+                    for claim, _ in batch:
+                        del claimed[claim.name]
                     if on_progress is not None:
-                        on_progress(len(claims))
+                        on_progress(len(batch))
                     if finish:
                         self.heartbeat()
         except BaseException:
-            # Leases of unfinished batches would expire anyway; giving them back now lets
-            # the next run start at once.
+            # Leases of unapplied domains would expire anyway; giving them back now lets the
+            # next run start at once.
             self.close()
-            self.release(c.name for claims in [applying, *in_flight.values()] for c in claims)
+            self.release(claimed)
             if finish:
                 self.record_end(crashed=True)
             raise

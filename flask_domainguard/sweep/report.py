@@ -35,6 +35,8 @@ class SweepReport:
     errors_by_server: dict[str, int] = field(default_factory=dict)
     not_found: list[str] = field(default_factory=list)
     attempts: int = 0
+    #: Where the lookups ran: ``"thread"`` or ``"process"`` (``DOMAINGUARD_SWEEP_LOOKUPS``).
+    lookups_in: str = ""
     seconds: float = 0.0
 
     def merge(self, other: SweepReport) -> None:
