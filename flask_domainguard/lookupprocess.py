@@ -81,9 +81,14 @@ class LookupProcessError(RuntimeError):
 
 
 def can_fork_safely() -> bool:
-    """Whether forking now is safe: a platform that forks well (Linux) and a process with no
-    other thread (a lock another thread holds at the fork stays held in the child)."""
-    return sys.platform == "linux" and threading.active_count() == 1
+    """Whether forking now is safe: a platform that forks well (Linux), a process with no
+    other thread (a lock another thread holds at the fork stays held in the child), and not
+    a daemonic pool worker (which :mod:`multiprocessing` does not let have children)."""
+    return (
+        sys.platform == "linux"
+        and threading.active_count() == 1
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def choose_worker(mode: str, due: int) -> str:
@@ -335,6 +340,8 @@ def _child_main(
     # Ctrl-C reaches the whole process group: the parent stops the sweep and then the child,
     # which finishes its lookups in flight rather than dying in the middle of one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent's own SIGTERM handler (a host's, a task queue's) is not the child's to run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 0
     try:
         asyncio.run(_serve(conn, backend, limits, dns, dns_mode))

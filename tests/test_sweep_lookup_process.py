@@ -228,6 +228,16 @@ def test_forking_is_safe_only_without_other_threads() -> None:
         other.join()
 
 
+def test_a_daemonic_pool_worker_does_not_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Daemonic:
+        daemon = True
+
+    monkeypatch.setattr(lookupprocess.threading, "active_count", lambda: 1)
+    assert lookupprocess.can_fork_safely() is True
+    monkeypatch.setattr(lookupprocess.multiprocessing, "current_process", lambda: Daemonic())
+    assert lookupprocess.can_fork_safely() is False
+
+
 def test_a_sweep_object_refuses_an_unknown_lookups_mode(guard: Any) -> None:
     with pytest.raises(ValueError, match="lookups must be"):
         Sweep(guard, lookups="fibers")
