@@ -215,7 +215,8 @@ class LookupProcess:
         return take_finished(self._finished, timeout)
 
     def close(self) -> None:
-        """Stop the child (it finishes the lookups in flight first) and the reader."""
+        """Stop the child and the reader; lookups still running are abandoned (their
+        batches fail), as a closing :class:`~.lookupthread.LookupThread` abandons its own."""
         if self._conn is None:
             return
         # A child already gone has had its unfinished lookups failed by the reader.
@@ -397,8 +398,12 @@ async def _serve(
                 task = asyncio.ensure_future(one(batch_id, name))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        # A sweep stops its lookups once it has applied all it claimed, or when it fails:
+        # then what is still running is of no use to anyone, and waiting for it (up to the
+        # longest a lookup may take) would only hold up the failing run.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         outbox.flush()
         conn.send(("done", lookups.attempts))
 

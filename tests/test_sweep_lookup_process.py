@@ -266,3 +266,27 @@ def test_a_domain_claimed_again_while_its_lookup_runs_is_looked_up_and_applied_o
     assert report.checked == 31 and sum(progress) == 31
     assert status_server.hits["a-slow.com"] == 1, "one lookup, however often it was claimed"
     assert leases_and_checks(guard).count((None, None)) == 0
+
+
+class SlowBackend:
+    name = "slow"
+
+    async def observe(self, domain: str, *, client: Any = None, timeout: Any = None) -> Observation:
+        await asyncio.sleep(30)
+        return Observation(domain=domain, registered=True, source=self.name)
+
+    def server_key(self, domain: str) -> str:
+        return "slow"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_closing_abandons_lookups_in_flight_and_fails_their_batches() -> None:
+    lookups = LookupProcess(SlowBackend(), LookupLimits(retries=0, timeout=60)).start()
+    pending = lookups.submit(["a.com", "b.com"])
+    started = time.monotonic()
+    lookups.close()
+    assert time.monotonic() - started < 10, "a failing sweep is not held up by its lookups"
+    with pytest.raises(LookupProcessError):
+        pending.result(timeout=1)
