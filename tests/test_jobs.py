@@ -325,6 +325,42 @@ def test_a_claim_of_warnings_goes_out_over_one_connection_and_a_bad_job_fails_al
     assert {j.id: j.state for j in rows(guard)}[bad] == "pending"  # retried later, alone
 
 
+def test_delivering_given_jobs_claims_only_them_and_stops_once_all_were_claimed(
+    shop: Any, app: Flask, guard: Any, smtp_sink: SMTPSink, make_user: Any
+) -> None:
+    """A sweep delivers its own warnings in claims of ``DELIVER_CHUNK`` (three commits each),
+    stops without the empty claim once every given job was claimed, and leaves alone both a
+    job another worker holds and jobs it was not given."""
+    from flask_domainguard.jobs.drain import DELIVER_CHUNK
+    from flask_domainguard.notices import WarningMail, queue_expiry_warnings
+
+    owners = [make_user() for _ in range(DELIVER_CHUNK + 1)]
+    for n, user in enumerate(owners):
+        add(guard, user, f"owner{n}@safe-shop.com", primary=True)
+    until = utcnow() + timedelta(days=9)
+    mails = [WarningMail(u.id, "safe-shop.com", "expiring_soon", until, "soon", []) for u in owners]
+    with transaction(guard.db, guard.models) as tx:
+        ids = queue_expiry_warnings(guard, tx, mails)
+    mine, held, other = ids[:-2], ids[-2], ids[-1]  # mine and held: one claim's worth
+    [taken] = claim(guard, "other-worker", ids=[held])
+    assert taken.id == held
+    commits: list[object] = []
+    count = commits.append
+    sa.event.listen(sa.orm.Session, "after_commit", count)
+    try:
+        report = jobs.deliver_now(guard, [*mine, held])
+    finally:
+        sa.event.remove(sa.orm.Session, "after_commit", count)
+    assert (report.done, report.failed) == (len(mine), 0)
+    assert len(smtp_sink.envelopes) == len(mine)
+    # One claim of them all, their attempts, their jobs marked done: no empty claim after.
+    assert len(commits) == 3, len(commits)
+    states = {j.id: (j.state, j.lease_owner) for j in rows(guard)}
+    assert all(states[i] == ("done", None) for i in mine)
+    assert states[held] == ("pending", "other-worker")  # its worker's, not ours to send
+    assert states[other] == ("pending", None)  # not given: left for the workers
+
+
 def test_a_verification_mail_survives_a_mail_server_outage(
     shop: Any, app: Flask, guard: Any, smtp_sink: SMTPSink, mail_down: Any
 ) -> None:

@@ -65,6 +65,9 @@ class _Throttle:
             return True
 
 
+#: Jobs :func:`deliver_now` claims (and runs together, one kind at a time) at once.
+DELIVER_CHUNK = 50
+
 _shed_throttle = _Throttle(SHED_INTERVAL)
 _purge_throttle = _Throttle(PURGE_INTERVAL)
 
@@ -108,7 +111,7 @@ def drain(
     wanted = list(kinds) if kinds is not None else None
     id_list = list(ids) if ids is not None else None
     ran = 0
-    while max_jobs is None or ran < max_jobs:
+    while (max_jobs is None or ran < max_jobs) and id_list != []:
         if deadline is not None and time.monotonic() >= deadline:
             break
         if id_list is None:
@@ -117,6 +120,12 @@ def drain(
         jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list)
         if not jobs:
             break
+        if id_list is not None:
+            # The claim that would find nothing (a query and a commit) is skipped: claimed
+            # jobs are not claimable again, and a short claim leaves only given jobs nobody
+            # may claim now (another worker's, done, or waiting for a retry).
+            claimed = {job.id for job in jobs}
+            id_list = [] if len(jobs) < size else [i for i in id_list if i not in claimed]
         by_kind: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
             by_kind.setdefault(job.kind, []).append(job)
@@ -137,8 +146,11 @@ def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
     id_list = list(ids)
     if not id_list:
         return DrainReport()
-    # Small claims: a worker that dies leaves few jobs waiting for their leases to expire.
-    return drain(guard, new_run_id(), ids=id_list, batch=10)
+    # Claims of DELIVER_CHUNK: each claim costs three commits (the lease, the attempts, the
+    # jobs marked done), so a sweep batch's warnings go out in a few claims; small enough
+    # that a process dying mid-claim leaves few jobs waiting for their leases to expire and
+    # a batch falling back to one job at a time re-sends few mails.
+    return drain(guard, new_run_id(), ids=id_list, batch=DELIVER_CHUNK)
 
 
 def retry_failed(guard: Guard) -> int:
