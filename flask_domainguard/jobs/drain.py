@@ -21,7 +21,7 @@ from .queue import (
     _table,
     claim,
 )
-from .running import run_claimed_together
+from .running import run_claimed_together, runs_together
 from .shedding import shed
 
 if TYPE_CHECKING:
@@ -117,7 +117,10 @@ def drain(
         if id_list is None:
             housekeeping(guard, report)
         size = batch if max_jobs is None else min(batch, max_jobs - ran)
-        jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list)
+        jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list, commit=False)
+        together = runs_together(jobs)
+        if not together:  # a batch's claim is committed with its attempts
+            _commit_claim(guard)
         if not jobs:
             break
         if id_list is not None:
@@ -130,7 +133,7 @@ def drain(
         for job in jobs:
             by_kind.setdefault(job.kind, []).append(job)
         for kind, group in by_kind.items():
-            for ok in run_claimed_together(guard, group, owner):
+            for ok in run_claimed_together(guard, group, owner, claim_committed=not together):
                 ran += 1
                 if ok:
                     report.done += 1
@@ -138,6 +141,15 @@ def drain(
                 else:
                     report.failed += 1
     return report
+
+
+def _commit_claim(guard: Guard) -> None:
+    """Commit the claim in the current transaction (rolled back if the commit fails)."""
+    try:
+        guard.db.session.commit()
+    except BaseException:
+        guard.db.session.rollback()
+        raise
 
 
 def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
