@@ -165,6 +165,34 @@ def test_without_pages_mail_templates_still_render(app: Flask, outbox: list[Any]
     assert len(outbox) == 1 and outbox[0].recipients == ["owner@example.com"]
 
 
+def test_mail_has_the_html_part_a_host_provides(app: Flask, outbox: list[Any]) -> None:
+    """A missing HTML template is remembered (no search of every loader per mail) unless
+    templates reload: then one the host adds is used from the next mail on."""
+    from jinja2 import BaseLoader, ChoiceLoader, DictLoader
+
+    from flask_domainguard.mail.outgoing import send_mail
+
+    host: dict[str, str] = {}
+    loaders: list[BaseLoader] = [DictLoader(host)]
+    if app.jinja_env.loader is not None:
+        loaders.append(app.jinja_env.loader)
+    app.jinja_env.loader = ChoiceLoader(loaders)
+
+    def html_of_next_mail() -> str | None:
+        with app.test_request_context():
+            send_mail(hostapp.guard, ["owner@example.com"], "domain_expiring", **_expiry_context())
+        html: str | None = outbox[-1].html
+        return html
+
+    page = "domainguard/mail/domain_expiring.html"
+    assert html_of_next_mail() is None
+    host[page] = "<p>{{ domain }} expires</p>"
+    assert html_of_next_mail() is None  # the miss is remembered: no reload, no new search
+    app.jinja_env.auto_reload = True
+    assert html_of_next_mail() == "<p>example.com expires</p>"
+    assert "example.com" in outbox[-1].body  # the text part beside it, as before
+
+
 def _expiry_context() -> dict[str, Any]:
     return {
         "stage": "expiring_soon",

@@ -295,9 +295,9 @@ def test_a_claim_of_warnings_goes_out_over_one_connection_and_a_bad_job_fails_al
     assert len(smtp_sink.sessions) == 1
     attempts = events(guard, EventKind.MAIL_ATTEMPT)
     assert len(attempts) == 3
-    # Purge, the claim, the three attempts, the three jobs done, the empty claim that ends
-    # the drain: one job at a time takes two commits per job instead (nine here).
-    assert len(commits) <= 5, len(commits)
+    # Purge, the claim with the three attempts, the three jobs done, the empty claim that
+    # ends the drain: one job at a time takes two commits per job instead (nine here).
+    assert len(commits) <= 4, len(commits)
 
     smtp_sink.envelopes.clear()
     with transaction(guard.db, guard.models) as tx:
@@ -322,7 +322,49 @@ def test_a_claim_of_warnings_goes_out_over_one_connection_and_a_bad_job_fails_al
     report = drain(guard, "test-worker", batch=10)
     assert (report.done, report.failed) == (1, 1)
     assert smtp_sink.recipients() == ["owner0@safe-shop.com"]
-    assert {j.id: j.state for j in rows(guard)}[bad] == "pending"  # retried later, alone
+    # The batch failed before its attempts committed its claim: the rollback gave both jobs
+    # back, so they were claimed again (one attempt each) before running one by one.
+    after = {j.id: (j.state, j.attempts) for j in rows(guard)}
+    assert after[good] == ("done", 1)
+    assert after[bad] == ("pending", 1)  # retried later, alone
+    assert [a.details["job"] for a in events(guard, EventKind.MAIL_ATTEMPT)][-1:] == [good]
+
+
+def test_delivering_given_jobs_claims_only_them_and_stops_once_all_were_claimed(
+    shop: Any, app: Flask, guard: Any, smtp_sink: SMTPSink, make_user: Any
+) -> None:
+    """A sweep delivers its own warnings in claims of ``DELIVER_CHUNK`` (two commits each),
+    stops without the empty claim once every given job was claimed, and leaves alone both a
+    job another worker holds and jobs it was not given."""
+    from flask_domainguard.jobs.drain import DELIVER_CHUNK
+    from flask_domainguard.notices import WarningMail, queue_expiry_warnings
+
+    owners = [make_user() for _ in range(DELIVER_CHUNK + 1)]
+    for n, user in enumerate(owners):
+        add(guard, user, f"owner{n}@safe-shop.com", primary=True)
+    until = utcnow() + timedelta(days=9)
+    mails = [WarningMail(u.id, "safe-shop.com", "expiring_soon", until, "soon", []) for u in owners]
+    with transaction(guard.db, guard.models) as tx:
+        ids = queue_expiry_warnings(guard, tx, mails)
+    mine, held, other = ids[:-2], ids[-2], ids[-1]  # mine and held: one claim's worth
+    [taken] = claim(guard, "other-worker", ids=[held])
+    assert taken.id == held
+    commits: list[object] = []
+    count = commits.append
+    sa.event.listen(sa.orm.Session, "after_commit", count)
+    try:
+        report = jobs.deliver_now(guard, [*mine, held])
+    finally:
+        sa.event.remove(sa.orm.Session, "after_commit", count)
+    assert (report.done, report.failed) == (len(mine), 0)
+    assert len(smtp_sink.envelopes) == len(mine)
+    # One claim of them all, committed with their attempts; their jobs marked done; no empty
+    # claim after.
+    assert len(commits) == 2, len(commits)
+    states = {j.id: (j.state, j.lease_owner) for j in rows(guard)}
+    assert all(states[i] == ("done", None) for i in mine)
+    assert states[held] == ("pending", "other-worker")  # its worker's, not ours to send
+    assert states[other] == ("pending", None)  # not given: left for the workers
 
 
 def test_a_verification_mail_survives_a_mail_server_outage(

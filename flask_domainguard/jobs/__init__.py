@@ -17,8 +17,9 @@ then marked ``failed``; a job whose worker died runs again once its lease
 Mail is sent at least once: each delivery attempt is journalled (``mail_attempt``) and
 committed before the SMTP conversation starts, and the job is marked done after it, so a
 crash in between sends one duplicate, never nothing (a batch of warnings or notices, run
-together by :func:`run_claimed_together`, may send each of its mails once more). The journal
-row that says what was
+together by :func:`run_claimed_together`, may send each of its mails once more; the claim of
+such a batch is committed with its attempts, and a batch that fails before that commit sent
+nothing and is claimed again to run one job at a time). The journal row that says what was
 decided (``expiry_warning_sent``, ``reset_sent``, ...) is written once: with the job, or in
 the same transaction that marks the job done.
 

@@ -22,7 +22,7 @@ from .queue import (
     _table,
     claim,
 )
-from .running import run_claimed_together
+from .running import run_claimed_together, runs_together
 from .shedding import shed
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ class _Throttle:
             self._last = now
             return True
 
+
+#: Jobs :func:`deliver_now` claims (and runs together, one kind at a time) at once.
+DELIVER_CHUNK = 50
 
 _shed_throttle = _Throttle(SHED_INTERVAL)
 _purge_throttle = _Throttle(PURGE_INTERVAL)
@@ -109,20 +112,29 @@ def drain(
     wanted = list(kinds) if kinds is not None else None
     id_list = list(ids) if ids is not None else None
     ran = 0
-    while max_jobs is None or ran < max_jobs:
+    while (max_jobs is None or ran < max_jobs) and id_list != []:
         if deadline is not None and time.monotonic() >= deadline:
             break
         if id_list is None:
             housekeeping(guard, report)
         size = batch if max_jobs is None else min(batch, max_jobs - ran)
-        jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list)
+        jobs = claim(guard, owner, limit=size, kinds=wanted, ids=id_list, commit=False)
+        together = runs_together(jobs)
+        if not together:  # a batch's claim is committed with its attempts
+            _commit_claim(guard)
         if not jobs:
             break
+        if id_list is not None:
+            # The claim that would find nothing (a query and a commit) is skipped: claimed
+            # jobs are not claimable again, and a short claim leaves only given jobs nobody
+            # may claim now (another worker's, done, or waiting for a retry).
+            claimed = {job.id for job in jobs}
+            id_list = [] if len(jobs) < size else [i for i in id_list if i not in claimed]
         by_kind: dict[str, list[ClaimedJob]] = {}
         for job in jobs:
             by_kind.setdefault(job.kind, []).append(job)
         for kind, group in by_kind.items():
-            for ok in run_claimed_together(guard, group, owner):
+            for ok in run_claimed_together(guard, group, owner, claim_committed=not together):
                 ran += 1
                 if ok:
                     report.done += 1
@@ -132,16 +144,28 @@ def drain(
     return report
 
 
+def _commit_claim(guard: Guard) -> None:
+    """Commit the claim in the current transaction (rolled back if the commit fails)."""
+    try:
+        guard.db.session.commit()
+    except BaseException:
+        guard.db.session.rollback()
+        raise
+
+
 def deliver_now(guard: Guard, ids: Iterable[int]) -> DrainReport:
     """Run the given jobs right away in this thread (a sweep's warnings after its commit, a
     verification mail): whatever fails here stays in the table for the workers."""
     id_list = list(ids)
     report, owner = DrainReport(), new_run_id()
-    # Small claims: a worker that dies leaves few jobs waiting for their leases to expire.
-    # Each claim names the ids it may take: a chunk of them at a time, as a sweep may queue
-    # a job for each of the many users of one domain.
+    # Claims of DELIVER_CHUNK: each claim costs two or three commits (the lease, the
+    # attempts, the jobs marked done), so a sweep batch's warnings go out in a few claims;
+    # small enough that a process dying mid-claim leaves few jobs waiting for their leases to
+    # expire and a batch falling back to one job at a time re-sends few mails. Each claim
+    # names the ids it may take, a chunk of them at a time (in_chunks): a sweep may queue a
+    # job for each of the many users of one domain.
     for chunk in in_chunks(id_list):
-        drain(guard, owner, ids=chunk, batch=10, report=report)
+        drain(guard, owner, ids=chunk, batch=DELIVER_CHUNK, report=report)
     return report
 
 

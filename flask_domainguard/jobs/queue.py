@@ -112,6 +112,8 @@ def record_attempts(guard: Guard, attempts: list[tuple[JobRun, dict[str, Any]]])
 Handler = Callable[["Guard", JobRun], None]
 #: ``handler(guard, runs)``: runs several claimed jobs of one kind together (one recipient
 #: query, one attempt commit, one SMTP connection); it raises to have each job run alone.
+#: Nothing may leave the process before its attempts are committed (:func:`record_attempts`):
+#: that commit may be the one that commits the claim (:func:`.running.run_claimed_together`).
 BatchHandler = Callable[["Guard", list[JobRun]], None]
 _HANDLERS: dict[str, Handler] = {}
 _BATCH_HANDLERS: dict[str, BatchHandler] = {}
@@ -283,8 +285,11 @@ def claim(
     limit: int = 1,
     kinds: Iterable[str] | None = None,
     ids: Iterable[int] | None = None,
+    commit: bool = True,
 ) -> list[ClaimedJob]:
-    """Lease up to ``limit`` due jobs (of ``kinds``, or with ``ids``) to ``owner``; commits.
+    """Lease up to ``limit`` due jobs (of ``kinds``, or with ``ids``) to ``owner``; commits,
+    unless ``commit`` is false: then the caller commits the claim with its next write (a
+    batch's attempts, :func:`.running.run_claimed_together`) or rolls it back.
 
     Each claim counts as an attempt, so a job whose worker dies mid-run counts too.
     """
@@ -311,7 +316,8 @@ def claim(
             },
             [J.c.id, J.c.kind, J.c.payload, J.c.attempts, J.c.address, J.c.requests],
         )
-        db.session.commit()
+        if commit:
+            db.session.commit()
     except BaseException:
         db.session.rollback()
         raise

@@ -21,6 +21,7 @@ from .queue import (
     JobRun,
     _table,
     batch_handler_for,
+    claim,
     finish,
     finish_many,
     handler_for,
@@ -102,12 +103,30 @@ def run_claimed(guard: Guard, job: ClaimedJob, owner: str) -> bool:
     return True
 
 
-def run_claimed_together(guard: Guard, jobs: list[ClaimedJob], owner: str) -> list[bool]:
+def runs_together(jobs: list[ClaimedJob]) -> bool:
+    """Whether :func:`run_claimed_together` runs ``jobs`` (a claim's) as one batch: several
+    jobs, all of one kind that has a batch handler."""
+    kind = jobs[0].kind if jobs else None
+    return (
+        len(jobs) > 1
+        and all(job.kind == kind for job in jobs)
+        and batch_handler_for(jobs[0].kind) is not None
+    )
+
+
+def run_claimed_together(
+    guard: Guard, jobs: list[ClaimedJob], owner: str, *, claim_committed: bool = True
+) -> list[bool]:
     """Run claimed jobs of one kind; together when the kind has a batch handler.
 
     A batch commits its attempts once and marks every job done in one statement. If it
     raises, each job runs alone (:func:`run_claimed`), so a bad job fails by itself; a mail
     the batch had already handed to SMTP is then sent again: at least once, never nothing.
+
+    :param claim_committed: false when the claim of a batch (:func:`runs_together`) is not
+        committed yet: the batch's attempts commit it (one commit fewer per claim). A batch
+        that fails before that commit has sent nothing, and its rollback gave the jobs back
+        as they were: they are claimed again, committed, and run one by one.
     """
     batch = batch_handler_for(jobs[0].kind) if len(jobs) > 1 else None
     if batch is None:
@@ -125,5 +144,11 @@ def run_claimed_together(guard: Guard, jobs: list[ClaimedJob], owner: str) -> li
             jobs[0].kind,
             type(exc).__name__,
         )
+        if not claim_committed and not any(run.attempted for run in runs):
+            try:
+                jobs = claim(guard, owner, limit=len(jobs), ids=[job.id for job in jobs])
+            except Exception:  # the database itself is gone: the jobs wait, unclaimed
+                log.exception("could not claim the jobs of a failed batch again")
+                return [False] * len(jobs)
         return [run_claimed(guard, job, owner) for job in jobs]
     return [True] * len(jobs)

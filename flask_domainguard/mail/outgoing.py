@@ -4,11 +4,12 @@ addresses (who counts as safe is :mod:`.recipients`' rule)."""
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app, render_template
 from flask_mail import Connection, Message
-from jinja2 import TemplateNotFound
+from jinja2 import Environment, TemplateNotFound
 
 from .recipients import safe_addresses
 
@@ -16,6 +17,26 @@ if TYPE_CHECKING:
     from ..context import Guard
 
 log = logging.getLogger(__name__)
+
+# Optional templates found missing, per Jinja environment. Jinja caches the templates it
+# loaded, not the ones it did not find: each miss searched every loader's folders again
+# (for every warning a sweep mails, most mail having no HTML part).
+_missing: weakref.WeakKeyDictionary[Environment, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _render_optional(name: str, **context: Any) -> str | None:
+    """Render template ``name``, or ``None`` when nobody provides it. A miss is remembered
+    unless templates reload (``TEMPLATES_AUTO_RELOAD``, debug), so a file added then is seen."""
+    env = current_app.jinja_env
+    missing = None if env.auto_reload else _missing.setdefault(env, set())
+    if missing is not None and name in missing:
+        return None
+    try:
+        return render_template(name, **context)
+    except TemplateNotFound as exc:
+        if missing is not None and exc.name == name:  # not a missing include inside it
+            missing.add(name)
+        return None
 
 
 def send_mail(
@@ -34,10 +55,7 @@ def send_mail(
     text = render_template(f"domainguard/mail/{template}.txt", **context)
     first, _, body = text.partition("\n")
     subject = first.removeprefix("Subject:").strip()
-    try:
-        html: str | None = render_template(f"domainguard/mail/{template}.html", **context)
-    except TemplateNotFound:
-        html = None
+    html = _render_optional(f"domainguard/mail/{template}.html", **context)
     sender = guard.settings.mail_sender or current_app.config.get("MAIL_DEFAULT_SENDER")
     message = Message(
         subject=subject,

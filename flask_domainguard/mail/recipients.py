@@ -25,7 +25,7 @@ changes nothing). The purposes then ask for more or less (:class:`Purpose`):
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -158,66 +158,69 @@ def safe_addresses(guard: Guard, user_id: Any, *, exclude_id: int | None = None)
     ]
 
 
+def _with_states(
+    guard: Guard, *where: sa.ColumnElement[bool], order_by: Iterable[Any] = ()
+) -> Iterator[tuple[Any, DomainState]]:
+    """The stored addresses matching ``where``, each with its domain's stored state, in one
+    query: result rows with the columns :func:`may_receive` reads (``id``, ``user_id``,
+    ``address``, ``registrable``, ``verified_at``, ``unverify_reason``, ``dns_baseline_*``)."""
+    Address = guard.models.EmailAddress
+    Domain = guard.models.Domain
+    # The Domain's columns under their own names (none clashes with the address columns),
+    # so each result row reads as a Domain row too.
+    rows = guard.db.session.execute(
+        sa.select(
+            Address.id,
+            Address.user_id,
+            Address.address,
+            Address.registrable,
+            Address.verified_at,
+            Address.unverify_reason,
+            *(getattr(Address, column) for column in BASELINE_COLUMNS),
+            *(getattr(Domain, column) for column in STATE_COLUMNS),
+        )
+        .join(Domain, Domain.name == Address.registrable, isouter=True)
+        .where(*where)
+        .order_by(*order_by)
+    )
+    for row in rows:
+        yield (
+            row,
+            (DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)),
+        )
+
+
 def safe_addresses_of(guard: Guard, user_ids: Iterable[Any]) -> dict[Any, list[tuple[int, str]]]:
     """:func:`safe_addresses` of many users in one query (a sweep batch's): each user's safe
     ``(address id, address)`` pairs, primary first; users without one are left out."""
     wanted = list(dict.fromkeys(user_ids))
     if not wanted:
         return {}
-    EmailAddress = guard.models.EmailAddress
-    Domain = guard.models.Domain
-    # The Domain's columns under their own names (none clashes with the address columns),
-    # so each result row reads as a Domain row too.
-    columns = [getattr(Domain, column) for column in STATE_COLUMNS]
-    query = (
-        sa.select(
-            EmailAddress.id,
-            EmailAddress.user_id,
-            EmailAddress.address,
-            EmailAddress.registrable,
-            EmailAddress.verified_at,
-            *(getattr(EmailAddress, column) for column in BASELINE_COLUMNS),
-            *columns,
-        )
-        .join(Domain, Domain.name == EmailAddress.registrable, isouter=True)
-        .where(EmailAddress.verified_at.is_not(None))
-        .order_by(EmailAddress.user_id, EmailAddress.primary.desc(), EmailAddress.id)
-    )
+    Address = guard.models.EmailAddress
     safe: dict[Any, list[tuple[int, str]]] = {}
     # The users of one expiring domain are unbounded: a statement per chunk of them (each
     # user's rows stay in one statement, in order).
     for chunk in in_chunks(wanted):
-        for row in guard.db.session.execute(query.where(EmailAddress.user_id.in_(chunk))):
-            state = (
-                DomainState.of(row) if row.name is not None else DomainState(name=row.registrable)
-            )
+        rows = _with_states(
+            guard,
+            Address.user_id.in_(chunk),
+            Address.verified_at.is_not(None),
+            order_by=(Address.user_id, Address.primary.desc(), Address.id),
+        )
+        for row, state in rows:
             if may_receive(guard, row, Purpose.NOTICE, state=state):
                 safe.setdefault(row.user_id, []).append((row.id, row.address))
     return safe
 
 
-def stored_recipients(
-    guard: Guard, addresses: Iterable[str]
-) -> dict[str, tuple[EmailAddress, DomainState]]:
-    """The stored rows of ``addresses`` (normalized) and their domains' states, in one query;
-    addresses nobody stored are left out."""
+def stored_recipients(guard: Guard, addresses: Iterable[str]) -> dict[str, tuple[Any, DomainState]]:
+    """The stored rows of ``addresses`` (normalized; result rows as :func:`_with_states`
+    gives them) and their domains' states, in one query; addresses nobody stored are left
+    out."""
     wanted = list(dict.fromkeys(addresses))
     if not wanted:
         return {}
     Address = guard.models.EmailAddress
-    Domain = guard.models.Domain
-    # The Domain's columns under their own names, so each result row reads as a Domain row.
-    columns = [getattr(Domain, column) for column in STATE_COLUMNS]
-    rows = guard.db.session.execute(
-        sa.select(Address, *columns)
-        .join(Domain, Domain.name == Address.registrable, isouter=True)
-        .where(Address.address.in_(wanted))
-    )
-    found: dict[str, tuple[EmailAddress, DomainState]] = {}
-    for row in rows:
-        stored = row[0]
-        state = (
-            DomainState.of(row) if row.name is not None else DomainState(name=stored.registrable)
-        )
-        found[stored.address] = (stored, state)
-    return found
+    return {
+        row.address: (row, state) for row, state in _with_states(guard, Address.address.in_(wanted))
+    }
