@@ -421,3 +421,33 @@ def test_report_round_trips_through_a_dict() -> None:
     again.merge(report)
     assert (again.checked, again.errors, again.verdicts) == (6, 2, {"ok": 2, "released": 2})
     assert again.not_found == ["x.com"]
+
+
+def test_a_batch_writes_every_domains_columns_whatever_the_first_row_holds(
+    guard: Any, status_server: StatusServer
+) -> None:
+    # A domain judged on DNS evidence alone has no status columns to write; a status-checked
+    # domain after it in the same batch must still get its own (they were silently dropped).
+    seed(guard, {"dns-only.com": 1, "status.com": 1})
+    run = Sweep(guard)
+    claims = run.claim_batch(10)
+    assert {c.name for c in claims} == {"dns-only.com", "status.com"}
+    run.store.write_domains(
+        [
+            {"b_name": "dns-only.com", "verdict": "ok", "failures": 0},
+            {
+                "b_name": "status.com",
+                "verdict": "released",
+                "failures": 0,
+                "registered": False,
+                "statuses": "inactive",
+            },
+        ]
+    )
+    hostapp.db.session.commit()
+    assert (domain(guard, "status.com").registered, domain(guard, "status.com").statuses) == (
+        False,
+        "inactive",
+    )
+    assert domain(guard, "dns-only.com").verdict == "ok"
+    assert domain(guard, "status.com").lease_owner is None

@@ -367,13 +367,16 @@ class SweepStore:
     # -- writing a batch -----------------------------------------------------------------------
 
     def write_domains(self, *groups: list[dict[str, Any]]) -> None:
-        """Write each group's rows (the same columns within a group, ``b_name`` naming the
-        row) and give their leases back."""
+        """Write every row (``b_name`` naming the domain, the other keys its new column
+        values) and give their leases back: one executemany per set of columns."""
         D = self.D
+        # Rows of one group may differ in their columns: a domain judged on DNS evidence
+        # alone (no status observation) has no status columns to write.
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for rows in groups:
-            if not rows:
-                continue
-            columns = [key for key in rows[0] if key != "b_name"]
+            for row in rows:
+                shapes.setdefault(tuple(key for key in row if key != "b_name"), []).append(row)
+        for columns, rows in shapes.items():
             # Bind names must differ from column names in an UPDATE's SET clause.
             values: dict[str, Any] = {column: sa.bindparam(f"v_{column}") for column in columns}
             values.update(lease_owner=None, lease_until=None)
