@@ -10,13 +10,18 @@ stops it.
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
 
+from flask_domainguard.status.fastly import FastlyBackend
 from flask_domainguard.sweep import Sweep
 from tests import hostapp
 from tests.sweep_support import StatusServer, seed
@@ -147,3 +152,77 @@ def test_a_domain_claimed_again_after_a_live_check_keeps_its_first_claim(
     assert row.verdict == "released"
     assert row.lease_owner is None
     assert guard.reset_decision(victim).allowed is False
+
+
+class DripServer:
+    """A Fastly-style API on 127.0.0.1 that answers ``active`` at once, except for ``drip``:
+    a 200 whose body comes one byte every 0.2 s for 30 s (it never trips a read timeout)."""
+
+    def __init__(self, drip: str) -> None:
+        self.drip = drip
+        self.stop_dripping = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                domain = parse_qs(urlsplit(self.path).query).get("domain", [""])[0]
+                body = json.dumps({"domain": domain, "zone": "com", "status": "active"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if domain != server.drip:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                deadline = time.monotonic() + 30
+                try:
+                    while time.monotonic() < deadline and not server.stop_dripping.is_set():
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass  # the client gave up
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/status"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop_dripping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+@pytest.mark.settings(DOMAINGUARD_HTTP_TIMEOUT=1.0, DOMAINGUARD_SWEEP_RETRIES=1)
+def test_a_status_answer_dripped_forever_fails_within_the_timeout(guard: Any, where: str) -> None:
+    # The attacker makes the answer for its domain arrive one byte at a time: no read ever
+    # times out, so only a clock around the whole exchange ends it. The Fastly backend is
+    # marked keeps_its_timeout, so Lookups puts no clock of its own around it: the sweep
+    # would wait as long as the attacker likes (and, in a child process, be killed by the
+    # watchdog and stop, applying nothing).
+    # Defence: fetch_json's own bound (status/http.py, within(_fetch(...), timeout)).
+    drip = DripServer(LAPSED)
+    try:
+        backend = FastlyBackend(guard.settings, url=drip.url)
+        seed(guard, {LAPSED: 1, "fine.com": 1})
+        started = time.monotonic()
+        report = Sweep(guard, backend=backend, retry_base=0.01, lookups=where).run()
+        took = time.monotonic() - started
+    finally:
+        drip.close()
+    assert took < 10, f"the sweep waited {took:.1f} s for a dripping answer"
+    assert report.checked == 2 and report.errors == 1
+    row = domain_row(guard, LAPSED)
+    assert row.verdict is None and row.checked_at is None, "a failed lookup, not an answer"
+    assert row.failures == 1 and "timed out" in (row.last_error or "")
+    assert domain_row(guard, "fine.com").verdict == "ok"
