@@ -11,20 +11,28 @@ stops it.
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 
+from flask_domainguard import lookupprocess
+from flask_domainguard.lookupprocess import LookupProcess, LookupProcessError
+from flask_domainguard.lookups import LookupLimits
 from flask_domainguard.status.fastly import FastlyBackend
+from flask_domainguard.status.observation import Observation
 from flask_domainguard.sweep import Sweep
 from tests import hostapp
-from tests.sweep_support import StatusServer, seed
+from tests.sweep_support import API_KEY, StatusServer, seed
 
 pytestmark = [
     pytest.mark.use_status_server,
@@ -124,26 +132,28 @@ def test_a_domain_claimed_again_after_a_live_check_keeps_its_first_claim(
         )
     ).one()
     decisions: list[Any] = []
+    claimed: list[str] = []
+    first_claim = [0.0]
+    sweep = Sweep(guard, retry_base=0.01, lookups=where)
+    claim = sweep.store.claim
 
-    def reset_requested_meanwhile(count: int) -> None:
-        if not decisions:
+    def claim_after_a_reset_request(size: int, names: Any = None) -> Any:
+        if LAPSED in (names or ()) and LAPSED in claimed:
+            # Its second mention: a reset request looks the domain up live (it has been
+            # dropped), and the claim waits until the sweep's lease has run out, so that it
+            # claims the domain again (its lookup has more than two seconds to go).
             wait_for_hit(status_server, LAPSED)
             status_server.answers[LAPSED] = "undelegated inactive"
             decisions.append(guard.reset_decision(victim))
-
-    sweep = Sweep(guard, retry_base=0.01, lookups=where)
-    claimed: list[str] = []
-    claim = sweep.store.claim
-
-    def noting_claims(size: int, names: Any = None) -> Any:
+            time.sleep(max(0.0, first_claim[0] + 1.2 - time.monotonic()))
         claims = claim(size, names)
+        if not claimed:
+            first_claim[0] = time.monotonic()
         claimed.extend(c.name for c in claims)
         return claims
 
-    sweep.store.claim = noting_claims  # type: ignore[method-assign]
-    sweep.run(
-        names=[LAPSED, *quick[:20], LAPSED, *quick[20:]], on_progress=reset_requested_meanwhile
-    )
+    sweep.store.claim = claim_after_a_reset_request  # type: ignore[method-assign]
+    sweep.run(names=[LAPSED, *quick[:4], LAPSED, *quick[4:]])
     assert claimed.count(LAPSED) == 2, "claimed again"
     assert status_server.hits[LAPSED] == 2, "while its lookup ran: no second lookup"
     assert decisions and decisions[0].allowed is False
@@ -226,3 +236,116 @@ def test_a_status_answer_dripped_forever_fails_within_the_timeout(guard: Any, wh
     assert row.verdict is None and row.checked_at is None, "a failed lookup, not an answer"
     assert row.failures == 1 and "timed out" in (row.last_error or "")
     assert domain_row(guard, "fine.com").verdict == "ok"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainedObservation(Observation):
+    """A host backend's observation that keeps the exception behind a failed lookup."""
+
+    cause: BaseException | None = None
+
+
+class ExplainingBackend:
+    """A host's own backend on the status API: it keeps ``raise_for_status``'s exception.
+    An :class:`httpx.HTTPStatusError` pickles, but does not unpickle (its ``request`` and
+    ``response`` are keyword-only arguments of ``__init__``)."""
+
+    name = "host"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def observe(
+        self, domain: str, *, client: Any = None, timeout: float | None = None
+    ) -> Observation:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                self.url, params={"domain": domain}, headers={"Fastly-Key": API_KEY}
+            )
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            return ExplainedObservation(
+                domain=domain, registered=None, error=str(exc), source=self.name, cause=exc
+            )
+        flags = str(response.json()["status"]).split()
+        return Observation(domain=domain, registered="inactive" not in flags, source=self.name)
+
+    def server_key(self, domain: str) -> str:
+        return "host"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_an_observation_that_cannot_be_unpickled_fails_its_lookup_and_hangs_nothing(
+    status_server: StatusServer,
+) -> None:
+    # The attacker makes its domain's lookups fail (HTTP 500); the host's backend keeps the
+    # exception in its observation. It pickles in the child but does not unpickle in the
+    # parent: the reader thread must not die of it, leaving the sweep waiting for ever.
+    # Defence: the child checks that what it sends can be read (lookupprocess._portable).
+    status_server.answers[LAPSED] = "500"
+    with LookupProcess(ExplainingBackend(status_server.url), LookupLimits(retries=0)) as lookups:
+        future = lookups.submit([LAPSED, "fine.com"])
+        observations = future.result(timeout=30)
+        assert observations["fine.com"].registered is True
+        lapsed = observations[LAPSED]
+        assert lapsed.registered is None, "never an answer"
+        assert "could not be passed between processes" in (lapsed.error or "")
+        # The process still serves: the next lookups come back.
+        assert lookups.submit(["other.com"]).result(timeout=30)["other.com"].registered is True
+
+
+@pytest.mark.settings(DOMAINGUARD_SWEEP_RETRIES=0)
+def test_a_sweep_whose_observation_cannot_be_unpickled_finishes(
+    app: Flask, guard: Any, status_server: StatusServer
+) -> None:
+    status_server.answers[LAPSED] = "500"
+    seed(guard, {LAPSED: 1, "fine.com": 1})
+    outcome: list[Any] = []
+
+    def sweep() -> None:
+        with app.app_context():
+            try:
+                backend = ExplainingBackend(status_server.url)
+                outcome.append(Sweep(guard, backend=backend, lookups="process").run())
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                hostapp.db.session.remove()
+
+    worker = threading.Thread(target=sweep, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the sweep hangs"
+    report = outcome[0]
+    assert not isinstance(report, BaseException), report
+    assert report.checked == 2 and report.errors == 1
+    row = domain_row(guard, LAPSED)
+    assert row.verdict is None and row.failures == 1 and row.lease_owner is None
+    assert domain_row(guard, "fine.com").verdict == "ok"
+
+
+class _NoReadBack:
+    """``pickle`` as the child uses it, minus the check that what it sends can be read."""
+
+    dumps = staticmethod(pickle.dumps)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return None
+
+
+def test_a_message_the_parent_cannot_read_stops_the_lookups_instead_of_hanging(
+    status_server: StatusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should an unreadable message reach the parent all the same (the child's check
+    # switched off here), the batch fails (the sweep stops and gives its leases back).
+    # Defence: LookupProcess._read's catch-all around conn.recv().
+    monkeypatch.setattr(lookupprocess, "pickle", _NoReadBack)
+    status_server.answers[LAPSED] = "500"
+    with LookupProcess(ExplainingBackend(status_server.url), LookupLimits(retries=0)) as lookups:
+        future = lookups.submit([LAPSED])
+        with pytest.raises(LookupProcessError, match="unreadable"):
+            future.result(timeout=30)
