@@ -248,7 +248,11 @@ class LookupProcess:
                 message = conn.recv()
                 heard = time.monotonic()
             except (EOFError, OSError):
-                code = self._process.exitcode if self._process is not None else None
+                code = None
+                if self._process is not None:
+                    # The pipe closes before the child is reaped: wait a moment for its code.
+                    self._process.join(timeout=1.0)
+                    code = self._process.exitcode
                 self._fail(f"the lookup process ended unexpectedly (exit code {code})")
                 return
             except Exception as exc:
