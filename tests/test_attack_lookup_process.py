@@ -28,8 +28,10 @@ from flask import Flask
 from flask_domainguard import lookupprocess
 from flask_domainguard.lookupprocess import LookupProcess, LookupProcessError
 from flask_domainguard.lookups import LookupLimits
+from flask_domainguard.lookupthread import LookupThread
 from flask_domainguard.status.fastly import FastlyBackend
 from flask_domainguard.status.observation import Observation
+from flask_domainguard.status.urls import Endpoint
 from flask_domainguard.sweep import Sweep
 from tests import hostapp
 from tests.sweep_support import API_KEY, StatusServer, seed
@@ -349,3 +351,60 @@ def test_a_message_the_parent_cannot_read_stops_the_lookups_instead_of_hanging(
         future = lookups.submit([LAPSED])
         with pytest.raises(LookupProcessError, match="unreadable"):
             future.result(timeout=30)
+
+
+HOSTILE = [
+    "a.com&domain=b.com",
+    "a.com#frag",
+    "a.com/../../admin",
+    "a.com?key=x",
+    "a.com\r\nX-Injected: 1",
+    "@127.0.0.2",
+    "..",
+    "a.com%2f..",
+]
+
+
+def test_a_domain_name_never_changes_a_lookup_urls_origin_path_or_query() -> None:
+    # A registrable domain comes from an address anyone can type. Backends refuse what is not
+    # an LDH name (to_alabel), and the URL builder escapes what it adds whole, as the last
+    # line: whatever the name, one query value or one path segment, on the endpoint's origin.
+    # Defence: status/urls.py Endpoint.with_query (urlencode) and with_path (quote(..., safe="")).
+    api = Endpoint("http://127.0.0.1:9/v1/status?key=secret")
+    rdap = Endpoint("http://127.0.0.1:9/rdap/")
+    for name in HOSTILE:
+        url = api.with_query({"domain": name}).url
+        assert (url.host, url.port, url.path) == ("127.0.0.1", 9, "/v1/status"), name
+        assert url.params.multi_items() == [("key", "secret"), ("domain", name)], name
+        assert not url.fragment, name
+        if name in ("", ".", ".."):
+            with pytest.raises(ValueError):
+                rdap.with_path("domain", name)
+            continue
+        target = rdap.with_path("domain", name).url
+        assert (target.host, target.port, target.query) == ("127.0.0.1", 9, b""), name
+        assert target.raw_path.count(b"/") == 3 and target.raw_path.startswith(b"/rdap/domain/")
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_hostile_names_are_not_looked_up_and_idn_names_keep_their_own_answers(
+    guard: Any, status_server: StatusServer, where: str
+) -> None:
+    # Names a sweep is given (say by `flask domainguard sweep --domain`) that are no domain
+    # send nothing; the attacker's IDN name and its look-alikes each get their own answer.
+    # Defence: to_alabel in FastlyBackend.observe; the pipe carries each name beside its
+    # observation (lookupprocess._Outbox.add).
+    idn = "xn--bcher-lapsed-0ob.com"  # bücher-lapsed.com
+    status_server.answers[idn] = "undelegated inactive"
+    seed(guard, {idn: 1, "bucher-lapsed.com": 1, "xn--bcher-lapsed-0ob.net": 1})
+    worker = LookupProcess if where == "process" else LookupThread
+    with worker(FastlyBackend(guard.settings), LookupLimits(retries=0)) as lookups:
+        refused = lookups.submit(HOSTILE).result(timeout=30)
+    assert set(refused) == set(HOSTILE)
+    assert all(obs.registered is None and obs.error for obs in refused.values())
+    assert not status_server.hits, "nothing was sent for a name that is no domain"
+    report = Sweep(guard, retry_base=0.01, lookups=where).run()
+    assert report.checked == 3
+    assert domain_row(guard, idn).verdict == "released"
+    assert domain_row(guard, "bucher-lapsed.com").verdict == "ok"
+    assert domain_row(guard, "xn--bcher-lapsed-0ob.net").verdict == "ok"
