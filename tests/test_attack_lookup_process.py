@@ -408,3 +408,53 @@ def test_hostile_names_are_not_looked_up_and_idn_names_keep_their_own_answers(
     assert domain_row(guard, idn).verdict == "released"
     assert domain_row(guard, "bucher-lapsed.com").verdict == "ok"
     assert domain_row(guard, "xn--bcher-lapsed-0ob.net").verdict == "ok"
+
+
+class RateLimitedFor:
+    """The status API, which answers HTTP 429 with ``Retry-After`` for ``limited`` and
+    ``active`` for every other domain."""
+
+    name = "limited"
+
+    def __init__(self, limited: set[str], retry_after: float) -> None:
+        self.limited = limited
+        self.retry_after = retry_after
+
+    async def observe(
+        self, domain: str, *, client: Any = None, timeout: float | None = None
+    ) -> Observation:
+        if domain in self.limited:
+            return Observation.failed(
+                domain, "rate limited (HTTP 429)", source=self.name, retry_after=self.retry_after
+            )
+        return Observation(domain=domain, registered=True, statuses=frozenset({"active"}))
+
+    def server_key(self, domain: str) -> str:
+        return "api"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_lookups_rate_limited_in_turn_do_not_pass_for_a_hung_lookup_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The attacker makes the lookups of two of its domains answer 429 with a Retry-After
+    # (within the limit the sweep waits out). A 429 pauses every lookup to that server, so each
+    # one's retry first waits out the other's pause: each takes up to twice what the
+    # watchdog allows a lookup. With nothing else left in the run, the healthy child was
+    # killed as hung, and the run stopped before finishing (no planned unverification was
+    # applied, and the next run, finding the same two domains due, stopped the same way).
+    # Defence: LookupLimits.worst_case counts a server's pause before every attempt.
+    monkeypatch.setattr(lookupprocess, "_SILENCE_MARGIN", 0.3)
+    limits = LookupLimits(timeout=0.2, retries=2, retry_base=0.01, max_retry_after=5.0)
+    backend = RateLimitedFor({"a-lapsed.com", "b-lapsed.com"}, retry_after=5.0)
+    got: dict[str, Observation] = {}
+    with LookupProcess(backend, limits) as lookups:
+        lookups.stream(["a-lapsed.com"])
+        time.sleep(2.5)  # the second one's lookups fall between the first one's
+        lookups.stream(["b-lapsed.com"])
+        while len(got) < 2:
+            got.update(lookups.take(timeout=0.5))
+    assert all(obs.registered is None and obs.retry_after == 5.0 for obs in got.values())
+    assert lookups.attempts == 6
