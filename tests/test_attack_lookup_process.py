@@ -10,12 +10,15 @@ stops it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import pickle
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,8 +36,9 @@ from flask_domainguard.status.fastly import FastlyBackend
 from flask_domainguard.status.observation import Observation
 from flask_domainguard.status.urls import Endpoint
 from flask_domainguard.sweep import Sweep
+from flask_domainguard.timeutil import utcnow
 from tests import hostapp
-from tests.sweep_support import API_KEY, StatusServer, seed
+from tests.sweep_support import API_KEY, StatusServer, bulk_seed, seed
 
 pytestmark = [
     pytest.mark.use_status_server,
@@ -47,6 +51,14 @@ LAPSED = "a-lapsed.com"
 def domain_row(guard: Any, name: str) -> Any:
     hostapp.db.session.expire_all()
     return hostapp.db.session.get(guard.models.Domain, name)
+
+
+def by_domain(guard: Any, column: str) -> dict[str, Any]:
+    """``column`` of each domain's (one) address."""
+    Address = guard.models.EmailAddress
+    hostapp.db.session.expire_all()
+    query = sa.select(Address.registrable, getattr(Address, column))
+    return {name: value for name, value in hostapp.db.session.execute(query)}
 
 
 def wait_for_hit(server: StatusServer, name: str, seconds: float = 5.0) -> None:
@@ -458,3 +470,72 @@ def test_lookups_rate_limited_in_turn_do_not_pass_for_a_hung_lookup_process(
             got.update(lookups.take(timeout=0.5))
     assert all(obs.registered is None and obs.retry_after == 5.0 for obs in got.values())
     assert lookups.attempts == 6
+
+
+class DiesLater:
+    """Answers at once for ``confirmed.com`` (released) and ``warn.com`` (expiring in ten
+    days); ``never.com`` would answer "expiring" after 3 s, but the process dies at 1.5 s."""
+
+    name = "dies-later"
+
+    async def observe(
+        self, domain: str, *, client: Any = None, timeout: float | None = None
+    ) -> Observation:
+        if domain == "die.com":
+            await asyncio.sleep(1.5)
+            os._exit(9)
+        if domain == "never.com":
+            await asyncio.sleep(3.0)
+        if domain == "confirmed.com":
+            return Observation(domain=domain, registered=False, source=self.name)
+        expires = utcnow() + timedelta(days=10)
+        return Observation(domain=domain, registered=True, expires_at=expires, source=self.name)
+
+    def server_key(self, domain: str) -> str:
+        return "dies-later"
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.settings(DOMAINGUARD_SWEEP_LEASE=1, DOMAINGUARD_SWEEP_RETRIES=0)
+def test_a_child_dying_after_part_of_a_run_was_applied_leaves_nothing_unjudged_acted_on(
+    guard: Any,
+) -> None:
+    # The attacker times the child's death (say, a lookup that crashes it) after some of the
+    # run's observations are applied and before others are: what was judged stands, what was
+    # not judged has no effect (no warning, no lease kept), and the unverification the run
+    # planned is not lost with it: the next run applies it.
+    # Defence: Sweep.run releases every claimed-but-unapplied domain on any failure; planned
+    # actions of a run that stopped are adopted (sweep/breaker.py).
+    bulk_seed(
+        guard,
+        {"confirmed.com": 1, "warn.com": 1, "never.com": 1, "die.com": 1},
+        first_seen={"confirmed.com": "released"},
+    )
+    with pytest.raises(LookupProcessError, match="exit code 9"):
+        Sweep(guard, backend=DiesLater(), lookups="process").run()
+    rows = {name: domain_row(guard, name) for name in ("confirmed.com", "warn.com", "never.com")}
+    assert (
+        rows["confirmed.com"].verdict == "released" and rows["warn.com"].verdict == "expiring_soon"
+    )
+    assert rows["never.com"].checked_at is None and rows["never.com"].verdict is None
+    assert all(row.lease_owner is None for row in rows.values())
+    assert domain_row(guard, "die.com").lease_owner is None
+    Address = guard.models.EmailAddress
+    warned = dict(
+        hostapp.db.session.execute(sa.select(Address.registrable, Address.expiry_warned_for)).all()
+    )
+    assert warned["warn.com"] is not None, "judged, so warned"
+    assert warned["never.com"] is None, "never judged, never warned"
+    verified = dict(
+        hostapp.db.session.execute(sa.select(Address.registrable, Address.verified_at)).all()
+    )
+    assert verified["confirmed.com"] is not None, "planned, not applied by the stopped run"
+    time.sleep(1.2)  # the stopped run's plan is adopted after a lease period without heartbeat
+    Sweep(guard, backend=DiesLater(), lookups="thread").run(names=["warn.com"])
+    hostapp.db.session.expire_all()
+    verified = dict(
+        hostapp.db.session.execute(sa.select(Address.registrable, Address.verified_at)).all()
+    )
+    assert verified["confirmed.com"] is None, "the next run applied the plan"
