@@ -11,6 +11,7 @@ stops it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pickle
@@ -539,3 +540,48 @@ def test_a_child_dying_after_part_of_a_run_was_applied_leaves_nothing_unjudged_a
         hostapp.db.session.execute(sa.select(Address.registrable, Address.verified_at)).all()
     )
     assert verified["confirmed.com"] is None, "the next run applied the plan"
+
+
+def traced(observe: Any) -> Any:
+    """A host's decorator around a backend's ``observe`` (tracing, metrics), written the
+    usual way, with :func:`functools.wraps`; it awaits something of its own first."""
+
+    @functools.wraps(observe)
+    async def wrapper(self: Any, domain: str, **options: Any) -> Observation:
+        await self.before(domain)
+        result: Observation = await observe(self, domain, **options)
+        return result
+
+    return wrapper
+
+
+class TracedFastly(FastlyBackend):
+    """A host's FastlyBackend that asks something about each domain before looking it up
+    (here: a query the attacker's own name server answers after 20 s)."""
+
+    observe = traced(FastlyBackend.observe)
+
+    async def before(self, domain: str) -> None:
+        if domain == LAPSED:
+            await asyncio.sleep(20)
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+@pytest.mark.settings(DOMAINGUARD_HTTP_TIMEOUT=1.0, DOMAINGUARD_SWEEP_RETRIES=0)
+def test_a_host_wrapping_a_marked_observe_keeps_the_outer_timeout(
+    guard: Any, status_server: StatusServer, where: str
+) -> None:
+    # keeps_its_timeout lets Lookups skip its own clock for a backend whose observe bounds
+    # itself. functools.wraps copies a function's __dict__, so a host's wrapper used to
+    # inherit the mark with awaits the mark knows nothing about: the attacker's slow name
+    # server held the lookup (and, with it, the run) for as long as it liked.
+    # Defence: the mark names the marked function itself (status/base.py bounds_itself).
+    seed(guard, {LAPSED: 1, "fine.com": 1})
+    started = time.monotonic()
+    report = Sweep(guard, backend=TracedFastly(guard.settings), lookups=where).run()
+    took = time.monotonic() - started
+    assert took < 10, f"the sweep waited {took:.1f} s for one lookup"
+    assert report.checked == 2 and report.errors == 1
+    row = domain_row(guard, LAPSED)
+    assert row.checked_at is None and "timed out" in (row.last_error or "")
+    assert domain_row(guard, "fine.com").verdict == "ok"
