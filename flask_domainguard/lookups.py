@@ -82,10 +82,15 @@ class LookupLimits:
         return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
 
     def worst_case(self) -> float:
-        """Upper bound in seconds on one domain's lookups, retries and waits included."""
+        """Upper bound in seconds on one domain's lookups, retries and waits included (not the
+        waits for a free slot, during which other lookups finish)."""
         attempts = self.retries + 1
         waits = sum(max(self.backoff_cap(a), self.max_retry_after) for a in range(self.retries))
-        return attempts * (self.timeout + 1.0) + waits
+        # Before each attempt, a pause another lookup's Retry-After put on the server (at
+        # most max_retry_after: a longer one ends that lookup's retries instead; without
+        # retries no lookup pauses a server).
+        paused = attempts * self.max_retry_after if self.retries else 0.0
+        return attempts * (self.timeout + 1.0) + waits + paused
 
     def backoff_cap(self, attempt: int) -> float:
         """The longest delay :meth:`backoff` can return for ``attempt``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from importlib.metadata import version
@@ -97,8 +98,10 @@ def backend_covers(backend: StatusBackend, domain: str) -> bool | None:
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
-#: The attribute :func:`keeps_its_timeout` sets on an ``observe`` method.
-_KEEPS_TIMEOUT = "_domainguard_keeps_timeout"
+#: The functions :func:`keeps_its_timeout` marked, themselves: not an attribute, which
+#: :func:`functools.wraps` would copy onto a host's wrapper along with the function's
+#: ``__dict__`` (a wrapper's own awaits are bounded by nothing but ``Lookups``' clock).
+_KEEP_TIMEOUTS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
 def keeps_its_timeout(observe: _Method) -> _Method:
@@ -106,16 +109,21 @@ def keeps_its_timeout(observe: _Method) -> _Method:
     (every await inside one bound), so :class:`~flask_domainguard.lookups.Lookups` need not
     put a second clock around it: a timer per lookup is measurable CPU in a sweep.
 
-    The mark sits on the function, not the class: a subclass that overrides ``observe``
-    (a host's own code) loses it and is bounded by ``Lookups`` again.
+    The mark names the function, not the class: a subclass that overrides ``observe`` (a
+    host's own code), or wraps it (even with :func:`functools.wraps`), loses it and is
+    bounded by ``Lookups`` again.
     """
-    setattr(observe, _KEEPS_TIMEOUT, True)
+    _KEEP_TIMEOUTS.add(observe)
     return observe
 
 
 def bounds_itself(backend: StatusBackend) -> bool:
-    """Whether ``backend.observe`` is marked by :func:`keeps_its_timeout`."""
-    return getattr(getattr(backend, "observe", None), _KEEPS_TIMEOUT, False) is True
+    """Whether ``backend.observe`` is a function :func:`keeps_its_timeout` marked."""
+    observe = getattr(backend, "observe", None)
+    try:
+        return getattr(observe, "__func__", observe) in _KEEP_TIMEOUTS
+    except TypeError:  # not a function (nor weakly referable): no mark
+        return False
 
 
 def observe_sync(backend: StatusBackend, domain: str, timeout: float | None = None) -> Observation:
