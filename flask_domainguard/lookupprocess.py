@@ -1,4 +1,4 @@
-"""The sweep's lookups in a child process: :class:`~.lookups.LookupThread`'s work on a second
+"""The sweep's lookups in a child process: :class:`~.lookupthread.LookupThread`'s work on a second
 core.
 
 Why: a sweep is bound by CPU in one interpreter. Its lookups (HTTP, JSON, the backend's
@@ -34,16 +34,15 @@ import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .lookups import Finished, LookupLimits, Lookups, take_finished
+from .lookups import LookupLimits, Lookups, LookupWorker
 from .status.base import StatusBackend
 from .status.dnslookup import DnsLookup
 from .status.observation import Observation
@@ -103,8 +102,8 @@ def choose_worker(mode: str, due: int) -> str:
     return "thread"
 
 
-class LookupProcess:
-    """:class:`~.lookups.LookupThread`'s interface (``start``, ``submit``, ``pending``,
+class LookupProcess(LookupWorker):
+    """:class:`~.lookupthread.LookupThread`'s interface (``start``, ``submit``, ``pending``,
     ``attempts``, ``close``) with the event loop in a forked child process."""
 
     def __init__(
@@ -115,16 +114,12 @@ class LookupProcess:
         dns: DnsLookup | None = None,
         dns_mode: str = "off",
     ) -> None:
-        self._backend = backend
-        self._limits = limits
-        self._dns = dns
-        self._dns_mode = dns_mode
+        super().__init__(backend, limits, dns=dns, dns_mode=dns_mode)
         self._conn: Connection | None = None
         self._process: Any = None
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
         self._batches: dict[int, _Batch] = {}
-        self._finished: Finished = queue.SimpleQueue()
         self._ids = itertools.count()
         self._pending = 0
         self._attempts = 0
@@ -139,7 +134,7 @@ class LookupProcess:
         parent_end, child_end = context.Pipe()
         process = context.Process(
             target=_child_main,
-            args=(child_end, self._backend, self._limits, self._dns, self._dns_mode),
+            args=(child_end, self.new_lookups),
             name="domainguard-lookups",
             daemon=True,
         )
@@ -209,10 +204,6 @@ class LookupProcess:
             self._conn.send(("look", _STREAM, names))
         except (OSError, ValueError) as exc:
             self._fail(f"the lookup process cannot be reached ({type(exc).__name__})")
-
-    def take(self, timeout: float) -> list[tuple[str, Observation]]:
-        """Streamed observations that are in (see :func:`~.lookups.take_finished`)."""
-        return take_finished(self._finished, timeout)
 
     def close(self) -> None:
         """Stop the child and the reader; lookups still running are abandoned (their
@@ -336,13 +327,7 @@ class _Batch:
 # -- the child --------------------------------------------------------------------------------
 
 
-def _child_main(
-    conn: Connection,
-    backend: StatusBackend,
-    limits: LookupLimits,
-    dns: DnsLookup | None,
-    dns_mode: str,
-) -> None:
+def _child_main(conn: Connection, new_lookups: Callable[[], Lookups]) -> None:
     """The child's whole life: serve lookups, then leave without running the parent's exit
     code (its database connections, ``atexit`` handlers and finalizers are not the child's)."""
     # Ctrl-C reaches the whole process group: the parent stops the sweep and then the child,
@@ -352,7 +337,7 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 0
     try:
-        asyncio.run(_serve(conn, backend, limits, dns, dns_mode))
+        asyncio.run(_serve(conn, new_lookups))
     except BaseException as exc:  # reported by the parent as the child ending
         code = 1
         # If the pipe is gone too, the exit code tells.
@@ -365,13 +350,7 @@ def _child_main(
             os._exit(code)
 
 
-async def _serve(
-    conn: Connection,
-    backend: StatusBackend,
-    limits: LookupLimits,
-    dns: DnsLookup | None,
-    dns_mode: str,
-) -> None:
+async def _serve(conn: Connection, new_lookups: Callable[[], Lookups]) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -386,7 +365,7 @@ async def _serve(
             if message[0] == "stop":
                 return
 
-    async with Lookups(backend, limits, dns=dns, dns_mode=dns_mode) as lookups:
+    async with new_lookups() as lookups:
         outbox = _Outbox(conn, lookups)
         conn.send(("ready",))
         threading.Thread(target=receive, name="domainguard-lookups-inbox", daemon=True).start()

@@ -41,12 +41,11 @@ from .status.observation import DnsObservation, Observation
 from .timeutil import within
 
 __all__ = [
-    "Finished",
     "LookupLimits",
+    "LookupWorker",
     "Lookups",
     "TokenBucket",
     "make_client",
-    "take_finished",
 ]
 
 log = logging.getLogger(__name__)
@@ -312,29 +311,50 @@ class Lookups:
         await asyncio.gather(*(one(name) for name in names))
 
 
-#: What a lookup worker has finished: ``(domain, observation)``, or ``(None, error)`` once the
-#: worker itself failed.
-Finished = queue.SimpleQueue[tuple[str | None, Any]]
+class LookupWorker:
+    """What the sweep's two lookup workers (:mod:`.lookupthread`, :mod:`.lookupprocess`)
+    share: the :class:`Lookups` they run, and the queue of streamed observations that
+    :meth:`take` hands over."""
 
+    def __init__(
+        self,
+        backend: StatusBackend,
+        limits: LookupLimits,
+        *,
+        dns: DnsLookup | None = None,
+        dns_mode: str = "off",
+    ) -> None:
+        self._backend = backend
+        self._limits = limits
+        self._dns = dns
+        self._dns_mode = dns_mode
+        #: ``(domain, observation)`` as lookups finish, or ``(None, error)`` once the worker
+        #: itself failed.
+        self._finished: queue.SimpleQueue[tuple[str | None, Any]] = queue.SimpleQueue()
 
-def take_finished(finished: Finished, timeout: float) -> list[tuple[str, Observation]]:
-    """The observations in ``finished``: waits up to ``timeout`` seconds for the first, then
-    takes whatever else is there. Raises the worker's failure, if it reported one."""
-    try:
-        items = [finished.get(timeout=timeout)]
-    except queue.Empty:
-        return []
-    while True:
+    def new_lookups(self) -> Lookups:
+        """A :class:`Lookups` for this worker's backend, limits and DNS."""
+        return Lookups(self._backend, self._limits, dns=self._dns, dns_mode=self._dns_mode)
+
+    def take(self, timeout: float) -> list[tuple[str, Observation]]:
+        """The streamed observations that are in: waits up to ``timeout`` seconds for the
+        first, then takes whatever else is there. Raises the worker's failure, if it
+        reported one."""
         try:
-            items.append(finished.get_nowait())
+            items = [self._finished.get(timeout=timeout)]
         except queue.Empty:
-            break
-    taken: list[tuple[str, Observation]] = []
-    for name, value in items:
-        if name is None:
-            raise value
-        taken.append((name, value))
-    return taken
+            return []
+        while True:
+            try:
+                items.append(self._finished.get_nowait())
+            except queue.Empty:
+                break
+        taken: list[tuple[str, Observation]] = []
+        for name, value in items:
+            if name is None:
+                raise value
+            taken.append((name, value))
+        return taken
 
 
 #: Taken in place of a per-server semaphore that could never make a lookup wait.

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import queue
 import threading
 from collections.abc import Iterable
 
-from .lookups import Finished, LookupLimits, Lookups, take_finished
+from .lookups import LookupLimits, Lookups, LookupWorker
 from .status.base import StatusBackend
 from .status.dnslookup import DnsLookup
 from .status.observation import Observation
@@ -20,7 +19,7 @@ from .status.observation import Observation
 __all__ = ["LookupThread"]
 
 
-class LookupThread:
+class LookupThread(LookupWorker):
     """An event loop in a daemon thread running one :class:`Lookups` for a whole sweep.
 
     ``submit(domains)`` returns a :class:`concurrent.futures.Future` of the observations, so
@@ -35,17 +34,13 @@ class LookupThread:
         dns: DnsLookup | None = None,
         dns_mode: str = "off",
     ) -> None:
-        self._backend = backend
-        self._limits = limits
-        self._dns = dns
-        self._dns_mode = dns_mode
+        super().__init__(backend, limits, dns=dns, dns_mode=dns_mode)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._lookups: Lookups | None = None
         self._thread = threading.Thread(target=self._run, name="domainguard-lookups", daemon=True)
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
-        self._finished: Finished = queue.SimpleQueue()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -57,9 +52,7 @@ class LookupThread:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            async with Lookups(
-                self._backend, self._limits, dns=self._dns, dns_mode=self._dns_mode
-            ) as lookups:
+            async with self.new_lookups() as lookups:
                 self._lookups = lookups
                 self._ready.set()
                 await self._stop.wait()
@@ -108,10 +101,6 @@ class LookupThread:
         # Lookups never raise; this is a bug or a stopped loop, and it must stop the sweep.
         if not future.cancelled() and future.exception() is not None:
             self._finished.put((None, future.exception()))
-
-    def take(self, timeout: float) -> list[tuple[str, Observation]]:
-        """Streamed observations that are in (see :func:`take_finished`)."""
-        return take_finished(self._finished, timeout)
 
     def close(self) -> None:
         """Close the HTTP client and stop the loop (waits for lookups in flight)."""
