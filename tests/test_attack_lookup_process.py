@@ -50,14 +50,16 @@ LAPSED = "a-lapsed.com"
 
 
 def domain_row(guard: Any, name: str) -> Any:
-    hostapp.db.session.expire_all()
+    # A new transaction, so a fresh snapshot (MariaDB reads repeatably within one).
+    hostapp.db.session.rollback()
     return hostapp.db.session.get(guard.models.Domain, name)
 
 
 def by_domain(guard: Any, column: str) -> dict[str, Any]:
     """``column`` of each domain's (one) address."""
     Address = guard.models.EmailAddress
-    hostapp.db.session.expire_all()
+    # A new transaction, so a fresh snapshot (MariaDB reads repeatably within one).
+    hostapp.db.session.rollback()
     query = sa.select(Address.registrable, getattr(Address, column))
     return {name: value for name, value in hostapp.db.session.execute(query)}
 
@@ -535,7 +537,8 @@ def test_a_child_dying_after_part_of_a_run_was_applied_leaves_nothing_unjudged_a
     assert verified["confirmed.com"] is not None, "planned, not applied by the stopped run"
     time.sleep(1.2)  # the stopped run's plan is adopted after a lease period without heartbeat
     Sweep(guard, backend=DiesLater(), lookups="thread").run(names=["warn.com"])
-    hostapp.db.session.expire_all()
+    # A new transaction, so a fresh snapshot (MariaDB reads repeatably within one).
+    hostapp.db.session.rollback()
     verified = dict(
         hostapp.db.session.execute(sa.select(Address.registrable, Address.verified_at)).all()
     )

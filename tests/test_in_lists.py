@@ -61,7 +61,11 @@ def stock_limits(app: Flask, db_kind: str) -> Iterator[None]:
 
 
 def assert_one_statement_fails(statement: Any) -> None:
-    """The database refuses ``statement`` (a whole long list in one ``IN``)."""
+    """The database refuses ``statement`` (a whole long list in one ``IN``); on MySQL and
+    MariaDB there is nothing to show: pymysql writes the values into the SQL text itself, so
+    no parameter limit applies (the chunked path below is still run and checked)."""
+    if hostapp.db.engine.dialect.name in ("mysql", "mariadb"):
+        return
     with pytest.raises(sa.exc.DBAPIError, match=r"(?i)too many SQL variables|parameters"):
         hostapp.db.session.execute(statement)
     hostapp.db.session.rollback()
