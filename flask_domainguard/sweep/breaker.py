@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from .. import signals
 from ..journal import EventKind, transaction
 from ..models import UnverifyReason
-from ..sqlcompat import in_chunks, locked_ids, update_returning
+from ..sqlcompat import in_chunks, update_returning
 from ..timeutil import utcnow
 from .notices import Notice, deliver, lock_addresses, queue_notices, unverify_for
 from .report import SweepReport
@@ -123,14 +123,18 @@ def _apply_planned(store: SweepStore, report: SweepReport) -> None:
         notices: list[Notice] = []
         with transaction(guard.db, guard.models) as tx:
             # Taking the action rows first (planned -> applied, in one statement) makes each
-            # transition happen once, whatever other run (adopting orphans) looks at them.
+            # transition happen once, whatever other run (adopting orphans) looks at them: the
+            # statement locks them and checks run and state again. They are this run's own, so
+            # it waits for a lock rather than skipping: on MariaDB another run's heartbeat
+            # (an UPDATE by run_id) can hold next-key locks on them for a moment, and SKIP
+            # LOCKED then left every planned action of this run unapplied.
             taken = update_returning(
                 session,
                 store.dialect,
                 H,
                 H.c.id,
                 [
-                    H.c.id.in_(locked_ids(session, store.dialect, pick)),
+                    H.c.id.in_(list(session.scalars(pick))),
                     H.c.run_id == run_id,
                     H.c.resolution == PLANNED,
                 ],
