@@ -397,12 +397,16 @@ class SweepStore:
         H, session = self.H, self.session
         if self.planned_any or self.lease_owner != self.run_id:
             # Heartbeat: a live run's planned actions are never adopted by another run. A
-            # chunk of a shared run beats for its sibling chunks' actions too.
-            session.execute(
-                sa.update(H)
-                .where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
-                .values(held_at=now)
+            # chunk of a shared run beats for its sibling chunks' actions too. By primary key:
+            # on MySQL/MariaDB an UPDATE by run_id takes next-key locks on that index, which
+            # deadlocked with another run inserting its own plans.
+            mine = list(
+                session.scalars(
+                    sa.select(H.c.id).where(H.c.run_id == self.run_id, H.c.resolution == PLANNED)
+                )
             )
+            for chunk in in_chunks(mine):
+                session.execute(sa.update(H).where(H.c.id.in_(chunk)).values(held_at=now))
         if not planned:
             return 0
         ids = [row.id for row, _ in planned]
